@@ -1,0 +1,1 @@
+"""TLS monitor: makes the broker or app serve the material on the volume."""

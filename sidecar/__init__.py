@@ -1,0 +1,1 @@
+"""PKI auth manager: certificates from Vault into the shared volume."""

@@ -1,0 +1,133 @@
+"""``pki-auth-manager``: the entry point. Wires config, Vault, volume, metrics and the loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sidecar.config import AuthManagerConfig, load_config
+from sidecar.health import HealthServer
+from sidecar.issuer import Issuer
+from sidecar.logs import configure
+from sidecar.manager import RECOVERABLE, AuthManager, DesiredSource, StaticSource
+from sidecar.metrics import AuthManagerMetrics
+from sidecar.renewal import Identity
+from sidecar.settings import ConfigError, parse_host_port
+from sidecar.vault import VaultPKI, authenticator_from
+from sidecar.volume import Volume
+
+
+def build_manager(config: AuthManagerConfig, metrics: AuthManagerMetrics, log: Any
+                  ) -> AuthManager:
+    """Construct the auth manager from validated configuration (no network I/O yet)."""
+    verify: str | bool = str(config.vault_cacert) if config.vault_cacert else True
+    vault = VaultPKI(
+        config.vault_addr,
+        authenticator_from(
+            config.vault_auth, token=config.vault_token, token_file=config.vault_token_file,
+            approle_mount=config.vault_approle_mount, role_id=config.vault_role_id,
+            secret_id_file=config.vault_secret_id_file,
+            kubernetes_mount=config.vault_kubernetes_mount,
+            kubernetes_role=config.vault_kubernetes_role,
+            jwt_file=config.vault_kubernetes_jwt_file),
+        verify=verify, namespace=config.vault_namespace, timeout=config.vault_timeout,
+        observe=metrics.observe_vault)
+    identity = Identity(subject=config.subject, dns_sans=tuple(config.dns_sans),
+                        ip_sans=tuple(config.ip_sans), key_type=config.key_type)
+    issuer = Issuer(vault=vault, identity=identity, pki_role=config.pki_role, ttl=config.ttl,
+                    mode=config.pki_mode)
+    return AuthManager(
+        issuer=issuer, volume=Volume(config.output_dir, keep=config.keep_generations),
+        password_file=config.store_password_file, metrics=metrics, log=log,
+        renew_fraction=config.renew_fraction, renew_jitter=config.renew_jitter,
+        backoff_initial=config.backoff_initial, backoff_max=config.backoff_max,
+        published_dir=config.published_dir)
+
+
+def build_source(config: AuthManagerConfig, manager: AuthManager, metrics: AuthManagerMetrics,
+                 log: Any, stop: threading.Event) -> DesiredSource:
+    if config.coordinated:
+        raise ConfigError("coordinated rotation (consul_addr) is not available in this build")
+    assert config.root is not None
+    return StaticSource(config.root, list(config.trust), stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config, once = load_config(argv, os.environ)
+    except ConfigError as exc:
+        print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
+        return 2
+    log = configure(config.log_level)
+    metrics = AuthManagerMetrics()
+    stop = threading.Event()
+    manager = build_manager(config, metrics, log)
+    try:
+        source = build_source(config, manager, metrics, log, stop)
+    except ConfigError as exc:
+        print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RECOVERABLE as exc:
+        log.error("startup_failed", error=str(exc))
+        return 1
+    if once:
+        return run_once(manager, source, log)
+
+    health = None
+    if config.listen:
+        host, port = parse_host_port("listen", config.listen)
+        health = HealthServer(host, port, metrics.registry,
+                              healthy=lambda: manager_health(manager, config),
+                              ready=manager.readiness).start()
+        log.info("listening", address=f"{host}:{health.port}")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("started", subject=config.subject, output_dir=str(config.output_dir),
+             mode="coordinated" if config.coordinated else "static")
+    try:
+        manager.run(source, stop)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+        if health is not None:
+            health.stop()
+    log.info("stopped")
+    return 0
+
+
+def run_once(manager: AuthManager, source: DesiredSource, log: Any) -> int:
+    """Init-container mode: valid, current material on the volume, or a non-zero exit."""
+    try:
+        manager.issuer.vault.login()
+        manifest = manager.reconcile(source.desired())
+        source.report(manifest, manager.volume.read_ack())
+    except RECOVERABLE as exc:
+        log.error("once_failed", error=str(exc), kind=getattr(exc, "reason", "material"))
+        return 1
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    log.info("once_ok", generation=manifest.generation, serial=manifest.serial,
+             not_after=manifest.not_after)
+    return 0
+
+
+def manager_health(manager: AuthManager, config: AuthManagerConfig) -> tuple[bool, str]:
+    """Healthy while the loop is alive (it wakes at least every backoff_max seconds)."""
+    import time
+
+    age = time.monotonic() - manager.heartbeat
+    limit = max(config.backoff_max, 3600.0) * 2
+    if age > limit:
+        return False, f"reconcile loop stalled for {age:.0f}s"
+    return True, f"ok; last error: {manager.last_error or 'none'}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The auth manager's configuration: every setting, its flag, environment name and default."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from sidecar.keys import KEY_TYPES, parse_subject
+from sidecar.settings import (
+    ConfigError,
+    build_parser,
+    describe,
+    is_ip_address,
+    load,
+    parse_host_port,
+    setting,
+)
+
+ENV_PREFIX = "PKI_"
+_MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuthManagerConfig:
+    """Settings of ``pki-auth-manager``. See the README's configuration reference."""
+
+    # Identity of the certificate (stable: the DN is the Kafka ACL principal).
+    subject: str = setting(
+        help="certificate subject DN, e.g. CN=broker-1.kafka.test,OU=kafka,O=Example")
+    dns_sans: list[str] = setting([], help="DNS subject alternative names (comma separated)")
+    ip_sans: list[str] = setting([], help="IP subject alternative names (comma separated)")
+    key_type: str = setting("ec-p256", help="private key type", choices=KEY_TYPES)
+    ttl: str = setting("24h", help="requested certificate TTL (Vault duration)")
+
+    # Where the material goes.
+    output_dir: Path = setting(help="shared secrets volume the generations are written to")
+    store_password_file: Path = setting(
+        help="file holding the keystore/truststore password (never pass it on argv)")
+    keep_generations: int = setting(3, help="generations kept on the volume (>= 2)")
+    published_dir: Path | None = setting(
+        None, help="where the broker/app mounts the volume, for the properties snippets "
+        "(default: output_dir)")
+
+    # Vault.
+    vault_addr: str = setting(help="Vault address", env="VAULT_ADDR")
+    vault_cacert: Path | None = setting(None, help="CA bundle to verify Vault's TLS certificate",
+                                        env="VAULT_CACERT")
+    vault_namespace: str | None = setting(None, help="Vault Enterprise namespace",
+                                          env="VAULT_NAMESPACE")
+    vault_auth: str = setting("token", help="Vault auth method",
+                              choices=("token", "approle", "kubernetes"))
+    vault_token: str | None = setting(None, help="Vault token (token auth)", env="VAULT_TOKEN",
+                                      secret=True)
+    vault_token_file: Path | None = setting(None, help="file holding the Vault token (token auth)")
+    vault_approle_mount: str = setting("approle", help="AppRole auth mount path")
+    vault_role_id: str | None = setting(None, help="AppRole role_id")
+    vault_secret_id_file: Path | None = setting(None, help="file holding the AppRole secret_id")
+    vault_kubernetes_mount: str = setting("kubernetes", help="Kubernetes auth mount path")
+    vault_kubernetes_role: str | None = setting(None, help="Vault role for Kubernetes auth")
+    vault_kubernetes_jwt_file: Path = setting(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        help="service-account JWT file for Kubernetes auth")
+    vault_timeout: float = setting(10.0, help="seconds before a Vault request times out")
+    pki_role: str = setting("kafka", help="Vault PKI role used to sign or issue")
+    pki_mode: str = setting("sign", help="sign a local CSR, or let Vault issue the key",
+                            choices=("sign", "issue"))
+
+    # Which roots: static (no Consul) or coordinated through Consul.
+    root: str | None = setting(None, help="static mode: PKI mount that signs (no Consul)")
+    trust: list[str] = setting([], help="static mode: PKI mounts trusted (default: the signer)")
+    consul_addr: str | None = setting(None, help="Consul address; enables coordinated rotation",
+                                      env="CONSUL_HTTP_ADDR")
+    consul_token: str | None = setting(None, help="Consul ACL token", env="CONSUL_HTTP_TOKEN",
+                                       secret=True)
+    cluster: str = setting("default", help="cluster name in the Consul key prefix")
+    consul_prefix: str = setting("kafka-pki",
+                                 help="Consul KV prefix (keys under <prefix>/<cluster>/)")
+    node_id: str | None = setting(None, help="participant id in Consul (default: the subject CN)")
+    node_role: str = setting("broker", help="participant role", choices=("broker", "client"))
+    session_ttl: int = setting(15, help="Consul session TTL in seconds (10..86400)")
+    watch_wait: int = setting(60, help="Consul blocking query wait in seconds")
+    min_dwell: float = setting(0.0, help="minimum seconds every rotation phase lasts")
+    expected_members: int = setting(0, help="rotation waits for at least this many participants")
+
+    # Renewal.
+    renew_fraction: float = setting(2 / 3, help="renew after this fraction of the lifetime")
+    renew_jitter: float = setting(0.05, help="random jitter, as a fraction of the lifetime")
+    backoff_initial: float = setting(1.0, help="first retry delay after a failure, seconds")
+    backoff_max: float = setting(300.0, help="maximum retry delay, seconds")
+
+    # Operation.
+    listen: str = setting("127.0.0.1:9108", help="address of /metrics, /healthz, /readyz; "
+                          "empty to disable")
+    log_level: str = setting("info", help="log level",
+                             choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def common_name(self) -> str:
+        attrs = parse_subject(self.subject).get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return str(attrs[0].value)
+
+    @property
+    def participant_id(self) -> str:
+        return self.node_id or self.common_name
+
+    @property
+    def coordinated(self) -> bool:
+        return bool(self.consul_addr)
+
+
+def validate(config: AuthManagerConfig) -> None:
+    """Cross-field checks; raise ConfigError naming the first bad setting."""
+    try:
+        name = parse_subject(config.subject)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for subject: {config.subject!r} ({exc})") from None
+    if not name.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        raise ConfigError(f"invalid value for subject: {config.subject!r} (no CN)")
+    for ip in config.ip_sans:
+        if not is_ip_address(ip):
+            raise ConfigError(f"invalid value for ip_sans: {ip!r} is not an IP address")
+    if not 0 < config.renew_fraction < 1:
+        raise ConfigError("invalid value for renew_fraction: must be between 0 and 1")
+    if not 0 <= config.renew_jitter < 1 - config.renew_fraction:
+        raise ConfigError("invalid value for renew_jitter: must be >= 0 and leave room before "
+                          "expiry (renew_fraction + renew_jitter < 1)")
+    if config.backoff_initial <= 0 or config.backoff_max < config.backoff_initial:
+        raise ConfigError("invalid value for backoff_max: must be >= backoff_initial > 0")
+    if config.keep_generations < 2:
+        raise ConfigError("invalid value for keep_generations: must be at least 2")
+    if not 10 <= config.session_ttl <= 86400:
+        raise ConfigError("invalid value for session_ttl: Consul accepts 10..86400 seconds")
+    if config.watch_wait < 1:
+        raise ConfigError("invalid value for watch_wait: must be at least 1 second")
+    if config.vault_timeout <= 0:
+        raise ConfigError("invalid value for vault_timeout: must be positive")
+    if config.listen:
+        parse_host_port("listen", config.listen)
+    if not config.coordinated and not config.root:
+        raise ConfigError("missing required setting root (--root or PKI_ROOT), "
+                          "or set consul_addr (CONSUL_HTTP_ADDR) for coordinated rotation")
+    for mount in [config.root or "", *config.trust]:
+        if mount and not _MOUNT_NAME.match(mount):
+            raise ConfigError(f"invalid value for root/trust: {mount!r} is not a mount path")
+    if config.vault_auth == "token" and not (config.vault_token or config.vault_token_file):
+        raise ConfigError("missing required setting vault_token (VAULT_TOKEN or "
+                          "--vault-token-file) for vault_auth=token")
+    if config.vault_auth == "approle" and not (config.vault_role_id
+                                                and config.vault_secret_id_file):
+        raise ConfigError("missing required setting vault_role_id/vault_secret_id_file "
+                          "for vault_auth=approle")
+    if config.vault_auth == "kubernetes" and not config.vault_kubernetes_role:
+        raise ConfigError("missing required setting vault_kubernetes_role "
+                          "for vault_auth=kubernetes")
+
+
+def _add_once_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--once", action="store_true",
+        help="make sure valid material is on the volume, then exit (init containers)")
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]
+                ) -> tuple[AuthManagerConfig, bool]:
+    """Parse flags/env/TOML; return the config and whether ``--once`` was given."""
+    parser = build_parser(
+        AuthManagerConfig, "pki-auth-manager",
+        "Keeps a Kafka broker's or client's key, certificate and trust stores fresh from Vault.",
+        ENV_PREFIX,
+        extra=_add_once_flag,
+    )
+    args = parser.parse_args(argv)
+    return load(AuthManagerConfig, args, environ, ENV_PREFIX), bool(args.once)
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(flag, env, default, help) rows for the README's configuration reference."""
+    return [(i.flag, i.env, i.default, i.help) for i in describe(AuthManagerConfig, ENV_PREFIX)]

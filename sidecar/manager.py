@@ -1,0 +1,218 @@
+"""The auth manager's reconcile loop: keep the volume's material right for what is desired."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import Any, Protocol
+
+from sidecar import layout
+from sidecar.bundle import render_bundle
+from sidecar.issuer import Issuer
+from sidecar.manifest import Acknowledgement, Manifest
+from sidecar.material import MaterialError
+from sidecar.metrics import AuthManagerMetrics
+from sidecar.renewal import Desired, backoff_delay, renewal_reason, renewal_time
+from sidecar.vault import VaultError
+from sidecar.volume import Volume, VolumeError
+
+RECOVERABLE = (VaultError, MaterialError, VolumeError)
+
+
+class DesiredSource(Protocol):
+    """Says what material is wanted, wakes the loop when that may have changed, and hears
+    what was installed and acknowledged."""
+
+    def desired(self) -> Desired: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+    def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None: ...
+
+
+class StaticSource:
+    """No Consul: a fixed signer and trust set from the configuration."""
+
+    def __init__(self, signer: str, trust: list[str], stop: threading.Event) -> None:
+        self._desired = Desired(signer=signer, trust=tuple(trust or [signer]))
+        self._stop = stop
+
+    def desired(self) -> Desired:
+        return self._desired
+
+    def wait(self, timeout: float) -> None:
+        self._stop.wait(timeout)
+
+    def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
+        return None
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def read_password(path: Path) -> str:
+    """The store password, from its file (never argv or logs)."""
+    try:
+        password = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise VolumeError(f"cannot read store password file {path}: {exc.strerror}") from exc
+    if not password:
+        raise VolumeError(f"store password file {path} is empty")
+    return password
+
+
+class AuthManager:
+    """Reconciles the volume against a desired signer/trust set; renews before expiry."""
+
+    def __init__(self, *, issuer: Issuer, volume: Volume, password_file: Path,
+                 metrics: AuthManagerMetrics, log: Any, renew_fraction: float,
+                 renew_jitter: float, backoff_initial: float, backoff_max: float,
+                 published_dir: PurePath | None = None,
+                 now: Callable[[], dt.datetime] = utc_now,
+                 rng: random.Random | None = None) -> None:
+        self.issuer = issuer
+        self.volume = volume
+        self.password_file = password_file
+        self.metrics = metrics
+        self.log = log
+        self.renew_fraction = renew_fraction
+        self.renew_jitter = renew_jitter
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.published_current = (published_dir or volume.root) / layout.CURRENT
+        self.now = now
+        self.rng = rng or random.Random()
+        self._jitter: dict[str, float] = {}  # serial -> random unit, stable per certificate
+        self.failures = 0
+        self.last_error: str | None = None
+        self.heartbeat = time.monotonic()
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def current_manifest(self) -> Manifest | None:
+        """The verified current generation's manifest; None if missing or unreadable."""
+        try:
+            current = self.volume.read_current()
+        except VolumeError as exc:
+            self.log.warning("volume_unreadable", error=str(exc))
+            self.metrics.errors.labels(kind="volume_unreadable").inc()
+            return None
+        return current[1] if current else None
+
+    def renew_at(self, manifest: Manifest) -> dt.datetime:
+        unit = self._jitter.setdefault(manifest.serial, self.rng.random())
+        return renewal_time(dt.datetime.fromisoformat(manifest.not_before),
+                            dt.datetime.fromisoformat(manifest.not_after),
+                            self.renew_fraction, self.renew_jitter, unit)
+
+    def reconcile(self, desired: Desired) -> Manifest:
+        """Make the volume hold valid material for ``desired``; return its manifest.
+
+        Raises VaultError, MaterialError or VolumeError; the previous generation then stays.
+        """
+        now = self.now()
+        manifest = self.current_manifest()
+        reason = renewal_reason(manifest, desired, self.issuer.identity, now,
+                                self.renew_at(manifest) if manifest else None)
+        if reason is None:
+            assert manifest is not None
+            self._record_installed(manifest)
+            return manifest
+        self.log.info("renewal_started", reason=reason, signer=desired.signer,
+                      trust=list(desired.trust), rotation_id=desired.rotation_id,
+                      phase=desired.phase)
+        password = read_password(self.password_file)
+        material = self.issuer.obtain(desired, now)
+        bundle = render_bundle(material, password=password, current=self.published_current,
+                               generation=self.volume.next_generation(), created_at=now,
+                               rotation_id=desired.rotation_id, phase=desired.phase)
+        directory = self.volume.write_generation(bundle)
+        new = bundle.manifest
+        self.log.info("certificate_issued", serial=new.serial, issuer=new.issuer,
+                      subject=new.subject, sans=list(new.sans), not_before=new.not_before,
+                      not_after=new.not_after, signer=new.signer, trust=list(new.trust),
+                      generation=new.generation, directory=str(directory), reason=reason)
+        self.metrics.renewals.labels(result="ok").inc()
+        self.metrics.last_success.set(time.time())
+        self._record_installed(new)
+        return new
+
+    def _record_installed(self, manifest: Manifest) -> None:
+        self.metrics.generation.set(manifest.generation)
+        self.metrics.not_after.set(dt.datetime.fromisoformat(manifest.not_after).timestamp())
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready = a complete, verified, unexpired generation is on the volume."""
+        try:
+            current = self.volume.read_current()
+        except VolumeError as exc:
+            return False, str(exc)
+        if current is None:
+            return False, "no material on the volume yet"
+        manifest = current[1]
+        if dt.datetime.fromisoformat(manifest.not_after) <= self.now():
+            return False, f"certificate {manifest.serial} expired"
+        return True, f"generation {manifest.generation} serial {manifest.serial}"
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def step(self, source: DesiredSource) -> float:
+        """One reconcile attempt; returns how long to wait before the next one."""
+        self.heartbeat = time.monotonic()
+        try:
+            self.issuer.vault.keep_token_alive()
+            desired = source.desired()
+            manifest = self.reconcile(desired)
+        except RECOVERABLE as exc:
+            return self._failed(exc, source)
+        self.failures = 0
+        self.last_error = None
+        self.metrics.ready.set(1)
+        source.report(manifest, self.volume.read_ack())
+        seconds = (self.renew_at(manifest) - self.now()).total_seconds()
+        token_left = self.issuer.vault.token_seconds_left()
+        if token_left is not None:
+            seconds = min(seconds, max(1.0, token_left / 3))
+        return max(1.0, seconds)
+
+    def _failed(self, exc: Exception, source: DesiredSource) -> float:
+        kind = getattr(exc, "reason", None) or type(exc).__name__
+        if isinstance(exc, MaterialError):
+            kind = "bad_material"
+        elif isinstance(exc, VolumeError):
+            kind = "volume"
+        self.failures += 1
+        self.last_error = str(exc)
+        delay = backoff_delay(self.failures - 1, self.backoff_initial, self.backoff_max,
+                              self.rng.random())
+        self.metrics.renewals.labels(result=f"error_{kind}").inc()
+        self.metrics.errors.labels(kind=kind).inc()
+        self.log.error("renewal_failed", error=str(exc), kind=kind, attempt=self.failures,
+                       retry_in_seconds=round(delay, 2),
+                       kept_generation=self._current_generation())
+        ready, _ = self.readiness()
+        self.metrics.ready.set(1 if ready else 0)
+        source.report(self.current_manifest(), self.volume.read_ack())
+        return delay
+
+    def _current_generation(self) -> int | None:
+        directory = None
+        try:
+            directory = self.volume.current_generation_dir()
+        except VolumeError:
+            return None
+        return int(directory.name) if directory and directory.name.isdigit() else None
+
+    def run(self, source: DesiredSource, stop: threading.Event) -> None:
+        """Reconcile until ``stop`` is set, waking early when the source changes."""
+        while not stop.is_set():
+            delay = self.step(source)
+            if stop.is_set():
+                break
+            source.wait(delay)
+

@@ -1,0 +1,82 @@
+"""When to renew, and how long to wait after a failure. Pure: no I/O, no clock, no randomness."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from sidecar.manifest import Manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    """What the volume should hold: who signs, whom to trust, and which rotation step it is."""
+
+    signer: str
+    trust: tuple[str, ...]
+    rotation_id: str | None = None
+    phase: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trust", tuple(sorted(set(self.trust))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """What the certificate must say about its holder."""
+
+    subject: str
+    dns_sans: tuple[str, ...]
+    ip_sans: tuple[str, ...]
+    key_type: str
+
+    @property
+    def sans(self) -> tuple[str, ...]:
+        return tuple(sorted(n.lower() for n in self.dns_sans)) + tuple(sorted(self.ip_sans))
+
+
+def renewal_time(not_before: dt.datetime, not_after: dt.datetime, fraction: float,
+                 jitter: float, random_unit: float) -> dt.datetime:
+    """Renew at ``fraction`` of the lifetime plus up to ``jitter`` of it (``random_unit`` in [0,1)).
+
+    The jitter keeps a fleet issued at the same moment from renewing at the same moment.
+    """
+    lifetime = not_after - not_before
+    return not_before + lifetime * (fraction + jitter * random_unit)
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, random_unit: float) -> float:
+    """Exponential backoff with "equal jitter": between half and all of min(max, initial*2^n)."""
+    ceiling = min(maximum, initial * 2.0 ** min(attempt, 32))
+    return ceiling / 2 + ceiling / 2 * random_unit
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def renewal_reason(manifest: Manifest | None, desired: Desired, identity: Identity,
+                   now: dt.datetime, renew_at: dt.datetime | None) -> str | None:
+    """Why the current generation must be replaced now, or None if it is still right.
+
+    ``renew_at`` is the scheduled renewal time of the current certificate (None to skip).
+    """
+    if manifest is None:
+        return "no material on the volume"
+    if _parse_time(manifest.not_after) <= now:
+        return f"certificate {manifest.serial} expired at {manifest.not_after}"
+    if manifest.subject != identity.subject:
+        return f"subject changed: {manifest.subject!r} -> {identity.subject!r}"
+    missing = set(identity.sans) - {s.lower() for s in manifest.sans}
+    if missing:
+        return f"SANs changed: {sorted(missing)} requested but not in {list(manifest.sans)}"
+    if manifest.key_type != identity.key_type:
+        return f"key type changed: {manifest.key_type} -> {identity.key_type}"
+    if manifest.signer != desired.signer:
+        return f"signer changed: {manifest.signer} -> {desired.signer}"
+    if tuple(sorted(manifest.trust)) != desired.trust:
+        return f"trust set changed: {sorted(manifest.trust)} -> {list(desired.trust)}"
+    if renew_at is not None and now >= renew_at:
+        return f"certificate {manifest.serial} reached its renewal time {renew_at.isoformat()}"
+    return None
+

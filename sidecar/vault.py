@@ -1,0 +1,305 @@
+"""Vault access through hvac: login, token renewal, CSR signing, CA chains.
+
+The only module that talks to Vault. Every failure surfaces as :class:`VaultError` with a
+``reason`` label (for metrics) and a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+from cryptography import x509
+
+from sidecar.material import MaterialError, parse_certificates
+
+T = TypeVar("T")
+LatencyObserver = Callable[[str, float, str], None]
+
+
+class VaultError(Exception):
+    """A Vault operation failed. ``reason`` is a short label: unavailable, sealed, forbidden,
+    invalid_request, not_found, malformed_response, auth, error."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedCertificate:
+    """Vault's answer to sign/issue: the leaf, its issuing chain, and (issue mode) the key."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    private_key_pem: bytes | None = None
+
+
+class Authenticator(Protocol):
+    """Obtains a token for the client; called at start and whenever Vault answers 403."""
+
+    method: str
+
+    def login(self, client: hvac.Client) -> None: ...
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise VaultError(f"cannot read {what} file {path}: {exc.strerror}", "auth") from None
+    if not value:
+        raise VaultError(f"{what} file {path} is empty", "auth")
+    return value
+
+
+@dataclasses.dataclass
+class TokenAuth:
+    """A static token, or one re-read from a file (so a Vault agent sink can rotate it)."""
+
+    token: str | None = None
+    token_file: Path | None = None
+    method: str = "token"
+
+    def login(self, client: hvac.Client) -> None:
+        client.token = (_read_secret_file(self.token_file, "Vault token") if self.token_file
+                        else self.token)
+
+
+@dataclasses.dataclass
+class AppRoleAuth:
+    role_id: str
+    secret_id_file: Path
+    mount: str = "approle"
+    method: str = "approle"
+
+    def login(self, client: hvac.Client) -> None:
+        secret_id = _read_secret_file(self.secret_id_file, "AppRole secret_id")
+        client.auth.approle.login(role_id=self.role_id, secret_id=secret_id,
+                                  mount_point=self.mount, use_token=True)
+
+
+@dataclasses.dataclass
+class KubernetesAuth:
+    role: str
+    jwt_file: Path
+    mount: str = "kubernetes"
+    method: str = "kubernetes"
+
+    def login(self, client: hvac.Client) -> None:
+        jwt = _read_secret_file(self.jwt_file, "service-account JWT")
+        client.auth.kubernetes.login(role=self.role, jwt=jwt, mount_point=self.mount,
+                                     use_token=True)
+
+
+def _errors_text(exc: hvac.exceptions.VaultError) -> str:
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, list | tuple) and errors:
+        return "; ".join(str(e) for e in errors)
+    return str(exc).split(", on ")[0] or type(exc).__name__
+
+
+def translate(exc: Exception, operation: str, addr: str) -> VaultError:
+    """Map hvac/requests failures to a VaultError with an operator-facing message."""
+    if isinstance(exc, VaultError):
+        return exc
+    if isinstance(exc, requests.exceptions.Timeout):
+        return VaultError(f"Vault {operation}: timed out talking to {addr}", "unavailable")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return VaultError(f"Vault {operation}: cannot connect to {addr}", "unavailable")
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return VaultError(f"Vault {operation}: Vault is sealed or in maintenance "
+                          f"({_errors_text(exc)})", "sealed")
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return VaultError(f"Vault {operation}: permission denied ({_errors_text(exc)}); check "
+                          "the token's policy", "forbidden")
+    if isinstance(exc, hvac.exceptions.InvalidPath):
+        return VaultError(f"Vault {operation}: not found ({_errors_text(exc)}); check the "
+                          "mount and role names", "not_found")
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        return VaultError(f"Vault {operation}: request refused ({_errors_text(exc)})",
+                          "invalid_request")
+    if isinstance(exc, hvac.exceptions.VaultError):
+        return VaultError(f"Vault {operation}: {_errors_text(exc)}", "error")
+    if isinstance(exc, MaterialError):
+        return VaultError(f"Vault {operation}: {exc}", "malformed_response")
+    return VaultError(f"Vault {operation}: {type(exc).__name__}: {exc}", "error")
+
+
+class VaultPKI:
+    """Signs CSRs and reads CA chains from Vault PKI mounts, keeping its token alive."""
+
+    def __init__(self, addr: str, authenticator: Authenticator, *,
+                 verify: str | bool = True, namespace: str | None = None,
+                 timeout: float = 10.0, observe: LatencyObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.addr = addr
+        self._auth = authenticator
+        self._client = hvac.Client(url=addr, verify=verify, namespace=namespace, timeout=timeout)
+        self._observe = observe
+        self._clock = clock
+        self._token_expires: float | None = None  # monotonic; None = never or unknown
+        self._token_ttl: float = 0.0
+        self._token_renewable = False
+        self._logged_in = False
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def login(self) -> None:
+        """Log in (or load the token) and learn its TTL. Raises VaultError."""
+        self._timed("login", lambda: self._auth.login(self._client))
+        self._logged_in = True
+        self._learn_token()
+
+    def _learn_token(self) -> None:
+        data = self._timed("token lookup", self._client.auth.token.lookup_self)["data"]
+        ttl = float(data.get("ttl") or 0)
+        self._token_ttl = ttl
+        self._token_renewable = bool(data.get("renewable"))
+        self._token_expires = self._clock() + ttl if ttl > 0 else None
+
+    def token_seconds_left(self) -> float | None:
+        return None if self._token_expires is None else self._token_expires - self._clock()
+
+    def keep_token_alive(self) -> None:
+        """Renew the token once a third of its TTL is left; log in again if it cannot be."""
+        if not self._logged_in:
+            self.login()
+            return
+        left = self.token_seconds_left()
+        if left is None or left > self._token_ttl / 3:
+            return
+        if self._token_renewable:
+            try:
+                self._timed("token renew", self._client.auth.token.renew_self)
+                self._learn_token()
+                return
+            except VaultError as exc:
+                if self._auth.method == "token" and not getattr(self._auth, "token_file", None):
+                    raise
+                if exc.reason not in ("forbidden", "invalid_request"):
+                    raise
+        self.login()
+
+    def _with_relogin(self, operation: str, call: Callable[[], T]) -> T:
+        """Run ``call``; on 403 log in again once and retry (token revoked or expired)."""
+        self.keep_token_alive()
+        try:
+            return self._timed(operation, call)
+        except VaultError as exc:
+            if exc.reason != "forbidden":
+                raise
+        self.login()
+        return self._timed(operation, call)
+
+    def _timed(self, operation: str, call: Callable[[], T]) -> T:
+        start = self._clock()
+        outcome = "ok"
+        try:
+            return call()
+        except Exception as exc:
+            error = translate(exc, operation, self.addr)
+            outcome = error.reason
+            raise error from exc
+        finally:
+            if self._observe is not None:
+                self._observe(operation, self._clock() - start, outcome)
+
+    # -- PKI --------------------------------------------------------------------------------
+
+    def sign(self, mount: str, role: str, csr_pem: str, common_name: str,
+             dns_sans: Sequence[str], ip_sans: Sequence[str], ttl: str) -> SignedCertificate:
+        """POST /<mount>/sign/<role> with a locally made CSR."""
+        params = _request_params(dns_sans, ip_sans, ttl)
+        response = self._with_relogin(f"sign with {mount}", lambda: (
+            self._client.secrets.pki.sign_certificate(
+                name=role, csr=csr_pem, common_name=common_name, extra_params=params,
+                mount_point=mount)))
+        return _parse_signed(response, f"sign with {mount}", with_key=False)
+
+    def issue(self, mount: str, role: str, common_name: str, dns_sans: Sequence[str],
+              ip_sans: Sequence[str], ttl: str, key_type: str) -> SignedCertificate:
+        """POST /<mount>/issue/<role>: Vault makes the key (for setups that require it)."""
+        params = _request_params(dns_sans, ip_sans, ttl)
+        params["private_key_format"] = "pkcs8"
+        kind, _, bits = key_type.partition("-")
+        params["key_type"] = kind
+        params["key_bits"] = int(bits[1:]) if kind == "ec" else int(bits)
+        response = self._with_relogin(f"issue with {mount}", lambda: (
+            self._client.secrets.pki.generate_certificate(
+                name=role, common_name=common_name, extra_params=params, mount_point=mount)))
+        return _parse_signed(response, f"issue with {mount}", with_key=True)
+
+    def ca_certificates(self, mount: str) -> tuple[x509.Certificate, ...]:
+        """The CA chain of a root mount (falls back to its CA certificate if the chain is
+        empty, as it is for a self-signed root on older Vault)."""
+        text = self._with_relogin(f"read CA chain of {mount}", lambda: (
+            self._client.secrets.pki.read_ca_certificate_chain(mount_point=mount)))
+        if not (isinstance(text, str) and text.strip()):
+            text = self._with_relogin(f"read CA of {mount}", lambda: (
+                self._client.secrets.pki.read_ca_certificate(mount_point=mount)))
+        if not isinstance(text, str) or not text.strip():
+            raise VaultError(f"Vault returned no CA certificate for {mount}",
+                             "malformed_response")
+        try:
+            return tuple(parse_certificates(text, f"CA chain of {mount}"))
+        except MaterialError as exc:
+            raise VaultError(str(exc), "malformed_response") from exc
+
+    def pki_mounts(self) -> set[str]:
+        """Names of the PKI secrets engines (without trailing slash)."""
+        response = self._with_relogin("list mounts",
+                                      self._client.sys.list_mounted_secrets_engines)
+        data = response.get("data", response) if isinstance(response, dict) else {}
+        return {path.rstrip("/") for path, info in data.items()
+                if isinstance(info, dict) and info.get("type") == "pki"}
+
+
+def _request_params(dns_sans: Sequence[str], ip_sans: Sequence[str], ttl: str) -> dict[str, Any]:
+    params: dict[str, Any] = {"ttl": ttl, "format": "pem"}
+    if dns_sans:
+        params["alt_names"] = ",".join(dns_sans)
+    if ip_sans:
+        params["ip_sans"] = ",".join(ip_sans)
+    return params
+
+
+def _parse_signed(response: Any, operation: str, with_key: bool) -> SignedCertificate:
+    data = response.get("data") if isinstance(response, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("certificate"), str):
+        raise VaultError(f"Vault {operation}: response has no certificate", "malformed_response")
+    try:
+        leaf = parse_certificates(data["certificate"], "issued certificate")[0]
+        chain_pems = data.get("ca_chain") or [data.get("issuing_ca") or ""]
+        chain = tuple(c for pem in chain_pems if pem
+                      for c in parse_certificates(pem, "issuing CA chain"))
+    except MaterialError as exc:
+        raise VaultError(f"Vault {operation}: {exc}", "malformed_response") from exc
+    key_pem = None
+    if with_key:
+        key_text = data.get("private_key")
+        if not isinstance(key_text, str) or "PRIVATE KEY" not in key_text:
+            raise VaultError(f"Vault {operation}: response has no private key",
+                             "malformed_response")
+        key_pem = key_text.encode()
+    return SignedCertificate(certificate=leaf, chain=chain, private_key_pem=key_pem)
+
+
+def authenticator_from(method: str, *, token: str | None, token_file: Path | None,
+                       approle_mount: str, role_id: str | None, secret_id_file: Path | None,
+                       kubernetes_mount: str, kubernetes_role: str | None,
+                       jwt_file: Path) -> Authenticator:
+    """Build the configured authenticator (settings were validated by the config)."""
+    if method == "approle":
+        assert role_id is not None and secret_id_file is not None
+        return AppRoleAuth(role_id=role_id, secret_id_file=secret_id_file, mount=approle_mount)
+    if method == "kubernetes":
+        assert kubernetes_role is not None
+        return KubernetesAuth(role=kubernetes_role, jwt_file=jwt_file, mount=kubernetes_mount)
+    return TokenAuth(token=token, token_file=token_file)
