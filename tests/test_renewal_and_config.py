@@ -131,7 +131,7 @@ def test_missing_required_setting_and_unknown_toml_key(tmp_path: Path) -> None:
         load_config([], env)
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_setting = 1\n")
-    with pytest.raises(ConfigError, match="unknown setting in .*no_such_setting"):
+    with pytest.raises(ConfigError, match=r"unknown setting in .*no_such_setting"):
         load_config(["--config", str(bad)], base_env(tmp_path))
 
 

@@ -79,7 +79,7 @@ def test_tampered_or_incomplete_generation_is_detected(tmp_path: Path) -> None:
     volume = Volume(tmp_path)
     directory = volume.write_generation(make_bundle(volume))
     (directory / layout.TRUSTSTORE_JKS).write_bytes(b"not a truststore")
-    with pytest.raises(VolumeError, match="truststore.jks does not match"):
+    with pytest.raises(VolumeError, match=r"truststore\.jks does not match"):
         read_generation(directory)
     (directory / layout.MANIFEST).unlink()
     with pytest.raises(VolumeError, match="no manifest"):
