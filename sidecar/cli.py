@@ -51,7 +51,9 @@ def build_manager(config: AuthManagerConfig, metrics: AuthManagerMetrics, log: A
 def build_source(config: AuthManagerConfig, manager: AuthManager, metrics: AuthManagerMetrics,
                  log: Any, stop: threading.Event) -> DesiredSource:
     if config.coordinated:
-        raise ConfigError("coordinated rotation (consul_addr) is not available in this build")
+        from sidecar.coordinator import RotationParticipant
+
+        return RotationParticipant.from_config(config, manager, metrics, log, stop)
     assert config.root is not None
     return StaticSource(config.root, list(config.trust), stop)
 
@@ -91,9 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manager.run(source, stop)
     finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        source.close(destroy=True)
         if health is not None:
             health.stop()
     log.info("stopped")
@@ -110,9 +110,8 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any) -> int:
         log.error("once_failed", error=str(exc), kind=getattr(exc, "reason", "material"))
         return 1
     finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        # Keep the registration: the long-running auth manager resumes the same session.
+        source.close(destroy=False)
     log.info("once_ok", generation=manifest.generation, serial=manifest.serial,
              not_after=manifest.not_after)
     return 0

@@ -86,6 +86,8 @@ class AuthManagerConfig:
     watch_wait: int = setting(60, help="Consul blocking query wait in seconds")
     min_dwell: float = setting(0.0, help="minimum seconds every rotation phase lasts")
     expected_members: int = setting(0, help="rotation waits for at least this many participants")
+    require_ack: bool = setting(True, help="report a phase to Consul only once the TLS monitor "
+                                "acknowledged the broker/app serves it")
 
     # Renewal.
     renew_fraction: float = setting(2 / 3, help="renew after this fraction of the lifetime")

@@ -12,15 +12,18 @@ from typing import Any, Protocol
 
 from sidecar import layout
 from sidecar.bundle import render_bundle
+from sidecar.consul_store import ConsulError
 from sidecar.issuer import Issuer
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.renewal import Desired, backoff_delay, renewal_reason, renewal_time
+from sidecar.rotation import RotationInputError
 from sidecar.vault import VaultError
 from sidecar.volume import Volume, VolumeError
 
-RECOVERABLE = (VaultError, MaterialError, VolumeError)
+#: Failures a reconcile pass survives: logged, counted, retried with backoff.
+RECOVERABLE = (VaultError, MaterialError, VolumeError, ConsulError, RotationInputError)
 
 
 class DesiredSource(Protocol):
@@ -32,6 +35,8 @@ class DesiredSource(Protocol):
     def wait(self, timeout: float) -> None: ...
 
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None: ...
+
+    def close(self, destroy: bool = True) -> None: ...
 
 
 class StaticSource:
@@ -48,6 +53,9 @@ class StaticSource:
         self._stop.wait(timeout)
 
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
+        return None
+
+    def close(self, destroy: bool = True) -> None:
         return None
 
 
@@ -186,6 +194,10 @@ class AuthManager:
             kind = "bad_material"
         elif isinstance(exc, VolumeError):
             kind = "volume"
+        elif isinstance(exc, RotationInputError):
+            kind = "rotation_input"
+        elif isinstance(exc, ConsulError):
+            kind = f"consul_{exc.reason}"
         self.failures += 1
         self.last_error = str(exc)
         delay = backoff_delay(self.failures - 1, self.backoff_initial, self.backoff_max,

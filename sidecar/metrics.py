@@ -23,6 +23,29 @@ class AuthManagerMetrics:
             "pki_vault_request_duration_seconds", "Vault request latency",
             ["operation", "outcome"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.consul_errors = Counter("pki_consul_errors_total", "Consul request failures",
+                                     ["reason"], registry=r)
+        self.watch_latency = Histogram(
+            "pki_consul_watch_latency_seconds",
+            "Seconds from a rotation phase change to this participant seeing it", registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.cas_conflicts = Counter("pki_rotation_cas_conflicts_total",
+                                     "Rotation record writes lost to another participant",
+                                     registry=r)
+        self.rotation_input_errors = Counter(
+            "pki_rotation_input_errors_total", "Malformed or unknown Consul values ignored",
+            ["key"], registry=r)
+        self.rotation_phase = Gauge("pki_rotation_phase", "Phase of the rotation record",
+                                    registry=r)
+        self.rotation_info = Gauge("pki_rotation_info", "Current rotation (labels)",
+                                   ["rotation_id", "from_root", "to_root"], registry=r)
+        self.rotation_phase_seconds = Gauge("pki_rotation_phase_seconds",
+                                            "Seconds the record has been in its phase",
+                                            registry=r)
+        self.rotation_waiting = Gauge("pki_rotation_waiting_participants",
+                                      "Participants the barrier waits on", registry=r)
+        self.rotation_stable = Gauge("pki_rotation_stable",
+                                     "1 when the rotation has completed", registry=r)
         self.errors = Counter("pki_errors_total", "Errors by kind", ["kind"], registry=r)
 
     def observe_vault(self, operation: str, seconds: float, outcome: str) -> None:

@@ -1,0 +1,422 @@
+"""A participant in the Consul-coordinated root rotation (the auth manager's desired source).
+
+Protocol per pass: register (session + ``nodes/<id>``), read the prefix, let the pure state
+machine decide, check-and-set the record if it says so (losers re-read), then install the
+phase's material and report what the broker or app verifiably serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sidecar.config import AuthManagerConfig
+from sidecar.consul_store import ConsulError, ConsulStore, Snapshot, watch_loop
+from sidecar.manager import AuthManager
+from sidecar.manifest import Acknowledgement, Manifest, ManifestError
+from sidecar.metrics import AuthManagerMetrics
+from sidecar.renewal import Desired
+from sidecar.rotation import (
+    NodeState,
+    Policy,
+    RotationInputError,
+    RotationRecord,
+    barrier,
+    decide,
+    parse_node,
+    parse_record,
+    parse_root_name,
+    target_phase,
+)
+from sidecar.vault import VaultError
+from sidecar.volume import Volume
+
+ACTIVE_ROOT = "active-root"
+ROTATION = "rotation"
+NODES = "nodes/"
+SESSION_FILE = ".consul-session"
+
+
+def served_by_ack(volume: Volume, manifest: Manifest | None, ack: Acknowledgement | None
+                  ) -> Manifest | None:
+    """The manifest of the generation the monitor verified as served, if still on disk."""
+    if ack is None:
+        return None
+    if manifest is not None and ack.generation == manifest.generation:
+        return manifest if ack.serial == manifest.serial else None
+    directory = volume.root / "generations" / f"{ack.generation:08d}"
+    try:
+        old = Manifest.from_json((directory / "manifest.json").read_bytes())
+    except (OSError, ManifestError):
+        return None
+    return old if old.serial == ack.serial else None
+
+
+class Registration:
+    """This participant's Consul session and ``nodes/<id>`` key, renewed in the background.
+
+    The session id is kept on the volume so that a restarted auth manager (or the long
+    running one after the ``--once`` init run) continues the same registration without a gap.
+    """
+
+    def __init__(self, store: ConsulStore, node_id: str, ttl: int, session_file: Path,
+                 log: Any, on_lost: Callable[[], None]) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.ttl = ttl
+        self.session_file = session_file
+        self.log = log
+        self.on_lost = on_lost
+        self.session_id: str | None = None
+        self.published: bytes | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def key(self) -> str:
+        return NODES + self.node_id
+
+    def ensure(self, state: NodeState) -> None:
+        """Hold a live session and the node key; (re)register if either was lost."""
+        with self._lock:
+            if self.session_id is None:
+                self.session_id = self._resume_or_create()
+                self.published = None
+            self._publish(state)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._renew_loop, daemon=True,
+                                            name="consul-session")
+            self._thread.start()
+
+    def publish(self, state: NodeState) -> None:
+        with self._lock:
+            if self.session_id is not None:
+                self._publish(state)
+
+    def _publish(self, state: NodeState) -> None:
+        data = state.to_json()
+        if data == self.published:
+            return
+        assert self.session_id is not None
+        if not self.store.put(self.key, data, acquire=self.session_id):
+            raise ConsulError(f"Consul refused {self.key} to session {self.session_id}: another "
+                              "live session holds it (duplicate node_id?)", "conflict")
+        self.published = data
+
+    def _resume_or_create(self) -> str:
+        with contextlib.suppress(OSError):
+            saved = self.session_file.read_text().strip()
+            if saved and self.store.renew_session(saved):
+                self.log.info("consul_session_resumed", session=saved, node_id=self.node_id)
+                return saved
+        session_id = self.store.create_session(f"kafka-pki/{self.node_id}", self.ttl)
+        self._save(session_id)
+        self.log.info("consul_session_created", session=session_id, node_id=self.node_id)
+        return session_id
+
+    def _save(self, session_id: str) -> None:
+        tmp = self.session_file.with_name(self.session_file.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(session_id)
+            os.replace(tmp, self.session_file)
+        except OSError as exc:  # the volume may be read-only: registration still works
+            self.log.warning("consul_session_not_saved", error=str(exc))
+
+    def _renew_loop(self) -> None:
+        renew_store = self.store.clone()
+        while not self._stop.wait(self.ttl / 3):
+            session_id = self.session_id
+            if session_id is None:
+                continue
+            try:
+                alive = renew_store.renew_session(session_id)
+            except ConsulError as exc:
+                self.log.warning("consul_session_renew_failed", error=str(exc))
+                continue
+            if not alive:
+                with self._lock:
+                    if self.session_id == session_id:
+                        self.session_id = None
+                self.log.error("consul_session_lost", session=session_id,
+                               node_id=self.node_id,
+                               detail="session expired: re-registering")
+                self.on_lost()
+
+    def close(self, destroy: bool) -> None:
+        self._stop.set()
+        if destroy and self.session_id is not None:
+            with contextlib.suppress(ConsulError):
+                self.store.destroy_session(self.session_id)
+            with contextlib.suppress(OSError):
+                self.session_file.unlink()
+
+
+class RotationParticipant:
+    """DesiredSource for coordinated mode: the rotation decides signer and trust set."""
+
+    def __init__(self, *, store: ConsulStore, watch_store: ConsulStore, manager: AuthManager,
+                 metrics: AuthManagerMetrics, log: Any, node_id: str, role: str,
+                 policy: Policy, session_ttl: int, watch_wait: float,
+                 require_ack: bool, stop: threading.Event,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.watch_store = watch_store
+        self.manager = manager
+        self.metrics = metrics
+        self.log = log
+        self.node_id = node_id
+        self.role = role
+        self.policy = policy
+        self.watch_wait = watch_wait
+        self.require_ack = require_ack
+        self.stop = stop
+        self.clock = clock
+        self.changed = threading.Event()
+        self.snapshot: Snapshot | None = None
+        self._snapshot_lock = threading.Lock()
+        self.registration = Registration(store, node_id, session_ttl,
+                                         manager.volume.root / SESSION_FILE, log,
+                                         on_lost=self.changed.set)
+        self._watcher: threading.Thread | None = None
+        self._known_roots: set[str] = set()
+        self._reported_bad: set[str] = set()
+        self._deferred_logged: set[tuple[str, str]] = set()
+        self._record: RotationRecord | None = None
+        self._ack_stamp: float | None = None
+
+    @classmethod
+    def from_config(cls, config: AuthManagerConfig, manager: AuthManager,
+                    metrics: AuthManagerMetrics, log: Any,
+                    stop: threading.Event) -> RotationParticipant:
+        assert config.consul_addr is not None
+        prefix = f"{config.consul_prefix.strip('/')}/{config.cluster}/"
+        store = ConsulStore(config.consul_addr, prefix, config.consul_token)
+        return cls(store=store, watch_store=store.clone(), manager=manager, metrics=metrics,
+                   log=log, node_id=config.participant_id, role=config.node_role,
+                   policy=Policy(config.min_dwell, config.expected_members),
+                   session_ttl=config.session_ttl, watch_wait=config.watch_wait,
+                   require_ack=config.require_ack, stop=stop)
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if self._watcher is not None:
+            return
+
+        def on_snapshot(snapshot: Snapshot) -> None:
+            with self._snapshot_lock:
+                self.snapshot = snapshot
+            self.changed.set()
+
+        def on_error(exc: ConsulError, delay: float) -> None:
+            self.metrics.consul_errors.labels(reason=exc.reason).inc()
+            self.log.warning("consul_watch_failed", error=str(exc), retry_in=round(delay, 2))
+
+        self._watcher = threading.Thread(
+            target=watch_loop, name="consul-watch", daemon=True,
+            args=(self.watch_store, self.watch_wait, on_snapshot, on_error, self.stop.is_set))
+        self._watcher.start()
+
+    def _read_now(self) -> Snapshot:
+        snapshot = self.store.read()
+        with self._snapshot_lock:
+            if self.snapshot is None or snapshot.index >= self.snapshot.index:
+                self.snapshot = snapshot
+        return snapshot
+
+    # -- DesiredSource ----------------------------------------------------------------------
+
+    def node_state(self) -> NodeState:
+        """What this participant verifiably serves (from the monitor's acknowledgement)."""
+        manifest = self.manager.current_manifest()
+        ack = self.manager.volume.read_ack()
+        served = manifest if not self.require_ack else served_by_ack(
+            self.manager.volume, manifest, ack)
+        if served is None:
+            return NodeState(self.node_id, role=self.role, updated_at=self.clock())
+        return NodeState(self.node_id, role=self.role, trust=frozenset(served.trust),
+                         signer=served.signer, serial=served.serial, issuer=served.issuer,
+                         not_after=served.not_after, rotation_id=served.rotation_id,
+                         updated_at=self.clock())
+
+    def desired(self) -> Desired:
+        """Register, read, decide (CAS), and return this participant's target material."""
+        try:
+            return self._desired()
+        except ConsulError as exc:
+            self.metrics.consul_errors.labels(reason=exc.reason).inc()
+            raise RotationConsulError(str(exc)) from exc
+
+    def _desired(self) -> Desired:
+        me = self.node_state()
+        self.registration.ensure(me)
+        self._start_watcher()
+        snapshot = self._read_now()
+        for _ in range(8):
+            record = self._parse_record(snapshot)
+            desired_root = self._desired_root(snapshot)
+            nodes = self._parse_nodes(snapshot, me)
+            now = self.clock()
+            decision = decide(record, desired_root, nodes, now, self.policy,
+                              new_id=uuid.uuid4().hex[:12])
+            if decision.record is None:
+                self._log_events(decision.events, record)
+                break
+            if self.store.put(ROTATION, decision.record.to_json(),
+                              cas=snapshot.modify_index(ROTATION)):
+                self._log_events(decision.events, record)
+                record = decision.record
+                break
+            self.metrics.cas_conflicts.inc()
+            snapshot = self._read_now()  # lost the race: re-read and decide again
+        if record is None:
+            raise RotationInputError("no rotation record and no valid active-root: "
+                                     f"set {self.store.prefix}{ACTIVE_ROOT}")
+        self._observe(record, nodes)
+        own_phase = record.phase_of(me.trust, me.signer)
+        phase = target_phase(record, own_phase)
+        material = record.material(phase)
+        for root in material.trust:
+            self._check_root_exists(root)
+        return Desired(signer=material.signer, trust=tuple(material.trust),
+                       rotation_id=record.id, phase=phase)
+
+    def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
+        """Publish what is served now (after the monitor acknowledged it)."""
+        try:
+            self.registration.publish(self.node_state())
+        except ConsulError as exc:
+            self.metrics.consul_errors.labels(reason=exc.reason).inc()
+            self.log.warning("report_failed", error=str(exc))
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until Consul changes, the monitor acknowledges, a dwell ends, or timeout."""
+        deadline = time.monotonic() + min(timeout, self._dwell_left() or timeout)
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self.changed.wait(min(left, 0.25)):
+                self.changed.clear()
+                return
+            if self._ack_changed():
+                return
+
+    def close(self, destroy: bool = True) -> None:
+        self.stop.set()
+        self.registration.close(destroy=destroy)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _ack_changed(self) -> bool:
+        try:
+            stamp = os.stat(self.manager.volume.root / "monitor-ack.json").st_mtime
+        except OSError:
+            stamp = None
+        changed = stamp != self._ack_stamp
+        self._ack_stamp = stamp
+        return changed
+
+    def _dwell_left(self) -> float | None:
+        record = self._record
+        if record is None or self.policy.min_dwell <= 0 or record.stable:
+            return None
+        return max(0.5, record.phase_since + self.policy.min_dwell - self.clock() + 0.05)
+
+    def _bad_input(self, key: str, message: str) -> None:
+        self.metrics.rotation_input_errors.labels(key=key).inc()
+        if message not in self._reported_bad:
+            self._reported_bad.add(message)
+            self.log.error("rotation_input_invalid", key=key, error=message,
+                           action="ignored; nothing rotates on this value")
+
+    def _desired_root(self, snapshot: Snapshot) -> str | None:
+        try:
+            root = parse_root_name(snapshot.value(ACTIVE_ROOT))
+            self._check_root_exists(root)
+        except RotationInputError as exc:
+            self._bad_input(ACTIVE_ROOT, str(exc))
+            return None
+        return root
+
+    def _check_root_exists(self, root: str) -> None:
+        if root in self._known_roots:
+            return
+        try:
+            self.manager.issuer.vault.ca_certificates(root)
+        except VaultError as exc:
+            if exc.reason in ("not_found", "invalid_request", "malformed_response"):
+                raise RotationInputError(f"root {root!r} has no usable Vault PKI mount "
+                                         f"({exc})") from exc
+            raise
+        self._known_roots.add(root)
+
+    def _parse_record(self, snapshot: Snapshot) -> RotationRecord | None:
+        raw = snapshot.value(ROTATION)
+        if raw is None:
+            return None
+        try:
+            return parse_record(raw)
+        except RotationInputError as exc:
+            self._bad_input(ROTATION, str(exc))
+            raise RotationInputError(f"{exc}; keeping the current material") from exc
+
+    def _parse_nodes(self, snapshot: Snapshot, me: NodeState) -> dict[str, NodeState]:
+        nodes: dict[str, NodeState] = {}
+        for key, entry in snapshot.entries.items():
+            if not key.startswith(NODES) or entry.session is None:
+                continue  # only registered (session-held) participants count
+            node_id = key[len(NODES):]
+            try:
+                nodes[node_id] = parse_node(node_id, entry.value)
+            except RotationInputError as exc:
+                self._bad_input("nodes", str(exc))
+                nodes[node_id] = NodeState(node_id)  # counts, but serves nothing known
+        nodes[self.node_id] = me
+        return nodes
+
+    def _log_events(self, events: tuple[Any, ...], record: RotationRecord | None) -> None:
+        for event in events:
+            if event.name == "rotation_deferred":
+                key = (str(event.fields.get("requested")), record.id if record else "")
+                if key in self._deferred_logged:
+                    continue
+                self._deferred_logged.add(key)
+                self.log.warning(event.name, **dict(event.fields))
+            else:
+                self.log.info(event.name, **dict(event.fields))
+
+    def _observe(self, record: RotationRecord, nodes: dict[str, NodeState]) -> None:
+        previous = self._record
+        self._record = record
+        now = self.clock()
+        m = self.metrics
+        if previous is None or (previous.id, previous.phase) != (record.id, record.phase):
+            m.watch_latency.observe(max(0.0, now - record.phase_since))
+            m.rotation_info.clear()
+            m.rotation_info.labels(rotation_id=record.id, from_root=record.from_root,
+                                   to_root=record.to_root).set(1)
+        m.rotation_phase.set(record.phase)
+        m.rotation_phase_seconds.set(now - record.phase_since)
+        gate = barrier(record, nodes, now, self.policy)
+        m.rotation_waiting.set(len(gate.waiting_on))
+        m.rotation_stable.set(1 if record.stable else 0)
+
+
+class RotationConsulError(ConsulError):
+    """Consul failed during a reconcile pass; the material stays as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "consul")
+
+
+__all__ = ["RotationConsulError", "RotationParticipant"]

@@ -1,0 +1,1139 @@
+"""A Consul HTTP API test double: the KV store, sessions and blocking queries.
+
+It follows the behaviour of a single-server Consul agent (checked against HashiCorp's API
+docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`,
+`agent/consul/rpc.go` `blockingQuery`, `agent/session_endpoint.go`,
+`agent/consul/session_ttl.go`), for the calls python-consul2 0.1.5 makes:
+
+* KV: ``GET/PUT/DELETE /v1/kv/<key>`` with ``recurse``, ``keys``/``separator``, ``raw``,
+  ``cas``, ``acquire``, ``release``, ``flags``.  Writes answer the literal ``true``/``false``.
+* Indexes: one Raft-like index; every write that reaches Raft consumes one, even a failed CAS
+  (so ModifyIndex values are not consecutive).  A single-key read reports the key's
+  ModifyIndex, or, when the key is missing, the KV table index (last KV write or delete
+  anywhere, never below 1).  A ``recurse``/``keys`` read reports the highest ModifyIndex or
+  tombstone under the prefix.  Writing an identical value changes nothing (Consul >= 1.6).
+* Blocking queries (``index`` + ``wait``): wait defaults to 5m, is capped at 10m (``0s`` means
+  the default) and gets up to wait/16 of jitter; the query re-runs on every state change and
+  returns once its index exceeds ``index`` or the wait expires.  A client whose index is AHEAD
+  of the server (after an agent restart wiped the data) therefore blocks for the whole wait and
+  then gets a LOWER index: real Consul does not return early, the client must reset to 0.
+  A missing key is answered with the table index, so any KV write wakes it (the data is
+  unchanged: a spurious wakeup as real Consul gives).
+* Sessions: create (TTL 10s..24h unless ``session_ttl_min`` is lowered, Behavior
+  release|delete, LockDelay default 15s, numbers below 1000 are seconds), renew (404
+  ``Session id '<id>' not found``), destroy (idempotent ``true``), info (``[]`` if unknown),
+  list, node.  A TTL session is invalidated 2x TTL after its last renewal; its keys are then
+  released or deleted, and lock-delay (capped at 60s) blocks other sessions' ``acquire``
+  (answered ``false``) on those keys.  Lock-delay lives in the leader's memory only, so an
+  agent restart forgets it.
+* Optional ACL: with ``acl_token`` set, a request without a token gets 403 ``Permission
+  denied``; with another token, 403 ``ACL not found``.
+
+Test controls (thread safe): :meth:`restart`, :meth:`reset_index`, :meth:`drop_connections`,
+:meth:`set_down`, :meth:`expire_session`, :meth:`spurious_wakeups`, :meth:`reap_tombstones`,
+:attr:`request_log`.  Run standalone with ``python -m tests.doubles.consul --port 8500``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import random
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+__all__ = ["ConsulDouble", "RequestRecord", "format_go_duration", "parse_go_duration"]
+
+NS_PER_S = 1_000_000_000
+DEFAULT_QUERY_TIME_S = 300.0
+MAX_QUERY_TIME_S = 600.0
+JITTER_FRACTION = 16
+SESSION_TTL_MIN_NS = 10 * NS_PER_S
+SESSION_TTL_MAX_NS = 24 * 3600 * NS_PER_S
+SESSION_TTL_MULTIPLIER = 2
+DEFAULT_LOCK_DELAY_NS = 15 * NS_PER_S
+MAX_LOCK_DELAY_NS = 60 * NS_PER_S
+LOCK_DELAY_MIN_THRESHOLD = 1000
+KV_MAX_VALUE_SIZE = 512 * 1024
+SERF_CHECK = "serfHealth"
+
+_UNITS_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,
+    "\u03bcs": 1_000,
+    "ms": 1_000_000,
+    "s": NS_PER_S,
+    "m": 60 * NS_PER_S,
+    "h": 3600 * NS_PER_S,
+}
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)([^\d.]*)")
+
+
+def parse_go_duration(text: str) -> int:
+    """Parse a Go duration ("15s", "1m30s", "250ms") into nanoseconds, like time.ParseDuration."""
+    invalid = ValueError(f'time: invalid duration "{text}"')
+    rest, sign = text, 1
+    if rest[:1] in ("+", "-"):
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        raise invalid
+    total = Decimal(0)
+    pos = 0
+    while pos < len(rest):
+        match = _DURATION_PART.match(rest, pos)
+        if match is None:
+            raise invalid
+        number, unit = match.groups()
+        if not unit:
+            raise ValueError(f'time: missing unit in duration "{text}"')
+        if unit not in _UNITS_NS:
+            raise ValueError(f'time: unknown unit "{unit}" in duration "{text}"')
+        try:
+            total += Decimal(number) * _UNITS_NS[unit]
+        except InvalidOperation as exc:
+            raise invalid from exc
+        pos = match.end()
+    return sign * int(total)
+
+
+def format_go_duration(ns: int) -> str:
+    """Format nanoseconds the way Go's time.Duration.String does ("10s", "24h0m0s", "1.5ms")."""
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < NS_PER_S:
+        for unit, size in (("ms", 1_000_000), ("\u00b5s", 1_000)):
+            if ns >= size:
+                return sign + _trim(Decimal(ns) / size) + unit
+        return f"{sign}{ns}ns"
+    hours, rem = divmod(ns, 3600 * NS_PER_S)
+    minutes, rem = divmod(rem, 60 * NS_PER_S)
+    seconds = _trim(Decimal(rem) / NS_PER_S) + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{seconds}"
+    if minutes:
+        return f"{sign}{minutes}m{seconds}"
+    return sign + seconds
+
+
+def _trim(value: Decimal) -> str:
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+class RequestRecord(NamedTuple):
+    """One request seen by the double; status is None when the connection was dropped."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int | None
+
+
+@dataclass
+class _Entry:
+    key: str
+    value: bytes | None
+    flags: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+    lock_index: int = 0
+    session: str = ""
+
+    def same_content(self, other: _Entry) -> bool:
+        return (
+            self.value == other.value
+            and self.flags == other.flags
+            and self.lock_index == other.lock_index
+            and self.session == other.session
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "LockIndex": self.lock_index,
+            "Key": self.key,
+            "Flags": self.flags,
+            "Value": base64.b64encode(self.value).decode() if self.value is not None else None,
+        }
+        if self.session:
+            out["Session"] = self.session
+        out["CreateIndex"] = self.create_index
+        out["ModifyIndex"] = self.modify_index
+        return out
+
+
+@dataclass
+class _Session:
+    id: str
+    name: str
+    node: str
+    lock_delay_ns: int
+    behavior: str
+    ttl: str
+    ttl_ns: int
+    node_checks: list[str]
+    service_checks: list[Any] | None
+    create_index: int
+    modify_index: int
+    deadline: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ID": self.id,
+            "Name": self.name,
+            "Node": self.node,
+            "LockDelay": self.lock_delay_ns,
+            "Behavior": self.behavior,
+            "TTL": self.ttl,
+            "NodeChecks": self.node_checks,
+            "ServiceChecks": self.service_checks,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _InFlight:
+    conn: socket.socket
+    aborted: bool = False
+
+
+class _Aborted(Exception):
+    """The connection was dropped on purpose: answer nothing."""
+
+
+class _RpcError(Exception):
+    """An error Consul's HTTP layer turns into a 500 with the message as body."""
+
+
+def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
+    hdrs = {"Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    return _Response(status, json.dumps(obj).encode(), hdrs)
+
+
+def _text(status: int, text: str) -> _Response:
+    return _Response(status, text.encode(), {"Content-Type": "text/plain; charset=utf-8"})
+
+
+def _first(query: dict[str, list[str]], name: str) -> str:
+    values = query.get(name)
+    return values[0] if values else ""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], double: ConsulDouble) -> None:
+        self.double = double
+        super().__init__(addr, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet about connections that the client or a test control cut."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Like Go's net/http: no Nagle, or header and body writes wait on delayed ACKs.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.double._register_conn(self.connection)
+
+    def finish(self) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                super().finish()
+        finally:
+            self.server.double._unregister_conn(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _dispatch(self) -> None:
+        double = self.server.double
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        query = parse_qs(split.query, keep_blank_values=True)
+        flat = {k: v[0] for k, v in query.items()}
+        try:
+            body = self._read_body()
+            resp = double._handle(self.command, path, query, dict(self.headers), body, self)
+        except (_Aborted, OSError):
+            self.close_connection = True
+            double._log(RequestRecord(self.command, path, flat, None))
+            return
+        except Exception as exc:  # a bug in the double: answer 500 and show it
+            traceback.print_exc()
+            resp = _text(500, f"consul double internal error: {exc!r}")
+        double._log(RequestRecord(self.command, path, flat, resp.status))
+        try:
+            self.send_response_only(resp.status)
+            self.send_header("Date", formatdate(usegmt=True))
+            for name, value in resp.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(resp.body)))
+            self.end_headers()
+            self.wfile.write(resp.body)
+        except OSError:
+            self.close_connection = True
+
+
+class ConsulDouble:
+    """A Consul agent (single server, leader) on 127.0.0.1 speaking the HTTP API.
+
+    Use as ``with ConsulDouble() as consul:``; the server is listening once constructed.
+    """
+
+    _raft_index: int
+    _kv: dict[str, _Entry]
+    _tombstones: dict[str, int]
+    _kvs_index: int
+    _sessions: dict[str, _Session]
+    _sessions_index: int
+    _lock_delay: dict[str, float]
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        acl_token: str | None = None,
+        datacenter: str = "dc1",
+        node_name: str = "consul-double",
+        initial_index: int = 10,
+        session_ttl_min: float = SESSION_TTL_MIN_NS / NS_PER_S,
+    ) -> None:
+        """Start serving; ``session_ttl_min`` mirrors Consul's ``session_ttl_min`` setting."""
+        if initial_index < 1:
+            raise ValueError("initial_index must be at least 1")
+        self.host = host
+        self._port = port
+        self.acl_token = acl_token
+        self.datacenter = datacenter
+        self.node_name = node_name
+        self.initial_index = initial_index
+        self.session_ttl_min_ns = int(session_ttl_min * NS_PER_S)
+        self._cond = threading.Condition(threading.RLock())
+        self._server_lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._inflight: set[_InFlight] = set()
+        self._log_entries: list[RequestRecord] = []
+        self._spurious = False
+        self._spurious_after = 0.05
+        self._epoch = 0
+        self._closed = False
+        self._wipe()
+        self._start_server()
+        self._reaper = threading.Thread(
+            target=self._reap_sessions, daemon=True, name="consul-double-ttl"
+        )
+        self._reaper.start()
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def port(self) -> int:
+        """The TCP port (fixed after the first bind, kept across set_down/restart)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234``."""
+        return f"http://{self.host}:{self._port}"
+
+    @property
+    def index(self) -> int:
+        """The current Raft-like index (the last one a write consumed)."""
+        with self._cond:
+            return self._raft_index
+
+    @property
+    def request_log(self) -> list[RequestRecord]:
+        """A copy of every request seen so far (method, path, query, status)."""
+        with self._cond:
+            return list(self._log_entries)
+
+    def clear_request_log(self) -> None:
+        """Forget the requests logged so far."""
+        with self._cond:
+            self._log_entries.clear()
+
+    def kv_snapshot(self) -> dict[str, bytes | None]:
+        """The KV store as ``{key: value}``, for assertions."""
+        with self._cond:
+            return {k: e.value for k, e in sorted(self._kv.items())}
+
+    def session_ids(self) -> list[str]:
+        """IDs of the live sessions."""
+        with self._cond:
+            return sorted(self._sessions)
+
+    def restart(self, keep_data: bool = True) -> None:
+        """Simulate an agent restart: every open connection is dropped without a response.
+
+        With ``keep_data=False`` (a dev-mode agent) KV, sessions and tombstones are wiped and
+        the index starts again at ``initial_index``: a client's saved index is now ahead of the
+        server.  With ``keep_data=True`` session TTL timers restart from now (as a new leader
+        does) and lock-delays are forgotten (they live in the leader's memory only).
+        """
+        self.set_down(True)
+        with self._cond:
+            if keep_data:
+                now = time.monotonic()
+                for sess in self._sessions.values():
+                    if sess.ttl_ns:
+                        sess.deadline = now + SESSION_TTL_MULTIPLIER * sess.ttl_ns / NS_PER_S
+                self._lock_delay.clear()
+            else:
+                self._wipe()
+            self._epoch += 1
+            self._cond.notify_all()
+        self.set_down(False)
+
+    def reset_index(self, value: int) -> None:
+        """Keep the data but rewrite every index to at most ``value`` (a snapshot restore).
+
+        As after a real restore, blocked queries return at once with the lower index.
+        """
+        if value < 1:
+            raise ValueError("index must be at least 1")
+        with self._cond:
+            self._raft_index = value
+            for entry in self._kv.values():
+                entry.create_index = min(entry.create_index, value)
+                entry.modify_index = min(entry.modify_index, value)
+            for key, idx in self._tombstones.items():
+                self._tombstones[key] = min(idx, value)
+            for sess in self._sessions.values():
+                sess.create_index = min(sess.create_index, value)
+                sess.modify_index = min(sess.modify_index, value)
+            self._kvs_index = min(self._kvs_index, value)
+            self._sessions_index = min(self._sessions_index, value)
+            self._epoch += 1
+            self._cond.notify_all()
+
+    def reap_tombstones(self) -> None:
+        """Forget delete tombstones (Consul reaps them after tombstone_ttl): list indexes of a
+        prefix whose newest key was deleted may then go backwards."""
+        with self._cond:
+            self._tombstones.clear()
+
+    def drop_connections(self) -> int:
+        """Abort every in-flight blocking query by closing its socket without a response.
+
+        Returns how many were aborted.
+        """
+        with self._cond:
+            victims = list(self._inflight)
+            for item in victims:
+                item.aborted = True
+                _shutdown(item.conn)
+            self._cond.notify_all()
+            return len(victims)
+
+    def set_down(self, down: bool) -> None:
+        """Close (True) or reopen (False) the listening socket on the same port.
+
+        Going down also drops every open connection, as a dead agent would.
+        """
+        with self._server_lock:
+            if down and self._server is not None:
+                server, self._server = self._server, None
+                server.shutdown()
+                server.server_close()
+                if self._thread is not None:
+                    self._thread.join(timeout=5)
+                self._drop_all()
+            elif not down and self._server is None and not self._closed:
+                self._start_server()
+
+    @property
+    def is_down(self) -> bool:
+        """Whether the listening socket is closed."""
+        return self._server is None
+
+    def expire_session(self, session_id: str) -> bool:
+        """Invalidate a session now, as a TTL expiry would; False if it does not exist."""
+        with self._cond:
+            sess = self._sessions.get(session_id)
+            if sess is None:
+                return False
+            self._invalidate(sess, self._next_index())
+            return True
+
+    def spurious_wakeups(self, enabled: bool, after: float = 0.05) -> None:
+        """When enabled, blocked queries return after ``after`` seconds with NO change."""
+        with self._cond:
+            self._spurious = enabled
+            self._spurious_after = after
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop serving and drop every connection."""
+        self.set_down(True)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._reaper.join(timeout=5)
+
+    def __enter__(self) -> ConsulDouble:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ server plumbing
+
+    def _start_server(self) -> None:
+        server = _Server((self.host, self._port), self)
+        self._port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name=f"consul-double-{self._port}",
+        )
+        self._thread.start()
+
+    def _register_conn(self, conn: socket.socket) -> None:
+        with self._cond:
+            self._conns.add(conn)
+
+    def _unregister_conn(self, conn: socket.socket) -> None:
+        with self._cond:
+            self._conns.discard(conn)
+
+    def _drop_all(self) -> None:
+        with self._cond:
+            for item in self._inflight:
+                item.aborted = True
+            for conn in list(self._conns):
+                _shutdown(conn)
+            self._cond.notify_all()
+
+    def _log(self, record: RequestRecord) -> None:
+        with self._cond:
+            self._log_entries.append(record)
+
+    # ---------------------------------------------------------------- state store
+
+    def _wipe(self) -> None:
+        self._raft_index = self.initial_index
+        self._kv = {}
+        self._tombstones = {}
+        self._kvs_index = 0
+        self._sessions = {}
+        self._sessions_index = 0
+        self._lock_delay = {}
+
+    def _next_index(self) -> int:
+        self._raft_index += 1
+        return self._raft_index
+
+    def _changed(self) -> None:
+        self._cond.notify_all()
+
+    def _write_entry(self, new: _Entry, idx: int) -> None:
+        """kvsSetTxn: keep CreateIndex, skip identical writes, bump the table index."""
+        existing = self._kv.get(new.key)
+        if existing is not None:
+            new.create_index = existing.create_index
+            if existing.same_content(new):
+                new.modify_index = existing.modify_index
+                return
+        else:
+            new.create_index = idx
+        new.modify_index = idx
+        self._kv[new.key] = new
+        self._kvs_index = idx
+        self._changed()
+
+    def _delete_entry(self, key: str, idx: int) -> bool:
+        if self._kv.pop(key, None) is None:
+            return False
+        self._tombstones[key] = idx
+        self._kvs_index = idx
+        self._changed()
+        return True
+
+    def _invalidate(self, sess: _Session, idx: int) -> None:
+        """Destroy a session: release or delete its keys and start their lock-delay."""
+        del self._sessions[sess.id]
+        self._sessions_index = idx
+        delay_s = min(sess.lock_delay_ns, MAX_LOCK_DELAY_NS) / NS_PER_S
+        now = time.monotonic()
+        for entry in [e for e in self._kv.values() if e.session == sess.id]:
+            if sess.behavior == "delete":
+                self._delete_entry(entry.key, idx)
+            else:
+                released = _Entry(entry.key, entry.value, entry.flags, lock_index=entry.lock_index)
+                self._write_entry(released, idx)
+            if delay_s > 0:
+                self._lock_delay[entry.key] = now + delay_s
+        self._changed()
+
+    def _reap_sessions(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for sess in list(self._sessions.values()):
+                    if sess.deadline is not None and sess.deadline <= now:
+                        self._invalidate(sess, self._next_index())
+                deadlines = [s.deadline for s in self._sessions.values() if s.deadline is not None]
+                timeout = min(deadlines) - now if deadlines else 1.0
+                self._cond.wait(max(0.005, min(timeout, 1.0)))
+
+    def _list_index(self, prefix: str, entries: list[_Entry]) -> int:
+        """kvsListTxn: newest entry or tombstone under the prefix, else the table index."""
+        lindex = max((e.modify_index for e in entries), default=0)
+        if prefix:
+            tomb = max((i for k, i in self._tombstones.items() if k.startswith(prefix)), default=0)
+            lindex = max(lindex, tomb)
+        else:
+            lindex = self._kvs_index
+        return max(lindex or self._kvs_index, 1)
+
+    def _prefixed(self, prefix: str) -> list[_Entry]:
+        return [self._kv[k] for k in sorted(self._kv) if k.startswith(prefix)]
+
+    # ------------------------------------------------------------------- requests
+
+    def _handle(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: bytes,
+        handler: _Handler,
+    ) -> _Response:
+        if not path.startswith("/v1/"):
+            return _Response(404)
+        denied = self._check_acl(query, headers)
+        if denied is not None:
+            return denied
+        dc = _first(query, "dc")
+        if dc and dc != self.datacenter:
+            return _text(500, "No path to datacenter")
+        try:
+            if path.startswith("/v1/kv/"):
+                return self._kv_endpoint(method, path[len("/v1/kv/") :], query, body, handler)
+            if path.startswith("/v1/session/"):
+                return self._session_endpoint(
+                    method, path[len("/v1/session/") :], query, body, handler
+                )
+            if path == "/v1/status/leader":
+                return _json_response(f"{self.host}:8300")
+            if path == "/v1/status/peers":
+                return _json_response([f"{self.host}:8300"])
+            if path == "/v1/agent/self":
+                return _json_response(
+                    {
+                        "Config": {
+                            "Datacenter": self.datacenter,
+                            "NodeName": self.node_name,
+                            "Server": True,
+                            "Version": "1.10.0-double",
+                        },
+                        "Member": {"Name": self.node_name, "Addr": self.host, "Port": 8301},
+                    }
+                )
+        except _RpcError as exc:
+            return _text(500, str(exc))
+        return _Response(404)
+
+    def _check_acl(self, query: dict[str, list[str]], headers: dict[str, str]) -> _Response | None:
+        if self.acl_token is None:
+            return None
+        lower = {k.lower(): v for k, v in headers.items()}
+        token = _first(query, "token") or lower.get("x-consul-token", "")
+        auth = lower.get("authorization", "")
+        if not token and auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        if not token:
+            return _text(403, "Permission denied")
+        if token != self.acl_token:
+            return _text(403, "ACL not found")
+        return None
+
+    def _meta(self, index: int) -> dict[str, str]:
+        return {
+            "X-Consul-Index": str(index),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+        }
+
+    def _query_options(self, query: dict[str, list[str]]) -> tuple[int, float] | _Response:
+        """parseWait/parseConsistency: (min index, wait seconds) or a 400."""
+        wait_s = 0.0
+        wait = _first(query, "wait")
+        if wait:
+            try:
+                wait_s = parse_go_duration(wait) / NS_PER_S
+            except ValueError:
+                return _text(400, "Invalid wait time")
+        min_index = 0
+        idx = _first(query, "index")
+        if idx:
+            if not idx.isdigit() or int(idx) >= 2**64:
+                return _text(400, "Invalid index")
+            min_index = int(idx)
+        if "stale" in query and "consistent" in query:
+            return _text(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+        return min_index, wait_s
+
+    def _block(
+        self,
+        min_index: int,
+        wait_s: float,
+        compute: Callable[[], tuple[int, Any]],
+        handler: _Handler,
+    ) -> tuple[int, Any]:
+        """blockingQuery: re-run ``compute`` on every change until its index > min_index."""
+        if min_index == 0:
+            with self._cond:
+                return compute()
+        timeout = min(wait_s, MAX_QUERY_TIME_S) if wait_s > 0 else DEFAULT_QUERY_TIME_S
+        timeout += random.uniform(0, timeout / JITTER_FRACTION)
+        deadline = time.monotonic() + timeout
+        token = _InFlight(handler.connection)
+        with self._cond:
+            self._inflight.add(token)
+            epoch = self._epoch
+            spurious_at: float | None = None
+            try:
+                while True:
+                    if token.aborted:
+                        raise _Aborted
+                    index, payload = compute()
+                    if index > min_index or self._epoch != epoch:
+                        return index, payload
+                    now = time.monotonic()
+                    if now >= deadline:
+                        return index, payload
+                    wake = deadline
+                    if self._spurious:
+                        if spurious_at is None:
+                            spurious_at = now + self._spurious_after
+                        if now >= spurious_at:
+                            return index, payload
+                        wake = min(wake, spurious_at)
+                    self._cond.wait(wake - now)
+            finally:
+                self._inflight.discard(token)
+
+    # ------------------------------------------------------------------------- KV
+
+    def _kv_endpoint(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, list[str]],
+        body: bytes,
+        handler: _Handler,
+    ) -> _Response:
+        if method == "GET":
+            return self._kv_get(key, query, handler)
+        if method == "PUT":
+            return self._kv_put(key, query, body)
+        if method == "DELETE":
+            return self._kv_delete(key, query)
+        return _Response(405, headers={"Allow": "GET, PUT, DELETE"})
+
+    def _kv_get(self, key: str, query: dict[str, list[str]], handler: _Handler) -> _Response:
+        opts = self._query_options(query)
+        if isinstance(opts, _Response):
+            return opts
+        min_index, wait_s = opts
+        if "keys" in query:
+            sep = _first(query, "separator") or _first(query, "seperator")
+
+            def compute_keys() -> tuple[int, Any]:
+                entries = self._prefixed(key)
+                keys: dict[str, None] = {}  # ordered set
+                for e in entries:
+                    cut = e.key[len(key) :].find(sep) if sep else -1
+                    keys[e.key[: len(key) + cut + len(sep)] if cut > -1 else e.key] = None
+                return self._list_index(key, entries), list(keys)
+
+            index, keys = self._block(min_index, wait_s, compute_keys, handler)
+            if not keys and key:
+                return _Response(404, headers=self._meta(index))
+            return _json_response(keys, headers=self._meta(index))
+        if "recurse" in query:
+
+            def compute_list() -> tuple[int, Any]:
+                entries = self._prefixed(key)
+                return self._list_index(key, entries), [e.to_json() for e in entries]
+
+            index, items = self._block(min_index, wait_s, compute_list, handler)
+            if not items:
+                return _Response(404, headers=self._meta(index))
+            return _json_response(items, headers=self._meta(index))
+        if not key:
+            return _text(400, "Missing key name")
+
+        def compute_one() -> tuple[int, Any]:
+            entry = self._kv.get(key)
+            if entry is None:
+                return max(self._kvs_index, 1), None
+            return entry.modify_index, (entry.to_json(), entry.value)
+
+        index, found = self._block(min_index, wait_s, compute_one, handler)
+        if found is None:
+            return _Response(404, headers=self._meta(index))
+        if "raw" in query:
+            headers = self._meta(index)
+            headers.update(
+                {
+                    "Content-Type": "text/plain",
+                    "X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": "sandbox",
+                }
+            )
+            return _Response(200, found[1] or b"", headers)
+        return _json_response([found[0]], headers=self._meta(index))
+
+    def _kv_put(self, key: str, query: dict[str, list[str]], body: bytes) -> _Response:
+        if not key:
+            return _text(400, "Missing key name")
+        if sum(1 for f in ("cas", "acquire", "release") if f in query) > 1:
+            return _text(400, f"Conflicting flags: {urlencode(query, doseq=True)}\n")
+        flags = 0
+        if "flags" in query:
+            flags = _parse_uint(_first(query, "flags"))
+        if len(body) > KV_MAX_VALUE_SIZE:
+            return _text(
+                413,
+                f"Request body({len(body)} bytes) too large, max size: "
+                f"{KV_MAX_VALUE_SIZE} bytes. See "
+                "https://www.consul.io/docs/agent/options.html#kv_max_value_size.",
+            )
+        value = body or None
+        with self._cond:
+            if "cas" in query:
+                ok = self._kv_cas(key, value, flags, _parse_uint(_first(query, "cas")))
+            elif "acquire" in query:
+                ok = self._kv_lock(key, value, flags, _first(query, "acquire"))
+            elif "release" in query:
+                ok = self._kv_unlock(key, value, flags, _first(query, "release"))
+            else:
+                self._write_entry(
+                    _Entry(key, value, flags, session=self._session_of(key)), self._next_index()
+                )
+                ok = True
+        return _json_response(ok)
+
+    def _session_of(self, key: str) -> str:
+        existing = self._kv.get(key)
+        return existing.session if existing is not None else ""
+
+    def _kv_cas(self, key: str, value: bytes | None, flags: int, cas: int) -> bool:
+        idx = self._next_index()
+        existing = self._kv.get(key)
+        if cas == 0 and existing is not None:
+            return False
+        if cas != 0 and (existing is None or existing.modify_index != cas):
+            return False
+        self._write_entry(_Entry(key, value, flags, session=self._session_of(key)), idx)
+        return True
+
+    def _kv_lock(self, key: str, value: bytes | None, flags: int, session_id: str) -> bool:
+        expires = self._lock_delay.get(key)
+        if expires is not None:
+            if expires > time.monotonic():
+                return False  # rejected before Raft: no index consumed
+            del self._lock_delay[key]
+        idx = self._next_index()
+        if not session_id:
+            raise _RpcError("missing session")
+        if session_id not in self._sessions:
+            raise _RpcError(f'invalid session "{session_id}"')
+        existing = self._kv.get(key)
+        if existing is None:
+            lock_index = 1
+        elif existing.session == session_id:
+            lock_index = existing.lock_index
+        elif existing.session:
+            return False
+        else:
+            lock_index = existing.lock_index + 1
+        self._write_entry(_Entry(key, value, flags, lock_index=lock_index, session=session_id), idx)
+        return True
+
+    def _kv_unlock(self, key: str, value: bytes | None, flags: int, session_id: str) -> bool:
+        idx = self._next_index()
+        if not session_id:
+            raise _RpcError("missing session")
+        existing = self._kv.get(key)
+        if existing is None or existing.session != session_id:
+            return False
+        self._write_entry(_Entry(key, value, flags, lock_index=existing.lock_index), idx)
+        return True
+
+    def _kv_delete(self, key: str, query: dict[str, list[str]]) -> _Response:
+        if "recurse" in query and "cas" in query:
+            return _text(400, f"Conflicting flags: {urlencode(query, doseq=True)}\n")
+        if "recurse" not in query and not key:
+            return _text(400, "Missing key name")
+        with self._cond:
+            idx = self._next_index()
+            if "recurse" in query:
+                victims = [e.key for e in self._prefixed(key)]
+                for name in victims:
+                    del self._kv[name]
+                if victims:
+                    self._tombstones[key] = idx
+                    self._kvs_index = idx
+                    self._changed()
+                return _json_response(True)
+            if "cas" in query:
+                cas = _parse_uint(_first(query, "cas"))
+                existing = self._kv.get(key)
+                if existing is None:
+                    return _json_response(True)
+                if existing.modify_index != cas:
+                    return _json_response(False)
+            self._delete_entry(key, idx)
+        return _json_response(True)
+
+    # ------------------------------------------------------------------- sessions
+
+    def _session_endpoint(
+        self,
+        method: str,
+        rest: str,
+        query: dict[str, list[str]],
+        body: bytes,
+        handler: _Handler,
+    ) -> _Response:
+        verb, _, arg = rest.partition("/")
+        if verb in ("create", "destroy", "renew") and method != "PUT":
+            return _text(405, f"method {method} not allowed")
+        if verb in ("info", "list", "node") and method != "GET":
+            return _text(405, f"method {method} not allowed")
+        if verb == "create" and not arg:
+            return self._session_create(body)
+        if verb == "list" and not arg:
+            return self._session_query(query, handler, lambda s: True)
+        if verb not in ("destroy", "renew", "info", "node"):
+            return _Response(404)
+        if not arg:
+            return _text(400, "Missing node name" if verb == "node" else "Missing session")
+        if verb == "destroy":
+            with self._cond:
+                idx = self._next_index()
+                sess = self._sessions.get(arg)
+                if sess is not None:
+                    self._invalidate(sess, idx)
+            return _json_response(True)
+        if verb == "renew":
+            with self._cond:
+                sess = self._sessions.get(arg)
+                if sess is None:
+                    return _text(404, f"Session id '{arg}' not found")
+                if sess.ttl_ns:
+                    sess.deadline = (
+                        time.monotonic() + SESSION_TTL_MULTIPLIER * sess.ttl_ns / NS_PER_S
+                    )
+                    self._changed()
+                return _json_response([sess.to_json()])
+        if verb == "info":
+            return self._session_query(query, handler, lambda s: s.id == arg)
+        return self._session_query(query, handler, lambda s: s.node == arg)
+
+    def _session_query(
+        self,
+        query: dict[str, list[str]],
+        handler: _Handler,
+        keep: Callable[[_Session], bool],
+    ) -> _Response:
+        opts = self._query_options(query)
+        if isinstance(opts, _Response):
+            return opts
+
+        def compute() -> tuple[int, Any]:
+            found = [s.to_json() for s in self._sessions.values() if keep(s)]
+            return max(self._sessions_index, 1), found
+
+        index, found = self._block(opts[0], opts[1], compute, handler)
+        return _json_response(found, headers=self._meta(index))
+
+    def _session_create(self, body: bytes) -> _Response:
+        fields: dict[str, Any] = {}
+        if body.strip():
+            try:
+                raw = json.loads(body)
+            except ValueError as exc:
+                return _text(400, f"Request decode failed: {exc}")
+            if not isinstance(raw, dict):
+                return _text(400, "Request decode failed: expected a JSON object")
+            fields = {k.lower(): v for k, v in raw.items()}
+        try:
+            lock_delay = _lock_delay_ns(fields.get("lockdelay", DEFAULT_LOCK_DELAY_NS))
+        except (ValueError, TypeError) as exc:
+            return _text(400, f"Request decode failed: {exc}")
+        behavior = fields.get("behavior") or "release"
+        if behavior not in ("release", "delete"):
+            raise _RpcError(f"Invalid Behavior setting '{behavior}'")
+        ttl = str(fields.get("ttl") or "")
+        ttl_ns = 0
+        if ttl:
+            try:
+                ttl_ns = parse_go_duration(ttl)
+            except ValueError as exc:
+                raise _RpcError(f"Session TTL '{ttl}' invalid: {exc}") from exc
+            if ttl_ns != 0 and not self.session_ttl_min_ns <= ttl_ns <= SESSION_TTL_MAX_NS:
+                raise _RpcError(
+                    f"Invalid Session TTL '{ttl_ns}', must be between "
+                    f"[{format_go_duration(self.session_ttl_min_ns)}="
+                    f"{format_go_duration(SESSION_TTL_MAX_NS)}]"
+                )
+        node = fields.get("node") or self.node_name
+        checks = fields.get("nodechecks", fields.get("checks", [SERF_CHECK]))
+        checks = list(checks or [])
+        with self._cond:
+            idx = self._next_index()
+            if node != self.node_name:
+                raise _RpcError("Missing node registration")
+            for check in checks:
+                if check != SERF_CHECK:
+                    raise _RpcError(f"Missing check '{check}' registration")
+            sess = _Session(
+                id=str(uuid.uuid4()),
+                name=str(fields.get("name") or ""),
+                node=node,
+                lock_delay_ns=lock_delay,
+                behavior=behavior,
+                ttl=ttl,
+                ttl_ns=ttl_ns,
+                node_checks=checks,
+                service_checks=fields.get("servicechecks"),
+                create_index=idx,
+                modify_index=idx,
+            )
+            if ttl_ns:
+                sess.deadline = time.monotonic() + SESSION_TTL_MULTIPLIER * ttl_ns / NS_PER_S
+            self._sessions[sess.id] = sess
+            self._sessions_index = idx
+            self._changed()
+        return _json_response({"ID": sess.id})
+
+
+def _parse_uint(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**64:
+        raise _RpcError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    return int(text)
+
+
+def _lock_delay_ns(raw: Any) -> int:
+    """FixupLockDelay: strings are Go durations, numbers nanoseconds; below 1000 means seconds."""
+    if isinstance(raw, str):
+        dur = parse_go_duration(raw)
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        dur = int(raw)
+    else:
+        raise TypeError(f"invalid LockDelay {raw!r}")
+    return dur * NS_PER_S if dur < LOCK_DELAY_MIN_THRESHOLD else dur
+
+
+def _shutdown(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until killed, after printing one JSON line with the url."""
+    parser = argparse.ArgumentParser(description="Consul HTTP API test double")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--acl-token", default=None)
+    parser.add_argument("--session-ttl-min", type=float, default=SESSION_TTL_MIN_NS / NS_PER_S)
+    args = parser.parse_args(argv)
+    double = ConsulDouble(
+        args.host, args.port, acl_token=args.acl_token, session_ttl_min=args.session_ttl_min
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(json.dumps({"url": double.url, "host": double.host, "port": double.port}), flush=True)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        double.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

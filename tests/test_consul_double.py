@@ -1,0 +1,537 @@
+"""Tests of the Consul double through python-consul2 over a real socket.
+
+Tests taking the ``consul`` fixture also run, unchanged, against a real Consul when
+CONSUL_HTTP_ADDR is set; those taking ``consul_double`` inject faults only the double can.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import consul as consul_lib
+import pytest
+import requests
+
+from tests.consul_setup import ConsulTarget, consul_client
+from tests.doubles.consul import ConsulDouble, format_go_duration, parse_go_duration
+
+pytest_plugins = ["tests.consul_setup"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _client_for(double: ConsulDouble, timeout: float = 10.0) -> Any:
+    return consul_client(double.host, double.port, token=double.acl_token, timeout=timeout)
+
+
+class _Background:
+    """Run a call in a thread; keep its result or exception and when it finished."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.finished_at = 0.0
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.finished_at = time.monotonic()
+
+    def join(self, timeout: float = 10.0) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "background call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    @property
+    def elapsed(self) -> float:
+        return self.finished_at - self.started_at
+
+
+# --------------------------------------------------------------------------- KV
+
+
+def test_kv_put_get_delete_and_indexes(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("alpha")
+    assert c.kv.put(key, "one") is True
+    index, entry = c.kv.get(key)
+    assert entry["Value"] == b"one"
+    assert entry["Key"] == key
+    assert entry["CreateIndex"] == entry["ModifyIndex"] == int(index)
+    assert entry["LockIndex"] == 0
+    assert "Session" not in entry
+
+    assert c.kv.put(key, "two") is True
+    index2, entry2 = c.kv.get(key)
+    assert entry2["Value"] == b"two"
+    assert entry2["CreateIndex"] == entry["CreateIndex"]
+    assert entry2["ModifyIndex"] > entry["ModifyIndex"]
+    assert int(index2) == entry2["ModifyIndex"]
+
+    assert c.kv.delete(key) is True
+    _, gone = c.kv.get(key)
+    assert gone is None
+
+
+def test_missing_key_is_404_with_index_headers(consul: ConsulTarget) -> None:
+    resp = requests.get(
+        f"{consul.url}/v1/kv/{consul.key('missing')}", headers=consul.headers, timeout=5
+    )
+    assert resp.status_code == 404
+    assert int(resp.headers["X-Consul-Index"]) >= 1
+    assert resp.headers["X-Consul-KnownLeader"] == "true"
+    assert "X-Consul-LastContact" in resp.headers
+
+
+def test_empty_value_reads_back_as_none_and_flags_kept(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("empty")
+    assert c.kv.put(key, None, flags=42) is True
+    _, entry = c.kv.get(key)
+    assert entry["Value"] is None
+    assert entry["Flags"] == 42
+
+
+def test_identical_write_keeps_modify_index(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("same")
+    c.kv.put(key, "v")
+    _, before = c.kv.get(key)
+    assert c.kv.put(key, "v") is True
+    _, after = c.kv.get(key)
+    assert after["ModifyIndex"] == before["ModifyIndex"]
+
+
+def test_cas_success_and_stale_index_failure(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("rotation")
+    c.kv.put(key, "v1")
+    _, entry = c.kv.get(key)
+    stale = entry["ModifyIndex"]
+    assert c.kv.put(key, "v2", cas=stale) is True
+    assert c.kv.put(key, "v3", cas=stale) is False
+    _, entry = c.kv.get(key)
+    assert entry["Value"] == b"v2"
+    assert c.kv.put(consul.key("never-created"), "x", cas=stale) is False
+
+
+def test_cas_zero_is_create_only(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("create-only")
+    assert c.kv.put(key, "first", cas=0) is True
+    assert c.kv.put(key, "second", cas=0) is False
+    _, entry = c.kv.get(key)
+    assert entry["Value"] == b"first"
+
+
+def test_delete_cas(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("del-cas")
+    c.kv.put(key, "v")
+    _, entry = c.kv.get(key)
+    assert c.kv.delete(key, cas=entry["ModifyIndex"] + 1000) is False
+    assert c.kv.delete(key, cas=entry["ModifyIndex"]) is True
+    assert c.kv.get(key)[1] is None
+
+
+def test_recurse_keys_separator_and_delete_tree(consul: ConsulTarget) -> None:
+    c = consul.client()
+    for name in ("nodes/a", "nodes/b", "nodes/deep/c", "rotation"):
+        c.kv.put(consul.key(name), name)
+    index, items = c.kv.get(consul.key("nodes/"), recurse=True)
+    assert [i["Key"] for i in items] == [
+        consul.key(n) for n in ("nodes/a", "nodes/b", "nodes/deep/c")
+    ]
+    assert int(index) == max(i["ModifyIndex"] for i in items)
+    _, keys = c.kv.get(consul.prefix, keys=True, separator="/")
+    assert keys == [consul.key("nodes/"), consul.key("rotation")]
+    _, raw = c.kv.get(consul.key("nodes/"), keys=True)
+    assert len(raw) == 3
+    assert c.kv.delete(consul.key("nodes/"), recurse=True) is True
+    assert c.kv.get(consul.key("nodes/"), recurse=True)[1] is None
+    assert c.kv.get(consul.key("rotation"))[1]["Value"] == b"rotation"
+
+
+def test_raw_read(consul: ConsulTarget) -> None:
+    consul.client().kv.put(consul.key("raw"), b"\x00\xffbytes")
+    resp = requests.get(
+        f"{consul.url}/v1/kv/{consul.key('raw')}?raw", headers=consul.headers, timeout=5
+    )
+    assert resp.status_code == 200
+    assert resp.content == b"\x00\xffbytes"
+
+
+# ------------------------------------------------------------------ blocking reads
+
+
+def test_blocking_get_returns_quickly_on_change(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("active-root")
+    c.kv.put(key, "pki_root_a")
+    index, _ = c.kv.get(key)
+    watcher = _Background(lambda: c.kv.get(key, index=index, wait="5s"))
+    time.sleep(0.2)
+    changed_at = time.monotonic()
+    consul.client().kv.put(key, "pki_root_b")
+    new_index, entry = watcher.join()
+    assert watcher.finished_at - changed_at < 0.5
+    assert int(new_index) > int(index)
+    assert entry["Value"] == b"pki_root_b"
+
+
+def test_blocking_get_without_change_returns_after_wait_unchanged(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("quiet")
+    c.kv.put(key, "v")
+    index, _ = c.kv.get(key)
+    started = time.monotonic()
+    new_index, entry = c.kv.get(key, index=index, wait="1s")
+    elapsed = time.monotonic() - started
+    assert 0.95 <= elapsed < 1.0 + 1.0 / 16 + 0.5
+    assert new_index == index
+    assert entry["Value"] == b"v"
+
+
+def test_recurse_blocking_wakes_on_any_change_under_prefix(consul: ConsulTarget) -> None:
+    c = consul.client()
+    prefix = consul.key("nodes/")
+    c.kv.put(prefix + "n1", "phase-0")
+    index, _ = c.kv.get(prefix, recurse=True)
+    watcher = _Background(lambda: c.kv.get(prefix, recurse=True, index=index, wait="5s"))
+    time.sleep(0.2)
+    changed_at = time.monotonic()
+    consul.client().kv.put(prefix + "n2", "phase-0")
+    new_index, items = watcher.join()
+    assert watcher.finished_at - changed_at < 0.5
+    assert int(new_index) > int(index)
+    assert [i["Key"] for i in items] == [prefix + "n1", prefix + "n2"]
+
+
+def test_index_zero_returns_immediately(consul: ConsulTarget) -> None:
+    consul.client().kv.put(consul.key("k"), "v")
+    started = time.monotonic()
+    resp = requests.get(
+        f"{consul.url}/v1/kv/{consul.key('k')}?index=0&wait=5s", headers=consul.headers, timeout=10
+    )
+    assert resp.status_code == 200
+    assert time.monotonic() - started < 0.5
+
+
+def test_invalid_wait_is_400(consul: ConsulTarget) -> None:
+    resp = requests.get(
+        f"{consul.url}/v1/kv/{consul.key('k')}?index=5&wait=soon", headers=consul.headers, timeout=5
+    )
+    assert resp.status_code == 400
+    assert resp.text == "Invalid wait time"
+
+
+# ---------------------------------------------------------------------- sessions
+
+
+def test_session_create_info_renew_destroy(consul: ConsulTarget) -> None:
+    c = consul.client()
+    sid = c.session.create(name=consul.key("s"), ttl=10, behavior="delete", lock_delay=0)
+    _, info = c.session.info(sid)
+    assert info["ID"] == sid
+    assert info["TTL"] == "10s"
+    assert info["Behavior"] == "delete"
+    assert info["LockDelay"] == 0
+    renewed = c.session.renew(sid)
+    assert renewed["ID"] == sid
+    assert sid in [s["ID"] for s in c.session.list()[1]]
+    assert c.session.destroy(sid) is True
+    assert c.session.info(sid)[1] is None
+    with pytest.raises(consul_lib.NotFound):
+        c.session.renew(sid)
+    assert c.session.destroy(sid) is True  # idempotent
+
+
+def test_session_ttl_out_of_range_is_refused(consul: ConsulTarget) -> None:
+    for ttl in ("5s", "86401s"):
+        resp = requests.put(
+            f"{consul.url}/v1/session/create",
+            headers=consul.headers,
+            json={"Name": consul.key("bad"), "TTL": ttl},
+            timeout=5,
+        )
+        assert resp.status_code == 500
+        assert "Invalid Session TTL" in resp.text
+        assert "must be between" in resp.text
+
+
+def test_acquire_refused_while_held_then_release(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("nodes/broker-1")
+    s1 = c.session.create(name=consul.key("s1"), ttl=10, lock_delay=0)
+    s2 = c.session.create(name=consul.key("s2"), ttl=10, lock_delay=0)
+    try:
+        assert c.kv.put(key, "held-by-1", acquire=s1) is True
+        _, entry = c.kv.get(key)
+        assert entry["Session"] == s1
+        assert entry["LockIndex"] == 1
+        assert c.kv.put(key, "held-by-2", acquire=s2) is False
+        assert c.kv.put(key, "updated", acquire=s1) is True  # holder updates, LockIndex kept
+        assert c.kv.get(key)[1]["LockIndex"] == 1
+        assert c.kv.put(key, "nope", release=s2) is False
+        assert c.kv.put(key, "released", release=s1) is True
+        _, entry = c.kv.get(key)
+        assert "Session" not in entry
+        assert entry["Value"] == b"released"
+        assert c.kv.put(key, "held-by-2", acquire=s2) is True
+        assert c.kv.get(key)[1]["LockIndex"] == 2
+    finally:
+        c.session.destroy(s1)
+        c.session.destroy(s2)
+
+
+def test_acquire_with_unknown_session_is_an_error(consul: ConsulTarget) -> None:
+    c = consul.client()
+    with pytest.raises(consul_lib.ConsulException, match="invalid session"):
+        c.kv.put(consul.key("k"), "v", acquire=str(uuid.uuid4()))
+
+
+def test_destroy_with_release_behaviour_keeps_key_and_lock_delay_blocks(
+    consul: ConsulTarget,
+) -> None:
+    c = consul.client()
+    key = consul.key("lock")
+    s1 = c.session.create(name=consul.key("s1"), ttl=10, lock_delay=0.5)
+    s2 = c.session.create(name=consul.key("s2"), ttl=10, lock_delay=0)
+    try:
+        assert c.kv.put(key, "v", acquire=s1) is True
+        c.session.destroy(s1)
+        destroyed_at = time.monotonic()
+        _, entry = c.kv.get(key)
+        assert entry["Value"] == b"v"
+        assert "Session" not in entry
+        assert c.kv.put(key, "v2", acquire=s2) is False  # lock-delay in force
+        assert c.kv.put(key, "plain write") is True  # lock-delay only affects acquire
+        time.sleep(max(0.0, 0.6 - (time.monotonic() - destroyed_at)))
+        assert c.kv.put(key, "v2", acquire=s2) is True
+    finally:
+        c.session.destroy(s1)
+        c.session.destroy(s2)
+
+
+# ------------------------------------------------------- double-only fault injection
+
+
+def test_expired_session_deletes_held_key_and_wakes_watcher(
+    consul_double: ConsulDouble,
+) -> None:
+    c = _client_for(consul_double)
+    sid = c.session.create(ttl=15, behavior="delete", lock_delay=0)
+    assert c.kv.put("nodes/n1", "alive", acquire=sid) is True
+    index, _ = c.kv.get("nodes/n1")
+    watcher = _Background(lambda: c.kv.get("nodes/n1", index=index, wait="5s"))
+    time.sleep(0.2)
+    expired_at = time.monotonic()
+    assert consul_double.expire_session(sid) is True
+    new_index, entry = watcher.join()
+    assert watcher.finished_at - expired_at < 0.5
+    assert entry is None
+    assert int(new_index) > int(index)
+    with pytest.raises(consul_lib.NotFound):
+        c.session.renew(sid)
+    assert consul_double.expire_session(sid) is False
+
+
+def test_ttl_expires_after_twice_the_ttl_unless_renewed() -> None:
+    with ConsulDouble(session_ttl_min=0.1) as double:
+        url = double.url
+        sid = requests.put(
+            f"{url}/v1/session/create", timeout=5, json={"TTL": "0.3s", "Behavior": "release"}
+        ).json()["ID"]
+        kept = requests.put(
+            f"{url}/v1/session/create", timeout=5, json={"TTL": "0.3s", "LockDelay": "0s"}
+        ).json()["ID"]
+        requests.put(f"{url}/v1/kv/k?acquire={sid}", data="v", timeout=5)
+        started = time.monotonic()
+        time.sleep(0.35)  # past the TTL, inside the 2x grace
+        assert sid in double.session_ids()
+        while time.monotonic() - started < 1.0:
+            assert requests.put(f"{url}/v1/session/renew/{kept}", timeout=5).status_code == 200
+            time.sleep(0.1)
+        assert sid not in double.session_ids()
+        assert kept in double.session_ids()
+        entry = requests.get(f"{url}/v1/kv/k", timeout=5).json()[0]
+        assert "Session" not in entry
+        # the expired session's key is under the default 15 s lock-delay
+        assert requests.put(f"{url}/v1/kv/k?acquire={kept}", timeout=5).json() is False
+
+
+def test_spurious_wakeups_return_early_with_no_change(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double)
+    c.kv.put("k", "v")
+    index, _ = c.kv.get("k")
+    consul_double.spurious_wakeups(True, after=0.05)
+    started = time.monotonic()
+    new_index, entry = c.kv.get("k", index=index, wait="5s")
+    assert time.monotonic() - started < 0.5
+    assert new_index == index
+    assert entry["Value"] == b"v"
+    consul_double.spurious_wakeups(False)
+
+
+def test_missing_key_watch_wakes_on_unrelated_write(consul_double: ConsulDouble) -> None:
+    """A missing key reports the KV table index, so any KV write wakes its watchers."""
+    c = _client_for(consul_double)
+    index, value = c.kv.get("absent")
+    assert value is None
+    watcher = _Background(lambda: c.kv.get("absent", index=index, wait="5s"))
+    time.sleep(0.1)
+    _client_for(consul_double).kv.put("elsewhere", "x")
+    new_index, value = watcher.join()
+    assert value is None
+    assert int(new_index) > int(index)
+    assert watcher.elapsed < 1.0
+
+
+def test_restart_without_data_makes_saved_index_ahead(consul_double: ConsulDouble) -> None:
+    """Real Consul blocks a query whose index is ahead for the whole wait, even through
+    writes (their indexes are still lower), then answers with a LOWER index."""
+    c = _client_for(consul_double)
+    for n in range(5):
+        c.kv.put("rotation", f"v{n}")
+    old_index, _ = c.kv.get("rotation")
+    consul_double.restart(keep_data=False)
+    assert consul_double.kv_snapshot() == {}
+    watcher = _Background(lambda: c.kv.get("rotation", index=old_index, wait="1s"))
+    time.sleep(0.2)
+    _client_for(consul_double).kv.put("rotation", "after-restart")
+    new_index, entry = watcher.join()
+    assert watcher.elapsed >= 0.95
+    assert int(new_index) < int(old_index)
+    assert entry["Value"] == b"after-restart"
+
+
+def test_restart_keeping_data_drops_blocked_queries(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double)
+    c.kv.put("k", "v")
+    index, _ = c.kv.get("k")
+    watcher = _Background(lambda: c.kv.get("k", index=index, wait="5s"))
+    time.sleep(0.2)
+    consul_double.restart(keep_data=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        watcher.join()
+    new_index, entry = c.kv.get("k")
+    assert new_index == index
+    assert entry["Value"] == b"v"
+
+
+def test_reset_index_wakes_blocked_query_with_lower_index(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double)
+    for n in range(5):
+        c.kv.put("k", f"v{n}")
+    index, _ = c.kv.get("k")
+    watcher = _Background(lambda: c.kv.get("k", index=index, wait="5s"))
+    time.sleep(0.2)
+    consul_double.reset_index(3)
+    new_index, entry = watcher.join()
+    assert watcher.elapsed < 1.0
+    assert new_index == "3"
+    assert entry["Value"] == b"v4"
+    assert entry["ModifyIndex"] == 3
+
+
+def test_drop_connections_is_a_connection_error(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double)
+    c.kv.put("k", "v")
+    index, _ = c.kv.get("k")
+    watcher = _Background(lambda: c.kv.get("k", index=index, wait="5s"))
+    time.sleep(0.2)
+    assert consul_double.drop_connections() == 1
+    with pytest.raises(requests.exceptions.ConnectionError):
+        watcher.join()
+    assert watcher.elapsed < 1.0
+    assert c.kv.get("k")[1]["Value"] == b"v"  # the agent itself is fine
+    statuses = [r.status for r in consul_double.request_log if r.query.get("index")]
+    assert statuses == [None]
+
+
+def test_set_down_refuses_connections_then_recovers(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double, timeout=2)
+    c.kv.put("k", "v")
+    port = consul_double.port
+    consul_double.set_down(True)
+    assert consul_double.is_down
+    with pytest.raises(requests.exceptions.ConnectionError):
+        c.kv.get("k")
+    consul_double.set_down(False)
+    assert consul_double.port == port
+    assert c.kv.get("k")[1]["Value"] == b"v"
+
+
+def test_acl_token_required() -> None:
+    with ConsulDouble(acl_token="s3cret") as double:
+        anonymous = consul_client(double.host, double.port)
+        with pytest.raises(consul_lib.ACLPermissionDenied, match="Permission denied"):
+            anonymous.kv.get("k")
+        wrong = consul_client(double.host, double.port, token="other")
+        with pytest.raises(consul_lib.ACLPermissionDenied, match="ACL not found"):
+            wrong.kv.put("k", "v")
+        good = consul_client(double.host, double.port, token="s3cret")
+        assert good.kv.put("k", "v") is True
+        resp = requests.get(f"{double.url}/v1/kv/k?token=s3cret", timeout=5)
+        assert resp.status_code == 200
+
+
+def test_request_log_and_failed_cas_consumes_an_index(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double)
+    c.kv.put("k", "v")
+    _, entry = c.kv.get("k")
+    assert c.kv.put("k", "x", cas=entry["ModifyIndex"] + 7) is False
+    assert c.kv.put("k", "w") is True
+    _, after = c.kv.get("k")
+    assert after["ModifyIndex"] == entry["ModifyIndex"] + 2  # the failed CAS went to Raft
+    log = consul_double.request_log
+    assert log[0] == ("PUT", "/v1/kv/k", {}, 200)
+    assert log[2].query == {"cas": str(entry["ModifyIndex"] + 7)}
+
+
+def test_standalone_entry_point() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.doubles.consul", "--port", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["url"].startswith("http://127.0.0.1:")
+        resp = requests.put(f"{info['url']}/v1/kv/hello", data="world", timeout=5)
+        assert resp.json() is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_go_durations() -> None:
+    assert parse_go_duration("15s") == 15_000_000_000
+    assert parse_go_duration("1m30s") == 90_000_000_000
+    assert parse_go_duration("0.5s") == 500_000_000
+    assert parse_go_duration("0") == 0
+    for bad in ("", "5", "1d", "s"):
+        with pytest.raises(ValueError):
+            parse_go_duration(bad)
+    assert format_go_duration(10_000_000_000) == "10s"
+    assert format_go_duration(24 * 3600 * 1_000_000_000) == "24h0m0s"
+    assert format_go_duration(1_500_000) == "1.5ms"
