@@ -1,0 +1,88 @@
+"""Building an auth manager against a Vault target for tests, and recording its logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from sidecar.cli import build_manager
+from sidecar.config import AuthManagerConfig
+from sidecar.manager import AuthManager
+from sidecar.metrics import AuthManagerMetrics
+
+PASSWORD = "store-pass-0123"
+SUBJECT = "CN=broker-1.kafka.test,OU=kafka,O=Example"
+
+
+class RecordingLog:
+    """A structlog-like logger that keeps every event (and its JSON rendering)."""
+
+    def __init__(self, **bound: Any) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._bound = bound
+
+    def bind(self, **fields: Any) -> RecordingLog:
+        child = RecordingLog(**{**self._bound, **fields})
+        child.events = self.events
+        return child
+
+    def _emit(self, level: str, event: str, **fields: Any) -> None:
+        self.events.append({"level": level, "event": event, **self._bound, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, **fields)
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+    def text(self) -> str:
+        return "\n".join(json.dumps(e, default=str) for e in self.events)
+
+
+def password_file(directory: Path) -> Path:
+    path = directory / "store-password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def make_config(url: str, token: str, volume: Path, secrets: Path, **overrides: Any
+                ) -> AuthManagerConfig:
+    """A static-mode config (root A) for a broker; override any field."""
+    values: dict[str, Any] = dict(
+        subject=SUBJECT, dns_sans=["broker-1.kafka.test", "localhost"], ip_sans=["127.0.0.1"],
+        output_dir=volume, store_password_file=password_file(secrets), vault_addr=url,
+        vault_token=token, root="pki_root_a", ttl="1h", backoff_initial=0.05,
+        backoff_max=0.2, listen="")
+    values.update(overrides)
+    return AuthManagerConfig(**values)
+
+
+def make_manager(config: AuthManagerConfig, seed: int = 7
+                 ) -> tuple[AuthManager, AuthManagerMetrics, RecordingLog]:
+    metrics = AuthManagerMetrics()
+    log = RecordingLog()
+    manager = build_manager(config, metrics, log)
+    manager.rng = random.Random(seed)
+    return manager, metrics, log
+
+
+def metric(metrics: AuthManagerMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def replace(config: AuthManagerConfig, **changes: Any) -> AuthManagerConfig:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,307 @@
+"""The auth manager end to end against Vault (the double, or a real Vault)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import ssl
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import hvac
+import pytest
+
+from sidecar import layout
+from sidecar.health import HealthServer
+from sidecar.keys import (
+    build_csr,
+    csr_pem,
+    generate_private_key,
+    parse_subject,
+    private_key_pkcs8_pem,
+)
+from sidecar.manager import StaticSource
+from sidecar.material import certificate_pem, parse_certificates
+from sidecar.renewal import Desired
+from sidecar.vault import TokenAuth, VaultError, VaultPKI
+from tests.doubles.vault import VaultDouble
+from tests.java_tools import java_mtls_server, mtls_exchange
+from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager, metric
+from tests.pki import LocalRoot
+from tests.vault_setup import VaultTarget
+
+DESIRED_A = Desired(signer="pki_root_a", trust=("pki_root_a",))
+DESIRED_AB = Desired(signer="pki_root_a", trust=("pki_root_a", "pki_root_b"))
+
+
+def env_for(vault: VaultTarget, volume: Path, secrets: Path) -> dict[str, str]:
+    pw = secrets / "pw"
+    pw.write_text(PASSWORD)
+    pw.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKI_", "CONSUL_"))}
+    env.update({"VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.token, "PKI_SUBJECT": SUBJECT,
+                "PKI_DNS_SANS": "broker-1.kafka.test,localhost", "PKI_IP_SANS": "127.0.0.1",
+                "PKI_OUTPUT_DIR": str(volume), "PKI_STORE_PASSWORD_FILE": str(pw),
+                "PKI_ROOT": "pki_root_a", "PKI_TRUST": "pki_root_a,pki_root_b",
+                "PKI_TTL": "1h", "PKI_LISTEN": ""})
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_once_writes_a_complete_generation(vault: VaultTarget, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    result = run_cli(["--once"], env_for(vault, volume, tmp_path))
+    assert result.returncode == 0, result.stderr
+    current = volume / "current"
+    manifest = json.loads((current / layout.MANIFEST).read_text())
+    assert manifest["signer"] == "pki_root_a"
+    assert manifest["trust"] == ["pki_root_a", "pki_root_b"]
+    assert manifest["subject"] == SUBJECT
+    cert = parse_certificates((current / layout.CERT_PEM).read_bytes(), "cert")[0]
+    root_a = parse_certificates(vault.ca_pem("pki_root_a"), "root")[-1]
+    assert cert.issuer == root_a.subject
+    trusted = parse_certificates((current / layout.CA_BUNDLE_PEM).read_bytes(), "bundle")
+    assert {c.subject for c in trusted} >= {root_a.subject}
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    issued = [e for e in events if e["event"] == "certificate_issued"]
+    assert issued and issued[0]["serial"] == manifest["serial"]
+    assert issued[0]["not_after"] == manifest["not_after"]
+    output = result.stdout + result.stderr
+    assert PASSWORD not in output and "PRIVATE KEY" not in output
+    assert vault.token not in output
+
+
+def test_once_fails_clearly_when_vault_is_down(vault_double: VaultDouble,
+                                               tmp_path: Path) -> None:
+    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
+                         mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
+    vault_double.set_down(True)
+    result = run_cli(["--once"], env_for(target, tmp_path / "v", tmp_path))
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr and "once_failed" in result.stderr
+    assert not (tmp_path / "v" / "current").exists()
+
+
+def test_invalid_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "PKI_SUBJECT": "CN=x.kafka.test"}
+    result = run_cli([], env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "configuration error: missing required setting" in result.stderr
+
+
+def test_vault_material_is_served_by_java(vault: VaultTarget, tmp_path: Path) -> None:
+    config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path)
+    manager, _, _ = make_manager(config)
+    manager.reconcile(DESIRED_AB)
+    current = tmp_path / "volume" / "current"
+    ca_bundle = current / layout.CA_BUNDLE_PEM
+    client = vault.client()
+    clients = {}
+    for mount in ("pki_root_a", "pki_root_b"):  # a client signed by each trusted root
+        key = generate_private_key("ec-p256")
+        name = f"client-{mount[-1]}.kafka.test"
+        csr = build_csr(key, parse_subject(f"CN={name}"), [name], [])
+        signed = client.secrets.pki.sign_certificate(
+            name=vault.role, csr=csr_pem(csr), common_name=name, mount_point=mount)
+        cert_path, key_path = tmp_path / f"{mount}.pem", tmp_path / f"{mount}.key"
+        cert_path.write_text(signed["data"]["certificate"])
+        key_path.write_bytes(private_key_pkcs8_pem(key))
+        clients[mount] = (cert_path, key_path)
+    stranger = LocalRoot("untrusted")
+    key = generate_private_key("ec-p256")
+    (tmp_path / "x.pem").write_bytes(certificate_pem(stranger.sign(key, "CN=x.kafka.test")))
+    (tmp_path / "x.key").write_bytes(private_key_pkcs8_pem(key))
+    pw = tmp_path / "store-password"
+    for ext, kind in (("p12", "PKCS12"), ("jks", "JKS")):
+        with java_mtls_server(current / f"keystore.{ext}", kind, current / f"truststore.{ext}",
+                              kind, pw) as port:
+            for mount, (cert_path, key_path) in clients.items():
+                assert mtls_exchange(port, cert_path, key_path, ca_bundle).startswith(
+                    f"OK CN=client-{mount[-1]}.kafka.test")
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                mtls_exchange(port, tmp_path / "x.pem", tmp_path / "x.key", ca_bundle)
+
+
+def test_renews_at_its_time_and_when_configuration_changes(vault: VaultTarget,
+                                                           tmp_path: Path) -> None:
+    clock = {"now": dt.datetime.now(dt.UTC)}
+    config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path)
+    manager, metrics, log = make_manager(config)
+    manager.now = lambda: clock["now"]
+    first = manager.reconcile(DESIRED_A)
+    assert manager.reconcile(DESIRED_A).serial == first.serial, "nothing due: no renewal"
+    clock["now"] = manager.renew_at(first) + dt.timedelta(seconds=1)
+    second = manager.reconcile(DESIRED_A)
+    assert second.serial != first.serial and second.generation == first.generation + 1
+    third = manager.reconcile(DESIRED_AB)  # the trust set changed
+    assert third.trust == ("pki_root_a", "pki_root_b")
+    reasons = [e["reason"] for e in log.named("renewal_started")]
+    assert reasons[0] == "no material on the volume"
+    assert "renewal time" in reasons[1] and "trust set changed" in reasons[2]
+    assert metric(metrics, "pki_renewals_total", result="ok") == 3
+    renew_at = manager.renew_at(first)
+    lifetime = (dt.datetime.fromisoformat(first.not_after)
+                - dt.datetime.fromisoformat(first.not_before))
+    start = dt.datetime.fromisoformat(first.not_before)
+    assert start + lifetime * (2 / 3) <= renew_at <= start + lifetime * (2 / 3 + 0.05)
+
+
+def test_unreadable_material_is_replaced_on_start(vault: VaultTarget, tmp_path: Path) -> None:
+    config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path)
+    manager, _, log = make_manager(config)
+    first = manager.reconcile(DESIRED_A)
+    (tmp_path / "volume" / "current" / layout.KEYSTORE_JKS).write_bytes(b"garbage")
+    restarted, _, log = make_manager(config)
+    second = restarted.reconcile(DESIRED_A)
+    assert second.serial != first.serial
+    assert log.named("volume_unreadable")
+
+
+FAULTS = {
+    "down": (lambda v: v.set_down(True), "cannot connect", "error_unavailable"),
+    "sealed": (lambda v: v.set_sealed(True), "sealed", "error_sealed"),
+    "bad_request": (lambda v: v.fail_next(5, 400, ["invalid request: role is broken"]),
+                    "role is broken", "error_invalid_request"),
+    "malformed": (lambda v: v.corrupt_next_certificate(2), "malformed certificate",
+                  "error_malformed_response"),
+    "wrong_key": (lambda v: v.mismatched_key_next(2), "does not match the private key",
+                  "error_bad_material"),
+    "expired": (lambda v: v.expired_next(2), "expired", "error_bad_material"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_path: Path,
+                                                 fault: str) -> None:
+    inject, message, result = FAULTS[fault]
+    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
+                         tmp_path, backoff_initial=2.0, backoff_max=60.0)
+    manager, metrics, log = make_manager(config)
+    first = manager.reconcile(DESIRED_A)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
+    inject(vault_double)
+    source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
+    delay = manager.step(source)
+    assert 1.0 <= delay <= 2.0, "first retry after backoff_initial (with jitter)"
+    assert manager.step(source) >= 2.0, "backoff grows"
+    errors = log.named("renewal_failed")
+    assert errors and message in errors[0]["error"], errors
+    assert errors[0]["kept_generation"] == first.generation
+    assert metric(metrics, "pki_renewals_total", result=result) == 2
+    after = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
+    assert after == before
+    assert manager.readiness()[0]
+
+
+def test_forbidden_token_is_reported(vault_double: VaultDouble, tmp_path: Path) -> None:
+    token = vault_double.create_token(["root"], "1h")
+    config = make_config(vault_double.url, token, tmp_path / "volume", tmp_path)
+    manager = make_manager(config)[0]
+    manager.issuer.vault.login()
+    vault_double.revoke_token(token)
+    with pytest.raises(VaultError, match="permission denied") as info:
+        manager.reconcile(DESIRED_A)
+    assert info.value.reason == "forbidden"
+
+
+def test_approle_logs_in_again_after_403(vault_double: VaultDouble, tmp_path: Path) -> None:
+    vault_double.add_policy("pki-sign", ["pki_root_*/sign/kafka", "pki_root_*/ca_chain",
+                                         "pki_root_*/ca/pem", "pki_root_*/cert/ca"])
+    vault_double.add_approle("role-1", "secret-1", ["pki-sign"], "1h")
+    secret = tmp_path / "secret-id"
+    secret.write_text("secret-1")
+    config = make_config(vault_double.url, None, tmp_path / "volume", tmp_path,
+                         vault_auth="approle", vault_role_id="role-1",
+                         vault_secret_id_file=secret)
+    manager, _, _ = make_manager(config)
+    manager.issuer.vault.login()
+    first_token = manager.issuer.vault._client.token
+    vault_double.revoke_token(first_token)
+    manifest = manager.reconcile(DESIRED_A)  # 403, log in again, retry
+    assert manifest.signer == "pki_root_a"
+    assert manager.issuer.vault._client.token != first_token
+    logins = [r for r in vault_double.request_log if r[1].endswith("/approle/login")]
+    assert len(logins) == 2
+
+
+def test_kubernetes_login(vault_double: VaultDouble, tmp_path: Path) -> None:
+    vault_double.add_kubernetes_role("kafka-broker", ["jwt-abc"], ["root"], "1h")
+    jwt = tmp_path / "token"
+    jwt.write_text("jwt-abc")
+    config = make_config(vault_double.url, None, tmp_path / "volume", tmp_path,
+                         vault_auth="kubernetes", vault_kubernetes_role="kafka-broker",
+                         vault_kubernetes_jwt_file=jwt)
+    manager, _, _ = make_manager(config)
+    manager.issuer.vault.login()
+    assert manager.reconcile(DESIRED_A).generation == 1
+    jwt.write_text("jwt-wrong")
+    with pytest.raises(VaultError):
+        make_manager(config)[0].issuer.vault.login()
+
+
+def test_token_is_renewed_before_it_expires(vault_double: VaultDouble) -> None:
+    token = vault_double.create_token(["root"], "30s", renewable=True)
+    clock = {"t": 1000.0}
+    vault = VaultPKI(vault_double.url, TokenAuth(token=token), clock=lambda: clock["t"])
+    vault.login()
+    assert vault.token_seconds_left() is not None
+    vault.keep_token_alive()
+    assert not [r for r in vault_double.request_log if r[1].endswith("renew-self")]
+    clock["t"] += 25  # a third or less of the TTL left
+    vault.keep_token_alive()
+    assert [r for r in vault_double.request_log if r[1].endswith("renew-self")]
+
+
+def test_issue_mode(vault: VaultTarget, tmp_path: Path) -> None:
+    client = vault.client()
+    client.write("pki_root_a/roles/kafka-issue", allowed_domains=["kafka.test", "localhost"],
+                 allow_subdomains=True, allow_localhost=True, allow_ip_sans=True,
+                 allow_bare_domains=True, key_type="ec", key_bits=256, max_ttl="72h",
+                 ou=["kafka"], organization=["Example"])
+    config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path,
+                         pki_mode="issue", pki_role="kafka-issue")
+    manager, _, _ = make_manager(config)
+    manifest = manager.reconcile(DESIRED_A)
+    assert manifest.key_type == "ec-p256" and manifest.subject == SUBJECT
+
+
+def test_health_endpoints(vault: VaultTarget, tmp_path: Path) -> None:
+    config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path)
+    manager, metrics, _ = make_manager(config)
+    server = HealthServer("127.0.0.1", 0, metrics.registry, healthy=lambda: (True, "ok"),
+                          ready=manager.readiness).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+        assert info.value.code == 503
+        manager.step(StaticSource("pki_root_a", [], threading.Event()))
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert "pki_certificate_not_after_timestamp_seconds" in text
+        assert 'pki_renewals_total{result="ok"} 1.0' in text
+        assert "pki_vault_request_duration_seconds_bucket" in text
+    finally:
+        server.stop()
+
+
+def test_hvac_client_used_over_a_real_socket(vault_double: VaultDouble, tmp_path: Path) -> None:
+    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "v", tmp_path)
+    manager, _, _ = make_manager(config)
+    manager.reconcile(DESIRED_A)
+    assert isinstance(manager.issuer.vault._client, hvac.Client)
+    paths = [r[1] for r in vault_double.request_log]
+    assert "/v1/pki_root_a/sign/kafka" in paths
+    assert vault_double.sign_count["pki_root_a"] == 1

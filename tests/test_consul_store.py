@@ -1,0 +1,124 @@
+"""ConsulStore and the watch loop against Consul (the double, or a real one)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from sidecar.consul_store import ConsulError, ConsulStore, Snapshot, next_index, watch_loop
+from tests.consul_setup import ConsulTarget
+from tests.doubles.consul import ConsulDouble
+
+
+def test_next_index_follows_consul_rules() -> None:
+    assert next_index(0, 42) == 42
+    assert next_index(42, 42) == 42  # no change: block again on the same index
+    assert next_index(42, 7) == 0  # went backwards: reset, plain read next
+    assert next_index(0, 0) == 1  # never block on an index below 1
+
+
+def test_read_put_cas_delete(consul: ConsulTarget) -> None:
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    assert store.read().entries == {}
+    assert store.put("rotation", b"v1", cas=0)
+    assert not store.put("rotation", b"v2", cas=0), "cas=0 must only create"
+    snap = store.read()
+    index = snap.modify_index("rotation")
+    assert snap.value("rotation") == b"v1" and index > 0
+    assert store.put("rotation", b"v2", cas=index)
+    assert not store.put("rotation", b"v3", cas=index), "stale cas must lose"
+    assert store.read().value("rotation") == b"v2"
+    store.delete("rotation")
+    assert store.read().value("rotation") is None
+
+
+def test_explicit_address_wins_over_environment(consul: ConsulTarget,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1")  # python-consul2 would prefer this
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    assert store.put("k", b"v")
+
+
+def test_session_holds_key_until_it_dies(consul: ConsulTarget) -> None:
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    session = store.create_session(consul.prefix + "node-1", 10)
+    assert store.put("nodes/node-1", b"{}", acquire=session)
+    other = store.create_session(consul.prefix + "node-1-dup", 10)
+    assert not store.put("nodes/node-1", b"{}", acquire=other), "key is held"
+    assert store.read().entries["nodes/node-1"].session == session
+    store.destroy_session(session)
+    assert store.read().value("nodes/node-1") is None, "behavior=delete removes the key"
+    assert not store.renew_session(session)
+    store.destroy_session(other)
+
+
+@contextmanager
+def watching(store: ConsulStore, wait: float = 30.0
+             ) -> Iterator[tuple[list[Snapshot], list[ConsulError], threading.Event]]:
+    seen: list[Snapshot] = []
+    errors: list[ConsulError] = []
+    changed = threading.Event()
+    stop = threading.Event()
+
+    def on_snapshot(snapshot: Snapshot) -> None:
+        seen.append(snapshot)
+        changed.set()
+
+    thread = threading.Thread(target=watch_loop, daemon=True, args=(
+        store, wait, on_snapshot, lambda exc, delay: errors.append(exc), stop.is_set))
+    thread.start()
+    try:
+        yield seen, errors, changed
+    finally:
+        stop.set()
+
+
+def wait_for(changed: threading.Event, what: str) -> None:
+    assert changed.wait(15), f"watch did not see {what}"
+    changed.clear()
+
+
+def test_watch_returns_early_on_change(consul: ConsulTarget) -> None:
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    with watching(store.clone(), wait=60) as (seen, _, changed):
+        wait_for(changed, "the first read")
+        store.put("active-root", b"pki_root_b")  # well before the 60 s wait ends
+        wait_for(changed, "the change")
+        assert seen[-1].value("active-root") == b"pki_root_b"
+
+
+def test_watch_ignores_spurious_wakeups(consul_double: ConsulDouble) -> None:
+    store = ConsulStore(consul_double.url, "kafka-pki/t/")
+    store.put("active-root", b"pki_root_a")
+    consul_double.spurious_wakeups(True, after=0.05)
+    with watching(store.clone(), wait=2) as (seen, _, changed):
+        wait_for(changed, "the first read")
+        assert not changed.wait(1.0), "an early return with no change is not a change"
+        store.put("active-root", b"pki_root_b")
+        wait_for(changed, "the real change")
+    assert [s.value("active-root") for s in seen] == [b"pki_root_a", b"pki_root_b"]
+
+
+def test_watch_recovers_from_restart_with_index_reset(consul_double: ConsulDouble) -> None:
+    store = ConsulStore(consul_double.url, "kafka-pki/t/")
+    for i in range(30):  # push the index well above what a fresh agent starts with
+        store.put("filler", str(i).encode())
+    with watching(store.clone(), wait=30) as (seen, errors, changed):
+        wait_for(changed, "the first read")
+        consul_double.restart(keep_data=False)
+        store.put("active-root", b"pki_root_b")
+        wait_for(changed, "the value written after the restart")
+        assert seen[-1].value("active-root") == b"pki_root_b"
+        assert seen[-1].index < seen[0].index
+        assert errors, "the dropped connection is reported"
+
+
+def test_consul_down_is_a_clear_error(consul_double: ConsulDouble) -> None:
+    store = ConsulStore(consul_double.url, "kafka-pki/t/", request_timeout=2)
+    consul_double.set_down(True)
+    with pytest.raises(ConsulError, match="cannot connect") as info:
+        store.read()
+    assert info.value.reason == "unavailable"

@@ -1,0 +1,507 @@
+"""Tests of the Vault double, through hvac over the real socket.
+
+Tests taking ``vault`` must pass unchanged against a real Vault (set VAULT_ADDR and
+VAULT_TOKEN to a root token of a disposable dev server); those taking ``vault_double`` use
+fault injection or auth methods that ``prepare`` does not set up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests import vault_setup
+from tests.doubles.vault import VaultDouble
+from tests.vault_setup import VaultTarget, prepare
+
+vault = vault_setup.vault
+vault_double = vault_setup.vault_double
+
+ROOT = Path(__file__).resolve().parents[1]
+MOUNT_A, MOUNT_B = "pki_root_a", "pki_root_b"
+BROKER = "broker-1.kafka.test"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@cache
+def rsa_key() -> rsa.RSAPrivateKey:
+    """One RSA key per run (generation is the slow part)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def make_csr(
+    cn: str,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    key: Any = None,
+) -> tuple[str, Any]:
+    """A PEM CSR for ``cn`` with the given SANs, and its private key."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    csr = builder.sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+def load(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(ext.get_values_for_type(x509.DNSName)), {
+        str(ip) for ip in ext.get_values_for_type(x509.IPAddress)
+    }
+
+
+def remaining(cert: x509.Certificate) -> float:
+    return (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds()
+
+
+def same_public_key(a: Any, b: Any) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    return a.public_bytes(serialization.Encoding.DER, fmt) == b.public_bytes(
+        serialization.Encoding.DER, fmt
+    )
+
+
+def sign(
+    client: hvac.Client, csr: str, cn: str = BROKER, mount: str = MOUNT_A, role: str = "kafka",
+    **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    return client.secrets.pki.sign_certificate(
+        role, csr, cn, extra_params=dict(extra), mount_point=mount
+    )
+
+
+def errors_of(exc: pytest.ExceptionInfo[hvac.exceptions.VaultError]) -> list[str]:
+    return list(exc.value.errors or [])
+
+
+def ensure_role(client: hvac.Client, name: str, mount: str = MOUNT_A, **params: Any) -> None:
+    base = dict(vault_setup.KAFKA_ROLE_PARAMS)
+    base.update(params)
+    client.secrets.pki.create_or_update_role(name, extra_params=base, mount_point=mount)
+
+
+# ----------------------------------------------------------------------------- PKI (portable)
+
+
+def test_sign_ec_csr(vault: VaultTarget) -> None:
+    client = vault.client()
+    csr, key = make_csr(BROKER, dns=[BROKER, "localhost"], ips=["127.0.0.1"])
+    resp = sign(client, csr, ttl="1h")
+    data = resp["data"]
+    cert = load(data["certificate"])
+    ca = load(vault.ca_pem(MOUNT_A))
+
+    assert cert.subject.rfc4514_string() == f"CN={BROKER},OU=kafka,O=Example"
+    assert cert.issuer == ca.subject
+    assert ca.subject.rfc4514_string() == "CN=Kafka Root A"
+    cert.verify_directly_issued_by(ca)
+    assert same_public_key(cert.public_key(), key.public_key())
+    assert sans(cert) == ({BROKER, "localhost"}, {"127.0.0.1"})
+    assert 3600 - 120 < remaining(cert) <= 3600
+    assert data["expiration"] == int(cert.not_valid_after_utc.timestamp())
+    assert data["serial_number"] == ":".join(
+        f"{b:02x}" for b in cert.serial_number.to_bytes(20, "big").lstrip(b"\0")
+    )
+    assert load(data["issuing_ca"]) == ca
+    if "ca_chain" in data:
+        assert [load(p) for p in data["ca_chain"]] == [ca]
+    assert {"request_id", "lease_id", "lease_duration", "renewable", "warnings", "auth"} <= set(
+        resp
+    )
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(eku)
+
+
+def test_sign_rsa_csr_on_second_root(vault: VaultTarget) -> None:
+    csr, key = make_csr("broker-2.kafka.test", dns=["broker-2.kafka.test"], key=rsa_key())
+    data = sign(vault.client(), csr, "broker-2.kafka.test", mount=MOUNT_B)["data"]
+    cert = load(data["certificate"])
+    ca_b = load(vault.ca_pem(MOUNT_B))
+    assert ca_b.subject.rfc4514_string() == "CN=Kafka Root B"
+    cert.verify_directly_issued_by(ca_b)
+    assert same_public_key(cert.public_key(), key.public_key())
+    assert cert.subject.rfc4514_string() == "CN=broker-2.kafka.test,OU=kafka,O=Example"
+    assert 24 * 3600 - 120 < remaining(cert) <= 24 * 3600  # the role's default ttl
+
+
+def test_issue_generates_the_key(vault: VaultTarget) -> None:
+    client = vault.client()
+    ensure_role(client, "kafka-issue-ec", key_type="ec", key_bits=256)
+    data = client.secrets.pki.generate_certificate(
+        "kafka-issue-ec", "client-1.kafka.test", mount_point=MOUNT_A
+    )["data"]
+    cert = load(data["certificate"])
+    key = serialization.load_pem_private_key(data["private_key"].encode(), None)
+    assert data["private_key_type"] == "ec"
+    assert same_public_key(cert.public_key(), key.public_key())
+    assert sans(cert)[0] == {"client-1.kafka.test"}
+    cert.verify_directly_issued_by(load(vault.ca_pem(MOUNT_A)))
+
+
+def test_issue_refused_on_key_type_any(vault: VaultTarget) -> None:
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        vault.client().secrets.pki.generate_certificate("kafka", BROKER, mount_point=MOUNT_A)
+    assert errors_of(exc) == [
+        'role key type "any" not allowed for issuing certificates, only signing'
+    ]
+
+
+def test_ca_chain_and_ca_endpoints(vault: VaultTarget) -> None:
+    client = vault.client()
+    ca = load(vault.ca_pem(MOUNT_A))
+    assert load(client.secrets.pki.read_ca_certificate(mount_point=MOUNT_A)) == ca
+    chain = client.secrets.pki.read_ca_certificate_chain(mount_point=MOUNT_A)
+    if vault.is_double or chain:  # Vault < 1.11 answers 204 for a root's chain
+        assert load(chain) == ca
+    assert load(client.read(f"{MOUNT_A}/cert/ca")["data"]["certificate"]) == ca
+    assert load(vault.ca_pem(MOUNT_B)) != ca
+
+
+def test_common_name_outside_allowed_domains(vault: VaultTarget) -> None:
+    csr, _ = make_csr("evil.example.com")
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(vault.client(), csr, "evil.example.com")
+    assert errors_of(exc) == ["common name evil.example.com not allowed by this role"]
+
+
+def test_san_outside_allowed_domains(vault: VaultTarget) -> None:
+    csr, _ = make_csr(BROKER, dns=[BROKER, "evil.example.com"])
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(vault.client(), csr)
+    assert errors_of(exc) == ["subject alternate name evil.example.com not allowed by this role"]
+
+
+def test_ip_sans_refused_by_role_and_invalid_ip(vault: VaultTarget) -> None:
+    client = vault.client()
+    ensure_role(client, "kafka-noip", allow_ip_sans=False)
+    csr, _ = make_csr(BROKER, dns=[BROKER], ips=["10.0.0.7"])
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(client, csr, role="kafka-noip")
+    assert errors_of(exc) == [
+        "IP Subject Alternative Names are not allowed in this role, but was provided some via CSR"
+    ]
+    ensure_role(client, "kafka-issue-ec", key_type="ec", key_bits=256)
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        client.secrets.pki.generate_certificate(
+            "kafka-issue-ec", BROKER, extra_params={"ip_sans": "10.0.0.300"}, mount_point=MOUNT_A
+        )
+    assert errors_of(exc) == ['the value "10.0.0.300" is not a valid IP address']
+
+
+def test_ttl_above_role_max_is_capped(vault: VaultTarget) -> None:
+    csr, _ = make_csr(BROKER)
+    resp = sign(vault.client(), csr, ttl="100h")
+    assert 72 * 3600 - 120 < remaining(load(resp["data"]["certificate"])) <= 72 * 3600
+    capped = 'TTL "100h0m0s" is longer than permitted maxTTL "72h0m0s", so maxTTL is being used'
+    if vault.is_double:
+        assert capped in resp["warnings"]
+
+
+def test_ttl_beyond_the_ca_is_refused(vault: VaultTarget) -> None:
+    client = vault.client()
+    ensure_role(client, "kafka-long", max_ttl="900000h")
+    csr, _ = make_csr(BROKER)
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(client, csr, role="kafka-long", ttl="900000h")
+    assert "beyond the expiration of the CA certificate" in errors_of(exc)[0]
+
+
+def test_unknown_role(vault: VaultTarget) -> None:
+    csr, _ = make_csr(BROKER)
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(vault.client(), csr, role="nope")
+    assert errors_of(exc) == ["unknown role: nope"]
+
+
+def test_unknown_mount(vault: VaultTarget) -> None:
+    csr, _ = make_csr(BROKER)
+    with pytest.raises(hvac.exceptions.InvalidPath) as exc:
+        sign(vault.client(), csr, mount="pki_nope")
+    assert errors_of(exc) == ['no handler for route "pki_nope/sign/kafka". route entry not found.']
+
+
+def test_sys_mounts_lists_the_pki_roots(vault: VaultTarget) -> None:
+    mounts = vault.client().sys.list_mounted_secrets_engines()["data"]
+    for mount in vault.mounts:
+        assert mounts[f"{mount}/"]["type"] == "pki"
+        assert mounts[f"{mount}/"]["config"]["max_lease_ttl"] == 87600 * 3600
+
+
+def test_prepare_is_idempotent(vault: VaultTarget) -> None:
+    client = vault.client()
+    before = {m: client.secrets.pki.read_ca_certificate(mount_point=m) for m in vault.mounts}
+    prepare(client)
+    prepare(client)
+    after = {m: client.secrets.pki.read_ca_certificate(mount_point=m) for m in vault.mounts}
+    assert before == after
+    role = client.secrets.pki.read_role("kafka", mount_point=MOUNT_A)["data"]
+    assert role["allowed_domains"] == ["kafka.test", "localhost"]
+    assert (role["ou"], role["organization"], role["key_type"]) == (["kafka"], ["Example"], "any")
+    assert (role["ttl"], role["max_ttl"]) == (24 * 3600, 72 * 3600)
+
+
+# ----------------------------------------------------------------------------- tokens (portable)
+
+
+def test_bad_or_missing_token_is_forbidden(vault: VaultTarget) -> None:
+    csr, _ = make_csr(BROKER)
+    for token in ("hvs.not-a-real-token", ""):
+        with pytest.raises(hvac.exceptions.Forbidden) as exc:
+            sign(vault.client(token=token), csr)
+        assert "permission denied" in errors_of(exc)
+
+
+def test_token_lookup_renew_and_revoke(vault: VaultTarget) -> None:
+    root = vault.client()
+    auth = root.auth.token.create(policies=["default"], ttl="1h", explicit_max_ttl="2h")["auth"]
+    assert auth["policies"] == ["default"] and auth["renewable"] is True
+    user = vault.client(token=auth["client_token"])
+
+    looked = user.auth.token.lookup_self()["data"]
+    assert looked["policies"] == ["default"] and looked["renewable"] is True
+    assert 3600 - 60 < looked["ttl"] <= 3600 and looked["creation_ttl"] == 3600
+
+    assert user.auth.token.renew_self(increment="30m")["auth"]["lease_duration"] == 1800
+    assert 1800 - 60 < user.auth.token.lookup_self()["data"]["ttl"] <= 1800
+    capped = user.auth.token.renew_self(increment="5h")["auth"]["lease_duration"]
+    assert 7200 - 60 < capped <= 7200  # explicit_max_ttl bounds renewals
+
+    csr, _ = make_csr(BROKER)
+    with pytest.raises(hvac.exceptions.Forbidden) as exc:  # default policy grants no PKI
+        sign(user, csr)
+    assert errors_of(exc) == ["permission denied"]
+
+    user.auth.token.revoke_self()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        user.auth.token.lookup_self()
+
+
+def test_non_renewable_token(vault: VaultTarget) -> None:
+    auth = vault.client().auth.token.create(policies=["default"], ttl="1h", renewable=False)
+    user = vault.client(token=auth["auth"]["client_token"])
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        user.auth.token.renew_self()
+    assert errors_of(exc) == ["lease is not renewable"]
+
+
+# ----------------------------------------------------------------------------- double only
+
+
+def test_prepare_builds_an_empty_vault() -> None:
+    with VaultDouble(mounts=()) as double:
+        client = hvac.Client(url=double.url, token=double.root_token, timeout=5)
+        assert double.mounts == []
+        prepare(client)
+        assert double.mounts == [MOUNT_A, MOUNT_B]
+        assert double.ca_cert(MOUNT_B).subject.rfc4514_string() == "CN=Kafka Root B"
+        assert isinstance(double.ca_cert(MOUNT_A).public_key(), ec.EllipticCurvePublicKey)
+        csr, _ = make_csr(BROKER)
+        cert = load(sign(client, csr, mount=MOUNT_B)["data"]["certificate"])
+        cert.verify_directly_issued_by(double.ca_cert(MOUNT_B))
+        methods = [(m, p) for m, p, _ in double.request_log]
+        assert ("POST", "/v1/sys/mounts/pki_root_a") in methods
+        assert ("POST", "/v1/pki_root_b/root/generate/internal") in methods
+
+
+def test_add_mount_and_counters(vault_double: VaultDouble) -> None:
+    vault_double.add_mount("pki_root_c")
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    assert "pki_root_c/" in client.sys.list_mounted_secrets_engines()["data"]
+    csr, _ = make_csr(BROKER)
+    cert = load(sign(client, csr, mount="pki_root_c")["data"]["certificate"])
+    assert cert.issuer.rfc4514_string() == "CN=Kafka Root C"
+    sign(client, csr)
+    assert vault_double.sign_count == {MOUNT_A: 1, MOUNT_B: 0, "pki_root_c": 1}
+    assert ("POST", "/v1/pki_root_c/sign/kafka", 200) in vault_double.request_log
+
+
+def test_alt_names_ignored_when_role_uses_csr_sans(vault_double: VaultDouble) -> None:
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    csr, _ = make_csr(BROKER, dns=[BROKER])
+    resp = sign(client, csr, alt_names="other.kafka.test", exclude_cn_from_sans=True)
+    assert sans(load(resp["data"]["certificate"]))[0] == {BROKER}
+    assert any("use_csr_sans" in w for w in resp["warnings"])
+
+
+def test_approle_login(vault_double: VaultDouble) -> None:
+    vault_double.add_policy("kafka-signer", ["pki_root_*/sign/kafka"])
+    vault_double.add_approle("role-1", "secret-1", ["kafka-signer"], token_ttl="20m")
+    client = hvac.Client(url=vault_double.url, timeout=5)
+    auth = client.auth.approle.login("role-1", "secret-1")["auth"]
+    assert auth["policies"] == ["default", "kafka-signer"]
+    assert auth["lease_duration"] == 1200 and auth["renewable"] is True
+    assert client.token == auth["client_token"]
+    csr, _ = make_csr(BROKER)
+    sign(client, csr, mount=MOUNT_B)
+    for role_id, secret_id in (("role-1", "wrong"), ("nope", "secret-1")):
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            hvac.Client(url=vault_double.url).auth.approle.login(role_id, secret_id)
+        assert errors_of(exc) == ["invalid role or secret ID"]
+
+
+def test_kubernetes_login(vault_double: VaultDouble) -> None:
+    vault_double.add_kubernetes_role("sidecar", ["jwt-good"], ["default"], token_ttl=600)
+    client = hvac.Client(url=vault_double.url, timeout=5)
+    auth = client.auth.kubernetes.login("sidecar", "jwt-good")["auth"]
+    assert auth["lease_duration"] == 600 and auth["metadata"]["role"] == "sidecar"
+    assert client.auth.token.lookup_self()["data"]["path"] == "auth/kubernetes/login"
+    with pytest.raises(hvac.exceptions.Forbidden) as exc:
+        hvac.Client(url=vault_double.url).auth.kubernetes.login("sidecar", "jwt-bad")
+    assert errors_of(exc) == ["permission denied"]
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        hvac.Client(url=vault_double.url).auth.kubernetes.login("nope", "jwt-good")
+    assert errors_of(exc) == ['invalid role name "nope"']
+
+
+def test_policy_allows_and_denies(vault_double: VaultDouble) -> None:
+    vault_double.add_policy("kafka-signer", ["pki_root_*/sign/kafka"])
+    token = vault_double.create_token(["kafka-signer"], ttl="1h")
+    client = hvac.Client(url=vault_double.url, token=token, timeout=5)
+    csr, _ = make_csr(BROKER)
+    sign(client, csr, mount=MOUNT_A)
+    sign(client, csr, mount=MOUNT_B)
+    with pytest.raises(hvac.exceptions.Forbidden) as exc:
+        client.secrets.pki.read_role("kafka", mount_point=MOUNT_A)
+    assert errors_of(exc) == ["permission denied"]
+    with pytest.raises(hvac.exceptions.Forbidden):  # ACL is checked before routing
+        sign(client, csr, mount="pki_nope")
+    with pytest.raises(hvac.exceptions.Forbidden):  # no grant on auth/token/create
+        client.auth.token.create(policies=["root"])
+    assert client.auth.token.lookup_self()["data"]["policies"] == ["default", "kafka-signer"]
+
+
+def test_revoked_and_expired_tokens(vault_double: VaultDouble) -> None:
+    for action in (vault_double.revoke_token, vault_double.expire_token):
+        token = vault_double.create_token(["default"])
+        client = hvac.Client(url=vault_double.url, token=token, timeout=5)
+        client.auth.token.lookup_self()
+        action(token)
+        with pytest.raises(hvac.exceptions.Forbidden) as exc:
+            client.auth.token.lookup_self()
+        assert errors_of(exc) == ["permission denied", "invalid token"]
+        assert client.is_authenticated() is False
+
+
+def test_down_refuses_connections_then_recovers(vault_double: VaultDouble) -> None:
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=2)
+    vault_double.set_down(True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        client.auth.token.lookup_self()
+    vault_double.set_down(False)
+    assert client.auth.token.lookup_self()["data"]["policies"] == ["root"]
+
+
+def test_sealed(vault_double: VaultDouble) -> None:
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    vault_double.set_sealed(True)
+    csr, _ = make_csr(BROKER)
+    with pytest.raises(hvac.exceptions.VaultDown) as exc:
+        sign(client, csr)
+    assert errors_of(exc) == ["Vault is sealed"]
+    assert client.sys.is_sealed() is True
+    vault_double.set_sealed(False)
+    sign(client, csr)
+
+
+def test_fail_next(vault_double: VaultDouble) -> None:
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    csr, _ = make_csr(BROKER)
+    vault_double.fail_next(2, 500)
+    for _ in range(2):
+        with pytest.raises(hvac.exceptions.InternalServerError):
+            sign(client, csr)
+    sign(client, csr)
+    vault_double.fail_next(1, 429, ["rate limited"], path="/sign/")
+    client.auth.token.lookup_self()  # not matching the path: untouched
+    with pytest.raises(hvac.exceptions.RateLimitExceeded):
+        sign(client, csr)
+    assert vault_double.sign_count[MOUNT_A] == 1
+
+
+def test_corrupt_mismatched_and_expired_certificates(vault_double: VaultDouble) -> None:
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    ca = vault_double.ca_cert(MOUNT_A)
+    csr, key = make_csr(BROKER)
+
+    vault_double.corrupt_next_certificate()
+    blob = sign(client, csr)["data"]["certificate"]
+    assert blob.startswith("-----BEGIN CERTIFICATE-----")
+    with pytest.raises(ValueError):
+        load(blob)
+
+    vault_double.mismatched_key_next()
+    wrong = load(sign(client, csr)["data"]["certificate"])
+    wrong.verify_directly_issued_by(ca)
+    assert not same_public_key(wrong.public_key(), key.public_key())
+
+    vault_double.expired_next()
+    old = load(sign(client, csr)["data"]["certificate"])
+    old.verify_directly_issued_by(ca)
+    assert old.not_valid_after_utc < dt.datetime.now(dt.UTC)
+
+    good = load(sign(client, csr)["data"]["certificate"])
+    assert same_public_key(good.public_key(), key.public_key()) and remaining(good) > 0
+
+
+def test_legacy_mode_has_no_root_chain() -> None:
+    with VaultDouble(legacy=True) as double:
+        client = hvac.Client(url=double.url, token=double.root_token, timeout=5)
+        csr, _ = make_csr(BROKER)
+        assert "ca_chain" not in sign(client, csr)["data"]
+        assert client.secrets.pki.read_ca_certificate_chain(mount_point=MOUNT_A) == ""
+        with pytest.raises(hvac.exceptions.Forbidden) as exc:
+            hvac.Client(url=double.url, token="hvs.bogus").auth.token.lookup_self()
+        assert errors_of(exc) == ["permission denied"]
+
+
+def test_start_is_fast() -> None:
+    started = time.perf_counter()
+    with VaultDouble() as double:
+        assert requests.get(f"{double.url}/v1/sys/health", timeout=2).json()["sealed"] is False
+    assert time.perf_counter() - started < 0.5
+
+
+def test_standalone_process() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.doubles.vault", "--port", "0", "--root-token", "hvs.drill"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["root_token"] == "hvs.drill" and info["mounts"] == [MOUNT_A, MOUNT_B]
+        client = hvac.Client(url=info["url"], token=info["root_token"], timeout=5)
+        assert client.auth.token.lookup_self()["data"]["policies"] == ["root"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
