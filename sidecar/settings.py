@@ -57,6 +57,7 @@ class SettingInfo:
 
 
 def flag_name(field_name: str) -> str:
+    """The command-line flag of a setting."""
     return "--" + field_name.replace("_", "-")
 
 
@@ -75,7 +76,8 @@ def describe(cls: type[Any], env_prefix: str) -> list[SettingInfo]:
             default = _render_default(field.default_factory())
         else:
             default = "(required)"
-        infos.append(SettingInfo(field.name, flag_name(field.name), env_name(field, env_prefix),
+        flag = "(env only)" if field.metadata.get("secret") else flag_name(field.name)
+        infos.append(SettingInfo(field.name, flag, env_name(field, env_prefix),
                                  default, str(field.metadata.get("help", ""))))
     return infos
 
@@ -87,6 +89,8 @@ def _render_default(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "(empty)"
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -150,10 +154,12 @@ def build_parser(cls: type[Any], prog: str, description: str, env_prefix: str,
                  extra: Callable[[argparse.ArgumentParser], None] | None = None
                  ) -> argparse.ArgumentParser:
     """An argparse parser with one optional flag per setting (all default to None)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML configuration file (env {env_prefix}CONFIG)")
     for field in dataclasses.fields(cls):
+        if field.metadata.get("secret"):
+            continue  # secrets never go on argv (visible in ps): environment or file only
         base, _ = _base_type(field.type if not isinstance(field.type, str) else
                              typing.get_type_hints(cls)[field.name])
         help_text = f"{field.metadata.get('help', '')} (env {env_name(field, env_prefix)})"
