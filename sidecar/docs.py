@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from sidecar import settings
 
 
@@ -23,15 +21,7 @@ def tables() -> dict[str, str]:
     """Section marker -> table, for every process."""
     from sidecar.config import ENV_PREFIX, AuthManagerConfig
 
-    out = {"auth-manager": settings_table(AuthManagerConfig, ENV_PREFIX)}
-    try:
-        from monitor.config import ENV_PREFIX as MON_PREFIX
-        from monitor.config import MonitorConfig
-    except ImportError:
-        return out
-    assert dataclasses.is_dataclass(MonitorConfig)
-    out["tls-monitor"] = settings_table(MonitorConfig, MON_PREFIX)
-    return out
+    return {"auth-manager": settings_table(AuthManagerConfig, ENV_PREFIX)}
 
 
 if __name__ == "__main__":
