@@ -116,7 +116,7 @@ class Registration:
             if saved and self.store.renew_session(saved):
                 self.log.info("consul_session_resumed", session=saved, node_id=self.node_id)
                 return saved
-        session_id = self.store.create_session(f"kafka-pki/{self.node_id}", self.ttl)
+        session_id = self.store.create_session(self.store.prefix + self.node_id, self.ttl)
         self._save(session_id)
         self.log.info("consul_session_created", session=session_id, node_id=self.node_id)
         return session_id
@@ -192,6 +192,7 @@ class RotationParticipant:
         self._deferred_logged: set[tuple[str, str]] = set()
         self._record: RotationRecord | None = None
         self._ack_stamp: float | None = None
+        self._acted: Desired | None = None  # what the last record read asked of us
 
     @classmethod
     def from_config(cls, config: AuthManagerConfig, manager: AuthManager,
@@ -243,9 +244,16 @@ class RotationParticipant:
             self.manager.volume, manifest, ack)
         if served is None:
             return NodeState(self.node_id, role=self.role, updated_at=self.clock())
+        # The barrier counts a participant only once it acted on the current record: that is
+        # the record it last read, if what it serves is what that record asked of it.
+        rotation_id = served.rotation_id
+        if self._acted is not None and self._acted == (
+                Desired(served.signer, tuple(served.trust), self._acted.rotation_id,
+                        self._acted.phase)):
+            rotation_id = self._acted.rotation_id
         return NodeState(self.node_id, role=self.role, trust=frozenset(served.trust),
                          signer=served.signer, serial=served.serial, issuer=served.issuer,
-                         not_after=served.not_after, rotation_id=served.rotation_id,
+                         not_after=served.not_after, rotation_id=rotation_id,
                          updated_at=self.clock())
 
     def desired(self) -> Desired:
@@ -287,8 +295,9 @@ class RotationParticipant:
         material = record.material(phase)
         for root in material.trust:
             self._check_root_exists(root)
-        return Desired(signer=material.signer, trust=tuple(material.trust),
-                       rotation_id=record.id, phase=phase)
+        self._acted = Desired(signer=material.signer, trust=tuple(material.trust),
+                              rotation_id=record.id, phase=phase)
+        return self._acted
 
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
         """Publish what is served now (after the monitor acknowledged it)."""

@@ -1,0 +1,150 @@
+"""In-process participants (auth manager + rotation participant + a stand-in monitor that
+acknowledges every generation) for rotation tests against Consul and Vault."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sidecar import layout
+from sidecar.consul_store import ConsulStore
+from sidecar.coordinator import RotationParticipant
+from sidecar.manager import AuthManager
+from sidecar.manifest import Acknowledgement
+from sidecar.rotation import parse_record
+from sidecar.volume import Volume, VolumeError
+from tests.consul_setup import ConsulTarget
+from tests.doubles.consul import ConsulDouble
+from tests.manager_kit import RecordingLog, make_config, make_manager
+from tests.vault_setup import VaultTarget
+
+
+def target_for(double: ConsulDouble) -> ConsulTarget:
+    """A ConsulTarget on a double, for fault-injection tests."""
+    return ConsulTarget(url=double.url, host=double.host, port=double.port, scheme="http",
+                        token=None, prefix=f"kafka-pki-test/{uuid.uuid4()}/", double=double)
+
+
+def acknowledge(volume: Path) -> bool:
+    """Do what the TLS monitor does after verifying: acknowledge the current generation."""
+    try:
+        found = Volume(volume).read_current()
+    except VolumeError:
+        return False
+    if found is None:
+        return False
+    manifest = found[1]
+    ack_path = layout.ack_path(volume)
+    ack = Acknowledgement(generation=manifest.generation, serial=manifest.serial,
+                          applied_at=dt.datetime.now(dt.UTC).isoformat(),
+                          verified_by="test")
+    data = ack.to_json()
+    if ack_path.exists() and ack_path.read_bytes() == data:
+        return False
+    tmp = ack_path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(ack_path)
+    return True
+
+
+@dataclasses.dataclass
+class Node:
+    name: str
+    volume: Path
+    manager: AuthManager
+    source: RotationParticipant
+    log: RecordingLog
+    stop: threading.Event
+    threads: list[threading.Thread]
+    monitor_enabled: threading.Event
+
+    def served(self) -> tuple[tuple[str, ...], str] | None:
+        found = Volume(self.volume).read_current()
+        return (found[1].trust, found[1].signer) if found else None
+
+    def halt(self, destroy: bool = True) -> None:
+        self.stop.set()
+        self.source.changed.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.source.close(destroy=destroy)
+
+
+class Cluster:
+    """N participants sharing one Consul prefix and one Vault."""
+
+    def __init__(self, consul: ConsulTarget, vault: VaultTarget, base: Path,
+                 **overrides: Any) -> None:
+        self.consul = consul
+        self.vault = vault
+        self.base = base
+        self.overrides = overrides
+        self.nodes: dict[str, Node] = {}
+        cluster_prefix = consul.prefix.strip("/")
+        self.config_prefix, self.cluster = cluster_prefix.rsplit("/", 1)
+        self.store = ConsulStore(consul.url, consul.prefix, consul.token)
+
+    def set_root(self, value: str) -> None:
+        self.store.put("active-root", value.encode())
+
+    def start(self, name: str, role: str = "broker", monitor: bool = True,
+              **overrides: Any) -> Node:
+        volume = self.base / name
+        secrets = self.base / f"{name}-secrets"
+        secrets.mkdir(parents=True, exist_ok=True)
+        settings = {"consul_addr": self.consul.url, "consul_token": self.consul.token,
+                    "consul_prefix": self.config_prefix, "cluster": self.cluster,
+                    "node_id": name, "node_role": role, "root": None, "watch_wait": 5,
+                    "subject": f"CN={name}.kafka.test,OU=kafka,O=Example",
+                    "dns_sans": [f"{name}.kafka.test"], "ip_sans": [],
+                    **self.overrides, **overrides}
+        config = make_config(self.vault.url, self.vault.token, volume, secrets, **settings)
+        manager, metrics, log = make_manager(config)
+        stop = threading.Event()
+        source = RotationParticipant.from_config(config, manager, metrics, log, stop)
+        enabled = threading.Event()
+        if monitor:
+            enabled.set()
+
+        def monitor_loop() -> None:
+            while not stop.wait(0.05):
+                if enabled.is_set():
+                    acknowledge(volume)
+
+        threads = [threading.Thread(target=manager.run, args=(source, stop), daemon=True),
+                   threading.Thread(target=monitor_loop, daemon=True)]
+        for thread in threads:
+            thread.start()
+        node = Node(name, volume, manager, source, log, stop, threads, enabled)
+        self.nodes[name] = node
+        return node
+
+    def record(self) -> Any:
+        raw = self.store.read().value("rotation")
+        return parse_record(raw) if raw else None
+
+    def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; record={self.record()}")
+
+    def converged(self, root: str) -> bool:
+        record = self.record()
+        if record is None or not record.stable or record.to_root != root:
+            return False
+        return all(n.served() == ((root,), root) for n in self.nodes.values()
+                   if not n.stop.is_set())
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            if not node.stop.is_set():
+                node.halt()
