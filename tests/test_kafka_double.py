@@ -1,0 +1,518 @@
+"""The Kafka broker double, driven by confluent-kafka's AdminClient over real mutual TLS.
+
+Runs unchanged against a real broker when ``KAFKA_BOOTSTRAP_SERVERS`` is set (see
+``tests/kafka_setup.py``); tests that need the double's controls then skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from tests.doubles.kafka_broker import AlterOp, KafkaBrokerDouble, tls_exchange
+from tests.kafka_setup import (
+    API_VERSIONS_V0,
+    CLIENT_DN,
+    BrokerUnderTest,
+    ClientFiles,
+    broker_with_stores,
+    fetch_served_certificate,
+    listener_prefixed,
+    make_ca,
+    make_leaf,
+    write_client_files,
+    write_keystore,
+    write_truststore,
+)
+from tests.kafka_setup import kafka_broker as kafka_broker  # the fixture
+
+INVALID_REQUEST = 42
+Result = tuple[int, str] | None
+
+
+def admin(broker: BrokerUnderTest) -> AdminClient:
+    """An AdminClient on the broker's client listener, short timeouts."""
+    config = broker.client.admin_config(broker.bootstrap(broker.external))
+    # librdkafka's own stderr lines (reconnects after a double stopped) go to logging instead
+    return AdminClient({**config, "logger": logging.getLogger("tests.librdkafka")})
+
+
+def alter(
+    broker: BrokerUnderTest,
+    listener: str,
+    settings: dict[str, str],
+    validate_only: bool = False,
+    client: AdminClient | None = None,
+) -> Result:
+    """SET listener-prefixed settings on the broker; None on success, else (code, message)."""
+    resource = ConfigResource(
+        ResourceType.BROKER,
+        str(broker.broker_id),
+        incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+            for k, v in listener_prefixed(listener, settings).items()
+        ],
+    )
+    client = client if client is not None else admin(broker)  # (AdminClient has __len__)
+    future = client.incremental_alter_configs(
+        [resource], request_timeout=10, validate_only=validate_only
+    )[resource]
+    try:
+        future.result(timeout=15)
+    except KafkaException as e:
+        return e.args[0].code(), e.args[0].str()
+    return None
+
+
+def served_serial(broker: BrokerUnderTest, listener: str | None = None) -> int:
+    """The serial a fresh client connection is served (handshake plus a read)."""
+    address = broker.bootstrap(listener or broker.external)
+    return fetch_served_certificate(address, broker.client.ssl_context()).serial_number
+
+
+def new_keystore(broker: BrokerUnderTest, name: str, **leaf: object) -> dict[str, str]:
+    """A new broker keystore of the broker's store type, signed by root A unless ``ca``."""
+    ca = leaf.pop("ca", broker.root_a)
+    ext = {"PKCS12": "p12", "JKS": "jks", "PEM": "pem"}[broker.store_type]
+    return write_keystore(
+        broker.pki_dir / f"{name}.{ext}",
+        make_leaf(ca, **leaf),  # type: ignore[arg-type]
+        broker.store_type,
+    )
+
+
+def test_describe_configs_reports_static_and_dynamic_listener_settings(
+    kafka_broker: BrokerUnderTest,
+) -> None:
+    client = admin(kafka_broker)
+    resource = ConfigResource(ResourceType.BROKER, str(kafka_broker.broker_id))
+    configs = client.describe_configs([resource], request_timeout=10)[resource].result(timeout=15)
+    prefix = f"listener.name.{kafka_broker.external.lower()}."
+    location = configs[prefix + "ssl.keystore.location"]
+    password = configs[prefix + "ssl.keystore.password"]
+    assert password.value is None and password.is_sensitive
+    assert not location.is_read_only
+    if kafka_broker.double is None:
+        return
+    assert location.value == kafka_broker.stores["SSL"]["ssl.keystore.location"]
+    assert location.source == 4  # STATIC_BROKER_CONFIG
+
+    settings = new_keystore(kafka_broker, "described")
+    assert alter(kafka_broker, "SSL", settings, client=client) is None
+    configs = client.describe_configs([resource], request_timeout=10)[resource].result(timeout=15)
+    assert (
+        configs["listener.name.ssl.ssl.keystore.location"].value
+        == settings["ssl.keystore.location"]
+    )
+    assert configs["listener.name.ssl.ssl.keystore.location"].source == 2  # DYNAMIC_BROKER
+    assert configs["listener.name.ssl.ssl.keystore.password"].value is None
+    assert {key for key, _ in kafka_broker.double.requests} >= {18, 3, 32, 44}
+
+
+@pytest.mark.parametrize("store_type", ["PKCS12", "JKS", "PEM"])
+def test_reload_serves_the_new_keystore(tmp_path: Path, store_type: str) -> None:
+    with broker_with_stores(tmp_path, store_type) as broker:
+        before = served_serial(broker)
+        settings = new_keystore(broker, f"reload-{time.monotonic_ns()}")
+        assert alter(broker, broker.external, settings) is None
+        after = served_serial(broker)
+        assert after != before
+        if broker.double is not None:
+            assert after == broker.double.served_certificate("SSL").serial_number
+            assert broker.double.listener_reload_count("SSL") == 1
+
+
+def test_switching_store_type_pkcs12_to_jks(kafka_broker: BrokerUnderTest) -> None:
+    ident = make_leaf(kafka_broker.root_a)
+    settings = write_keystore(kafka_broker.pki_dir / "switch.jks", ident, "JKS")
+    assert alter(kafka_broker, kafka_broker.external, settings) is None
+    assert served_serial(kafka_broker) == ident.serial
+
+
+@pytest.mark.parametrize(
+    ("leaf", "expected"),
+    [
+        (
+            {"dn": "CN=other-broker.kafka.test,OU=kafka,O=Example"},
+            "Keystore DistinguishedName does not match",
+        ),
+        ({"sans": ("localhost", "broker-1.kafka.test")}, "Keystore SubjectAltNames do not match"),
+    ],
+    ids=["dn-changed", "san-dropped"],
+)
+def test_incompatible_keystore_is_refused(
+    kafka_broker: BrokerUnderTest, leaf: dict[str, object], expected: str
+) -> None:
+    before = served_serial(kafka_broker)
+    result = alter(kafka_broker, kafka_broker.external, new_keystore(kafka_broker, "bad", **leaf))
+    assert result is not None
+    code, message = result
+    assert code == INVALID_REQUEST
+    assert "Validation of dynamic config update of SSLFactory failed" in message
+    assert expected in message
+    assert served_serial(kafka_broker) == before
+
+
+def test_inter_broker_signer_switched_without_trust_is_refused(
+    kafka_broker: BrokerUnderTest,
+) -> None:
+    internal = kafka_broker.internal
+    # A known start: keystore from root A, truststore trusting only root A.
+    assert alter(kafka_broker, internal, new_keystore(kafka_broker, "ib-a")) is None
+    assert (
+        alter(
+            kafka_broker,
+            internal,
+            write_truststore(kafka_broker.pki_dir / "ib-trust-a.p12", [kafka_broker.root_a]),
+        )
+        is None
+    )
+    double = kafka_broker.double
+    before = double.served_certificate(internal).serial_number if double else None
+
+    result = alter(
+        kafka_broker, internal, new_keystore(kafka_broker, "ib-b", ca=kafka_broker.root_b)
+    )
+    assert result is not None
+    code, message = result
+    assert code == INVALID_REQUEST
+    assert message.startswith(
+        "Invalid value org.apache.kafka.common.config.ConfigException: "
+        "Validation of dynamic config update of SSLFactory failed: "
+        "javax.net.ssl.SSLHandshakeException"
+    )
+    if double is not None:
+        assert double.served_certificate(internal).serial_number == before
+
+
+def test_three_phase_rotation_and_rollback_on_inter_broker_listener(
+    kafka_broker: BrokerUnderTest,
+) -> None:
+    b, internal = kafka_broker, kafka_broker.internal
+    a_cert = new_keystore(b, "rot-a-key")
+    a_trust = write_truststore(b.pki_dir / "rot-a.p12", [b.root_a])
+    assert alter(b, internal, a_cert | a_trust) is None  # phase 0: {A}, A
+    both = write_truststore(b.pki_dir / "rot-ab.p12", [b.root_a, b.root_b])
+    b_cert = new_keystore(b, "rot-b-key", ca=b.root_b)
+    b_trust = write_truststore(b.pki_dir / "rot-b.p12", [b.root_b])
+    # Skipping phase 1 is what Kafka refuses: trust {A} -> {B} at once.
+    assert alter(b, internal, b_trust) is not None
+    for step in (both, b_cert, b_trust, both, a_cert, a_trust):  # A->B, then rolled back
+        assert alter(b, internal, step) is None
+    if b.double is not None:
+        assert b.double.served_certificate(internal).issuer == b.root_a.cert.subject
+
+
+def test_truststore_without_java_trust_marks_is_refused(kafka_broker: BrokerUnderTest) -> None:
+    """A PKCS12 truststore written without Java's trusted-cert attribute has 0 entries in Java."""
+    b = kafka_broker
+    path = b.pki_dir / "no-trust-marks.p12"
+    path.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            None, None, None, [b.root_a.cert], serialization.BestAvailableEncryption(b"changeit")
+        )
+    )
+    result = alter(
+        b,
+        b.internal,
+        {
+            "ssl.truststore.type": "PKCS12",
+            "ssl.truststore.location": str(path),
+            "ssl.truststore.password": "changeit",
+        },
+    )
+    assert result is not None and result[0] == INVALID_REQUEST
+
+
+def test_same_path_reloads_only_when_mtime_changes(kafka_broker: BrokerUnderTest) -> None:
+    b = kafka_broker
+    settings = new_keystore(b, "same-path")
+    assert alter(b, b.external, settings) is None
+    first = served_serial(b)
+    reloads = b.double.reload_count if b.double else 0
+
+    assert alter(b, b.external, settings) is None  # same path, file untouched
+    assert served_serial(b) == first
+    if b.double is not None:
+        assert b.double.reload_count == reloads
+
+    path = Path(settings["ssl.keystore.location"])
+    stat = path.stat()
+    replacement = make_leaf(b.root_a)
+    write_keystore(path, replacement, b.store_type)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    assert alter(b, b.external, settings) is None  # same path, new mtime
+    assert served_serial(b) == replacement.serial
+
+
+@pytest.mark.parametrize("mode", ["kraft", "zk"])
+def test_same_path_incompatible_rewrite(tmp_path: Path, mode: str) -> None:
+    """KRaft applies same-path reloads after answering (failure only logged); ZK answers it."""
+    with broker_with_stores(tmp_path, "PKCS12", mode=mode) as b:
+        double = b.require_double()
+        settings = b.stores["SSL"]
+        before = served_serial(b)
+        path = Path(settings["ssl.keystore.location"])
+        write_keystore(path, make_leaf(b.root_a, "CN=imposter,OU=kafka,O=Example"))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+        result = alter(b, "SSL", {"ssl.keystore.location": settings["ssl.keystore.location"]})
+        assert served_serial(b) == before
+        assert any("Keystore DistinguishedName does not match" in line for line in double.log)
+        if mode == "kraft":
+            assert result is None
+        else:
+            assert result is not None
+            assert result[1].startswith(
+                "Invalid config value for resource ConfigResource(type=BROKER, name='1'): "
+                "Validation of dynamic config update of SSLFactory failed: "
+            )
+
+
+def test_validate_only_checks_without_reloading(kafka_broker: BrokerUnderTest) -> None:
+    b = kafka_broker
+    before = served_serial(b)
+    assert alter(b, b.external, new_keystore(b, "vo-good"), validate_only=True) is None
+    bad = new_keystore(b, "vo-bad", dn="CN=x,OU=kafka,O=Example")
+    result = alter(b, b.external, bad, validate_only=True)
+    assert result is not None and result[0] == INVALID_REQUEST
+    assert served_serial(b) == before
+
+
+def test_non_listener_configs_are_refused(kafka_broker: BrokerUnderTest) -> None:
+    b = kafka_broker
+    resource = ConfigResource(
+        ResourceType.BROKER,
+        str(b.broker_id),
+        incremental_configs=[
+            ConfigEntry(
+                "ssl.keystore.location", "/tmp/x.p12", incremental_operation=AlterConfigOpType.SET
+            )
+        ],
+    )
+    client = admin(b)
+    future = client.incremental_alter_configs([resource], request_timeout=10)[resource]
+    with pytest.raises(KafkaException) as err:
+        future.result(timeout=15)
+    assert err.value.args[0].code() == INVALID_REQUEST
+    assert "only per-listener using the listener prefix" in err.value.args[0].str()
+
+
+def _open_tls(address: str, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    host, port = address.rsplit(":", 1)
+    return ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5))
+
+
+def _api_versions_roundtrip(sock: ssl.SSLSocket) -> int:
+    sock.sendall(struct.pack(">i", len(API_VERSIONS_V0)) + API_VERSIONS_V0)
+    (size,) = struct.unpack(">i", sock.recv(4))
+    body = b""
+    while len(body) < size:
+        body += sock.recv(size - len(body))
+    (correlation_id,) = struct.unpack(">i", body[:4])
+    return correlation_id
+
+
+def test_established_connection_survives_reload(kafka_broker: BrokerUnderTest) -> None:
+    b = kafka_broker
+    replacement = make_leaf(b.root_a)
+    settings = write_keystore(b.pki_dir / "survive.p12", replacement)
+    with _open_tls(b.bootstrap(b.external), b.client.ssl_context()) as sock:
+        old = sock.getpeercert(binary_form=True)
+        assert _api_versions_roundtrip(sock) == 7
+        assert alter(b, b.external, settings) is None
+        assert served_serial(b) == replacement.serial  # new connections: new certificate
+        assert _api_versions_roundtrip(sock) == 7  # the old connection still works
+        assert sock.getpeercert(binary_form=True) == old
+
+
+def test_accept_but_keep_old_fault(kafka_broker: BrokerUnderTest) -> None:
+    double = kafka_broker.require_double()
+    before = served_serial(kafka_broker)
+    double.accept_but_keep_old(True)
+    settings = new_keystore(kafka_broker, "ignored")
+    assert alter(kafka_broker, "SSL", settings) is None
+    assert served_serial(kafka_broker) == before  # only a handshake tells the truth
+    assert (
+        double.dynamic_config["listener.name.ssl.ssl.keystore.location"]
+        == settings["ssl.keystore.location"]
+    )
+    assert double.reload_count == 0
+
+
+def test_refuse_next_reload_control(kafka_broker: BrokerUnderTest) -> None:
+    double = kafka_broker.require_double()
+    double.refuse_next_reload("broker says no")
+    settings = new_keystore(kafka_broker, "refused")
+    assert alter(kafka_broker, "SSL", settings) == (INVALID_REQUEST, "broker says no")
+    assert alter(kafka_broker, "SSL", settings) is None  # one-shot
+    assert double.reload_count == 1
+
+
+def test_validator_reads_so_tls13_client_certificate_refusal_is_seen() -> None:
+    """Over TLS 1.3 the client's handshake completes before the server refuses its cert."""
+    root_a, root_b = make_ca("A"), make_ca("B")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    for ctx, ident, trust in (
+        (server, make_leaf(root_a), root_a),
+        (client, make_leaf(root_b, CLIENT_DN, ()), root_a),
+    ):
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(
+            cadata=trust.cert.public_bytes(serialization.Encoding.PEM).decode()
+        )
+        key = ident.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        pem = Path(os.environ.get("TMPDIR", "/tmp")) / f"tls13-{os.getpid()}-{id(ctx)}.pem"
+        pem.write_bytes(key + ident.cert.public_bytes(serialization.Encoding.PEM))
+        pem.chmod(0o600)
+        try:
+            ctx.load_cert_chain(pem)
+        finally:
+            pem.unlink()
+    with pytest.raises(Exception, match="PKIX path building failed"):
+        tls_exchange(server, client)
+
+
+@pytest.fixture
+def standalone(tmp_path: Path) -> Iterator[tuple[dict[str, object], ClientFiles]]:
+    root = make_ca("A")
+    client = write_client_files(tmp_path / "client", make_leaf(root, CLIENT_DN, ()), [root])
+    props = [
+        "listeners=SSL://127.0.0.1:0,INTERNAL://127.0.0.1:0",
+        "inter.broker.listener.name=INTERNAL",
+    ]
+    for k, v in (
+        write_keystore(tmp_path / "ks.p12", make_leaf(root))
+        | write_truststore(tmp_path / "ts.p12", [root])
+    ).items():
+        props.append(f"{k}={v}")
+    (tmp_path / "server.properties").write_text("\n".join(props) + "\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.doubles.kafka_broker",
+            "--broker-id",
+            "3",
+            "--config",
+            str(tmp_path / "server.properties"),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline()), client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_standalone_prints_ports_and_serves(
+    standalone: tuple[dict[str, object], ClientFiles],
+) -> None:
+    info, client = standalone
+    assert info["broker_id"] == 3
+    ports = info["ports"]
+    assert isinstance(ports, dict) and set(ports) == {"SSL", "INTERNAL"}
+    cert = fetch_served_certificate(f"127.0.0.1:{ports['SSL']}", client.ssl_context())
+    assert cert.subject.rfc4514_string() == "CN=broker-1.kafka.test,OU=kafka,O=Example"
+    resource = ConfigResource(ResourceType.BROKER, "3")
+    admin_client = AdminClient(
+        {
+            **client.admin_config(f"127.0.0.1:{ports['SSL']}"),
+            "logger": logging.getLogger("tests.librdkafka"),
+        }
+    )
+    configs = admin_client.describe_configs([resource], request_timeout=10)[resource].result(15)
+    assert configs["broker.id"].value == "3"
+
+
+SANS = ("localhost", "127.0.0.1", "broker-1.kafka.test")
+
+
+@pytest.mark.parametrize(
+    ("version", "flags", "leaf", "refusal"),
+    [
+        ((3, 9), {}, {"sans": (*SANS, "extra.kafka.test")}, None),  # KIP-978: SANs may grow
+        ((3, 6), {}, {"sans": (*SANS, "extra.kafka.test")}, "or SubjectAltNames do not match"),
+        ((3, 9), {}, {"sans": SANS[:2]}, "SubjectAltNames do not match"),
+        ((3, 9), {"ssl.allow.san.changes": "true"}, {"sans": SANS[:2]}, None),
+        ((3, 9), {}, {"dn": "CN=b2,OU=kafka,O=Example"}, "DistinguishedName does not match"),
+        ((3, 9), {"ssl.allow.dn.changes": "true"}, {"dn": "CN=b2,OU=kafka,O=Example"}, None),
+        ((3, 9), {}, {"dn": "CN=Broker-1.Kafka.Test,OU=kafka,O=Example"}, None),  # canonical
+    ],
+)
+def test_keystore_compatibility_rules(
+    tmp_path: Path,
+    version: tuple[int, int],
+    flags: dict[str, str],
+    leaf: dict[str, object],
+    refusal: str | None,
+) -> None:
+    """SslFactory's DN/SAN rules by Kafka version, with the (static) allow flags."""
+    root = make_ca("A")
+    settings = write_keystore(tmp_path / "ks0.p12", make_leaf(root))
+    settings |= write_truststore(tmp_path / "ts.p12", [root])
+    config = listener_prefixed("SSL", settings | flags)
+    with KafkaBrokerDouble(1, {"SSL": 0}, config, kafka_version=version) as double:
+        new = write_keystore(tmp_path / "ks1.p12", make_leaf(root, **leaf))  # type: ignore[arg-type]
+        ops = [AlterOp(f"listener.name.ssl.{k}", 0, v) for k, v in new.items()]
+        code, message = double.alter_broker_configs("1", ops, validate_only=False)
+        if refusal is None:
+            assert (code, message) == (0, None)
+            assert double.reload_count == 1
+        else:
+            assert code == INVALID_REQUEST and message is not None and refusal in message
+            assert double.reload_count == 0
+
+
+def test_api_versions_answers_unsupported_version_with_v0_and_its_range(
+    kafka_broker: BrokerUnderTest,
+) -> None:
+    """KIP-511: an ApiVersions request newer than the broker's gets a v0 UNSUPPORTED_VERSION."""
+    kafka_broker.require_double()
+    request = struct.pack(">hhih", 18, 99, 5, 4) + b"test" + b"\x00"
+    with _open_tls(kafka_broker.bootstrap("SSL"), kafka_broker.client.ssl_context()) as sock:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", sock.recv(4))
+        body = b""
+        while len(body) < size:
+            body += sock.recv(size - len(body))
+    correlation_id, error, count = struct.unpack(">ihi", body[:10])
+    assert (correlation_id, error) == (5, 35)
+    ranges = {
+        struct.unpack(">hhh", body[10 + 6 * i : 16 + 6 * i])[0]: struct.unpack(
+            ">hhh", body[10 + 6 * i : 16 + 6 * i]
+        )[1:]
+        for i in range(count)
+    }
+    assert ranges[18] == (0, 4)
