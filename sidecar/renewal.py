@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from cryptography.x509.oid import NameOID
+
+from sidecar.keys import parse_subject
 from sidecar.manifest import Manifest
 
 
@@ -29,6 +32,11 @@ class Identity:
     dns_sans: tuple[str, ...]
     ip_sans: tuple[str, ...]
     key_type: str
+
+    @property
+    def common_name(self) -> str:
+        attrs = parse_subject(self.subject).get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(attrs[0].value) if attrs else ""
 
     @property
     def sans(self) -> tuple[str, ...]:
@@ -67,9 +75,11 @@ def renewal_reason(manifest: Manifest | None, desired: Desired, identity: Identi
         return f"certificate {manifest.serial} expired at {manifest.not_after}"
     if manifest.subject != identity.subject:
         return f"subject changed: {manifest.subject!r} -> {identity.subject!r}"
-    missing = set(identity.sans) - {s.lower() for s in manifest.sans}
-    if missing:
-        return f"SANs changed: {sorted(missing)} requested but not in {list(manifest.sans)}"
+    have = {s.lower() for s in manifest.sans}
+    missing = set(identity.sans) - have
+    extra = have - set(identity.sans) - {identity.common_name.lower()}  # Vault adds the CN
+    if missing or extra:
+        return f"SANs changed: {list(manifest.sans)} -> {list(identity.sans)}"
     if manifest.key_type != identity.key_type:
         return f"key type changed: {manifest.key_type} -> {identity.key_type}"
     if manifest.signer != desired.signer:

@@ -1,0 +1,73 @@
+"""``tls-monitor``: the entry point. Watches the volume and applies each new generation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from monitor.config import MonitorConfig, load_config
+from monitor.metrics import MonitorMetrics
+from monitor.reloader import Reloader
+from monitor.watch import VolumeWatcher
+from sidecar.health import HealthServer
+from sidecar.logs import configure
+from sidecar.settings import ConfigError, parse_host_port
+
+RETRY_AFTER_FAILURE = 5.0
+
+
+def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> None:
+    """Apply the current generation, then again on every volume event or poll."""
+    watcher = VolumeWatcher(config.volume_dir).start()
+    try:
+        ok = reloader.handle()
+        while not stop.is_set():
+            timeout = config.poll_interval if ok else min(config.poll_interval,
+                                                          RETRY_AFTER_FAILURE)
+            watcher.wait(timeout, config.debounce, stop)
+            if stop.is_set():
+                break
+            ok = reloader.handle()
+    finally:
+        watcher.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        print(f"tls-monitor: configuration error: {exc}", file=sys.stderr)
+        return 2
+    log = configure(config.log_level, component="tls-monitor")
+    metrics = MonitorMetrics()
+    reloader = Reloader(config, metrics, log)
+    stop = threading.Event()
+    health = None
+    if config.listen:
+        host, port = parse_host_port("listen", config.listen)
+
+        def ready() -> tuple[bool, str]:
+            applied = reloader.applied
+            return (applied is not None,
+                    f"generation {applied} verified" if applied else "nothing verified yet")
+
+        health = HealthServer(host, port, metrics.registry, healthy=lambda: (True, "ok"),
+                              ready=ready).start()
+        log.info("listening", address=f"{host}:{health.port}")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("started", volume=str(config.volume_dir), mode=config.mode)
+    try:
+        run(config, reloader, stop)
+    finally:
+        if health is not None:
+            health.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

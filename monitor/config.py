@@ -1,0 +1,129 @@
+"""The TLS monitor's configuration: every setting, its flag, environment name and default."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sidecar.settings import ConfigError, build_parser, load, parse_host_port, setting
+
+ENV_PREFIX = "MONITOR_"
+ACTIONS = ("none", "signal", "command", "http", "restart")
+_LISTENER = re.compile(r"^([A-Za-z0-9_]+)=(.+:\d+)$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MonitorConfig:
+    """Settings of ``tls-monitor``. See the README's configuration reference."""
+
+    volume_dir: Path = setting(help="shared secrets volume written by pki-auth-manager")
+    mode: str = setting("broker", help="reload a Kafka broker, or a client app",
+                        choices=("broker", "client"))
+    store_password_file: Path | None = setting(
+        None, help="file holding the store password (to open PKCS12/JKS stores)")
+    keystore_type: str = setting("PKCS12", help="store type Kafka is configured with",
+                                 choices=("PKCS12", "JKS", "PEM"))
+    kafka_volume_dir: Path | None = setting(
+        None, help="where the broker mounts the volume (default: volume_dir)")
+
+    # Broker mode.
+    bootstrap_servers: str | None = setting(
+        None, help="admin connection to this broker (host:port of an SSL listener)",
+        env="KAFKA_BOOTSTRAP_SERVERS")
+    broker_id: int | None = setting(None, help="this broker's id (the config resource)")
+    listeners: list[str] = setting([], help="listeners to reload and verify, "
+                                   "NAME=host:port (comma separated)")
+    inter_broker_listener: str | None = setting(
+        None, help="listener used between brokers (gets Kafka's test handshakes)")
+    restart_listeners: list[str] = setting(
+        [], help="listeners that cannot reload dynamically (KRaft controller): use the "
+        "reload action instead")
+    alter_passwords: bool = setting(False, help="also send the store passwords with the "
+                                    "alter (needs password.encoder.secret on the broker)")
+    allow_dn_changes: bool = setting(False, help="the broker sets ssl.allow.dn.changes")
+    allow_san_changes: bool = setting(False, help="the broker sets ssl.allow.san.changes")
+    admin_hostname_verification: bool = setting(
+        True, help="verify the broker's hostname on the admin and verification connections")
+    admin_timeout: float = setting(15.0, help="seconds for an admin request")
+
+    # Client mode (and restart_listeners).
+    reload_action: str = setting("none", help="how to reload a client app", choices=ACTIONS)
+    reload_pid_file: Path | None = setting(None, help="pid file of the process to signal "
+                                           "or restart")
+    reload_signal: str = setting("SIGHUP", help="signal sent by the signal action")
+    reload_command: str | None = setting(None, help="command run by the command action "
+                                         "(no shell; PKI_GENERATION and PKI_CURRENT_DIR set)")
+    reload_url: str | None = setting(None, help="URL the http action POSTs the manifest to")
+    action_timeout: float = setting(30.0, help="seconds an action may take")
+
+    # Timing and operation.
+    debounce: float = setting(0.3, help="seconds of quiet before acting on volume events")
+    poll_interval: float = setting(30.0, help="seconds between checks without events")
+    verify_timeout: float = setting(60.0, help="seconds to verify a reload before alerting")
+    listen: str = setting("127.0.0.1:9109", help="address of /metrics, /healthz, /readyz; "
+                          "empty to disable")
+    log_level: str = setting("info", help="log level",
+                             choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def listener_addresses(self) -> dict[str, tuple[str, int]]:
+        """Listener name -> (host, port), from ``listeners``."""
+        out = {}
+        for item in self.listeners:
+            match = _LISTENER.match(item)
+            assert match is not None
+            out[match.group(1).upper()] = parse_host_port("listeners", match.group(2))
+        return out
+
+
+def validate(config: MonitorConfig) -> None:
+    """Cross-field checks; raise ConfigError naming the first bad setting."""
+    for item in config.listeners:
+        if not _LISTENER.match(item):
+            raise ConfigError(f"invalid value for listeners: {item!r} (expected NAME=host:port)")
+    if config.mode == "broker":
+        if not config.bootstrap_servers:
+            raise ConfigError("missing required setting bootstrap_servers "
+                              "(KAFKA_BOOTSTRAP_SERVERS) in broker mode")
+        if config.broker_id is None:
+            raise ConfigError("missing required setting broker_id (--broker-id or "
+                              "MONITOR_BROKER_ID) in broker mode")
+        if not config.listeners:
+            raise ConfigError("missing required setting listeners in broker mode")
+        names = {item.split("=", 1)[0].upper() for item in config.listeners}
+        if config.inter_broker_listener and config.inter_broker_listener.upper() not in names:
+            raise ConfigError("invalid value for inter_broker_listener: not in listeners")
+    needs_action = config.mode == "client" or bool(config.restart_listeners)
+    if needs_action and config.reload_action == "none":
+        raise ConfigError("missing required setting reload_action (signal, command, http or "
+                          "restart) for a client or for restart_listeners")
+    if config.reload_action in ("signal", "restart") and not config.reload_pid_file:
+        raise ConfigError(f"missing required setting reload_pid_file for "
+                          f"reload_action={config.reload_action}")
+    if config.reload_action == "command" and not config.reload_command:
+        raise ConfigError("missing required setting reload_command for reload_action=command")
+    if config.reload_action == "http" and not config.reload_url:
+        raise ConfigError("missing required setting reload_url for reload_action=http")
+    if config.keystore_type != "PEM" and config.mode == "broker" \
+            and not config.store_password_file:
+        raise ConfigError("missing required setting store_password_file for "
+                          f"keystore_type={config.keystore_type}")
+    if config.debounce < 0 or config.poll_interval <= 0 or config.verify_timeout <= 0:
+        raise ConfigError("invalid value for debounce/poll_interval/verify_timeout: "
+                          "must be positive")
+    if config.listen:
+        parse_host_port("listen", config.listen)
+
+
+def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> MonitorConfig:
+    """Parse flags/env/TOML into a validated MonitorConfig."""
+    parser: argparse.ArgumentParser = build_parser(
+        MonitorConfig, "tls-monitor",
+        "Makes Kafka (or a client app) serve the material on the volume, and proves it.",
+        ENV_PREFIX)
+    return load(MonitorConfig, parser.parse_args(argv), environ, ENV_PREFIX)

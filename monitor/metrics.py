@@ -1,0 +1,45 @@
+"""Prometheus metrics of the TLS monitor, on a registry of its own."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class MonitorMetrics:
+    """Every metric the monitor exports (names documented in the README)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reloads = Counter("tls_monitor_reloads_total", "Reloads by result", ["result"],
+                               registry=r)
+        self.reload_latency = Histogram(
+            "tls_monitor_reload_to_verified_seconds",
+            "From noticing a generation to verifying it is served", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.served_matches = Gauge("tls_monitor_served_matches_disk",
+                                    "1 if every listener serves the on-disk serial",
+                                    registry=r)
+        self.last_verified = Gauge("tls_monitor_last_verified_timestamp_seconds",
+                                   "When a reload was last verified (unix time)", registry=r)
+        self.applied_generation = Gauge("tls_monitor_applied_generation",
+                                        "Generation last verified as served", registry=r)
+        since = Gauge("tls_monitor_seconds_since_last_verified",
+                      "Seconds since the last verified reload", registry=r)
+        since.set_function(self._seconds_since)
+
+        self._last_verified_at: float | None = None
+
+    def mark_verified(self, generation: int) -> None:
+        """Record a verified reload of ``generation`` now."""
+        self._last_verified_at = time.time()
+        self.last_verified.set(self._last_verified_at)
+        self.applied_generation.set(generation)
+        self.served_matches.set(1)
+
+    def _seconds_since(self) -> float:
+        if self._last_verified_at is None:
+            return float("nan")
+        return time.time() - self._last_verified_at

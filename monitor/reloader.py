@@ -1,0 +1,290 @@
+"""Apply a generation: predict Kafka's verdict, reload, verify by handshake, acknowledge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from monitor import actions
+from monitor.checks import (
+    PredictedRefusal,
+    check_compatible,
+    check_handshakes,
+    check_material,
+    client_context,
+)
+from monitor.config import MonitorConfig
+from monitor.kafka import KafkaRefused, admin_config, alter_broker_configs, served_certificate
+from monitor.metrics import MonitorMetrics
+from monitor.stores import STORE_FILES, load_stores
+from sidecar import layout
+from sidecar.manifest import Acknowledgement, Manifest
+from sidecar.material import MaterialError, format_serial
+from sidecar.volume import Volume, VolumeError, read_generation
+
+
+class VerifyFailed(Exception):
+    """The broker does not serve the new certificate (yet)."""
+
+
+def write_ack(volume: Path, ack: Acknowledgement) -> None:
+    """Write monitor-ack.json atomically (temp file, fsync, rename)."""
+    path = layout.ack_path(volume)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, ack.to_json())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def find_generation_by_serial(volume: Path, serial: str) -> Path | None:
+    """The generation directory whose manifest has ``serial`` (the one being served)."""
+    gens = layout.generations_dir(volume)
+    for directory in sorted(gens.glob("[0-9]*"), reverse=True):
+        try:
+            if read_generation(directory).serial == serial:
+                return directory
+        except VolumeError:
+            continue
+    return None
+
+
+class Reloader:
+    """Makes the broker (or app) serve the current generation, then acknowledges it."""
+
+    def __init__(self, config: MonitorConfig, metrics: MonitorMetrics, log: Any,
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.log = log
+        self.now = now
+        self.sleep = sleep
+        self.volume = Volume(config.volume_dir)
+        ack = self.volume.read_ack()
+        self.applied: int | None = ack.generation if ack else None
+        self.last_refused: tuple[int, str] | None = None
+        self.pending_since: float | None = None
+
+    def password(self) -> str | None:
+        path = self.config.store_password_file
+        if path is None:
+            return None
+        try:
+            return path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise MaterialError(f"cannot read store password file {path}: {exc.strerror}") \
+                from exc
+
+    # -- entry point ------------------------------------------------------------------------
+
+    def handle(self) -> bool:
+        """Act on the current generation if it is new. True when it is applied and verified."""
+        try:
+            found = self.volume.read_current()
+        except VolumeError as exc:
+            self._fail("incomplete_generation", str(exc), None)
+            return False
+        if found is None:
+            return False
+        directory, manifest = found
+        if manifest.generation == self.applied:
+            return True
+        if self.last_refused and self.last_refused[0] == manifest.generation:
+            return False  # already explained; wait for the next generation
+        started = time.monotonic()
+        if self.pending_since is None:
+            self.pending_since = started
+        self.log.info("generation_detected", generation=manifest.generation,
+                      serial=manifest.serial, signer=manifest.signer, trust=list(manifest.trust))
+        try:
+            if self.config.mode == "broker":
+                targets, verified_by = self._apply_broker(directory, manifest)
+            else:
+                targets, verified_by = self._apply_action(directory, manifest)
+        except PredictedRefusal as exc:
+            self.last_refused = (manifest.generation, exc.reason)
+            self._fail("refused_predicted", str(exc), manifest, reason=exc.reason,
+                       action="nothing sent to Kafka; the broker keeps its current material")
+            return False
+        except KafkaRefused as exc:
+            self.last_refused = (manifest.generation, "kafka")
+            self._fail("refused_by_kafka", str(exc), manifest, kafka_error_code=exc.code)
+            return False
+        except VerifyFailed as exc:
+            self.metrics.served_matches.set(0)
+            self._fail("verify_failed", str(exc), manifest,
+                       action="alerting; retrying on the next poll")
+            return False
+        except actions.ActionFailed as exc:
+            self._fail("action_failed", str(exc), manifest)
+            return False
+        except (MaterialError, OSError) as exc:
+            self._fail("error", str(exc), manifest)
+            return False
+        seconds = time.monotonic() - (self.pending_since or started)
+        self.pending_since = None
+        write_ack(self.config.volume_dir, Acknowledgement(
+            generation=manifest.generation, serial=manifest.serial,
+            applied_at=self.now().isoformat(), verified_by=verified_by,
+            targets=tuple(targets)))
+        self.applied = manifest.generation
+        self.metrics.reloads.labels(result="ok").inc()
+        self.metrics.reload_latency.observe(seconds)
+        self.metrics.mark_verified(manifest.generation)
+        self.log.info("reload_verified", generation=manifest.generation,
+                      serial=manifest.serial, verified_by=verified_by, targets=targets,
+                      seconds=round(seconds, 3))
+        return True
+
+    def _fail(self, result: str, message: str, manifest: Manifest | None, **fields: Any) -> None:
+        self.metrics.reloads.labels(result=result).inc()
+        self.log.error("reload_failed", result=result, error=message,
+                       generation=manifest.generation if manifest else None, **fields)
+
+    # -- brokers ----------------------------------------------------------------------------
+
+    def _apply_broker(self, directory: Path, manifest: Manifest) -> tuple[list[str], str]:
+        config = self.config
+        new = load_stores(directory, config.keystore_type, self.password())
+        check_material(new, self.now())
+        context = client_context(directory, config.admin_hostname_verification)
+        addresses = config.listener_addresses()
+        restart_only = {name.upper() for name in config.restart_listeners}
+        reload = {name: addr for name, addr in addresses.items() if name not in restart_only}
+        settings: dict[str, str] = {}
+        for name, (host, port) in reload.items():
+            served = self._served(host, port, directory, context)
+            if format_serial(served.serial_number) == manifest.serial:
+                continue  # already serving it (the monitor restarted after a reload)
+            check_compatible(new, served, allow_dn_changes=config.allow_dn_changes,
+                             allow_san_changes=config.allow_san_changes,
+                             old_key_entries=1)
+            if config.inter_broker_listener and name == config.inter_broker_listener.upper():
+                old_dir = find_generation_by_serial(config.volume_dir,
+                                                    format_serial(served.serial_number))
+                if old_dir is None:
+                    self.log.warning("handshake_prediction_skipped", listener=name,
+                                     reason="the served generation is no longer on the volume")
+                else:
+                    check_handshakes(old_dir, directory)
+            settings.update(self._listener_settings(name))
+        if settings:
+            self._touch_stores(directory)
+            alter_broker_configs(
+                admin_config(config.bootstrap_servers or "", self._admin_dir(directory),
+                             config.admin_hostname_verification, config.admin_timeout),
+                config.broker_id or 0, settings, config.admin_timeout)
+            self.log.info("reload_requested", generation=manifest.generation,
+                          listeners=sorted({k.split(".")[2] for k in settings}))
+        self._verify(reload, context, manifest)
+        targets = sorted(reload)
+        if restart_only:
+            done = self._run_action(directory, manifest)
+            targets += [f"{name}:{done}" for name in sorted(restart_only)]
+        return targets, "handshake"
+
+    def _applied_dir(self) -> Path | None:
+        """The generation the broker is known to accept (last verified), if still on disk."""
+        if self.applied is None:
+            return None
+        path = (layout.generations_dir(self.config.volume_dir)
+                / layout.generation_dir_name(self.applied))
+        return path if path.is_dir() else None
+
+    def _admin_dir(self, directory: Path) -> Path:
+        return self._applied_dir() or directory
+
+    def _served(self, host: str, port: int, directory: Path, context: Any) -> Any:
+        """The certificate a listener serves now, asked with the applied generation's
+        material first (the broker accepts it), then with the new one."""
+        applied = self._applied_dir()
+        contexts = []
+        if applied is not None and applied != directory:
+            contexts.append(client_context(applied, self.config.admin_hostname_verification))
+        contexts.append(context)
+        for i, candidate in enumerate(contexts):
+            try:
+                return served_certificate(host, port, candidate)
+            except (OSError, ValueError):
+                if i == len(contexts) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _listener_settings(self, listener: str) -> dict[str, str]:
+        config = self.config
+        kafka_current = (config.kafka_volume_dir or config.volume_dir) / layout.CURRENT
+        keystore, truststore = STORE_FILES[config.keystore_type]
+        prefix = f"listener.name.{listener.lower()}."
+        out = {prefix + "ssl.keystore.type": config.keystore_type,
+               prefix + "ssl.keystore.location": str(kafka_current / keystore),
+               prefix + "ssl.truststore.type": config.keystore_type,
+               prefix + "ssl.truststore.location": str(kafka_current / truststore)}
+        password = self.password()
+        if config.alter_passwords and config.keystore_type != "PEM" and password:
+            for name in ("ssl.keystore.password", "ssl.key.password",
+                         "ssl.truststore.password"):
+                out[prefix + name] = password
+        return out
+
+    def _touch_stores(self, directory: Path) -> None:
+        """Kafka reloads a same-path store only if its modification time changed."""
+        stamp = time.time_ns()
+        for name in STORE_FILES[self.config.keystore_type]:
+            os.utime(directory / name, ns=(stamp, stamp))
+
+    def _verify(self, listeners: dict[str, tuple[str, int]], context: Any,
+                manifest: Manifest) -> None:
+        deadline = time.monotonic() + self.config.verify_timeout
+        delay, last = 0.05, ""
+        while True:
+            mismatched = []
+            for name, (host, port) in listeners.items():
+                try:
+                    served = format_serial(served_certificate(host, port, context).serial_number)
+                except (OSError, ValueError) as exc:
+                    mismatched.append(name)
+                    last = f"{name}: {exc}"
+                    continue
+                if served != manifest.serial:
+                    mismatched.append(name)
+                    last = f"{name} serves {served}, expected {manifest.serial}"
+            if not mismatched:
+                return
+            if time.monotonic() + delay > deadline:
+                raise VerifyFailed(f"not serving generation {manifest.generation} after "
+                                   f"{self.config.verify_timeout:.0f}s: {last}")
+            self.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # -- clients and restart-only listeners -------------------------------------------------
+
+    def _apply_action(self, directory: Path, manifest: Manifest) -> tuple[list[str], str]:
+        check_material(load_stores(directory, "PEM", None), self.now())
+        done = self._run_action(directory, manifest)
+        return [done], f"action:{self.config.reload_action}"
+
+    def _run_action(self, directory: Path, manifest: Manifest) -> str:
+        config = self.config
+        kind, timeout = config.reload_action, config.action_timeout
+        if kind == "signal":
+            assert config.reload_pid_file is not None
+            return actions.send_signal(config.reload_pid_file, config.reload_signal)
+        if kind == "restart":
+            assert config.reload_pid_file is not None
+            return actions.restart(config.reload_pid_file, timeout)
+        if kind == "command":
+            assert config.reload_command is not None
+            return actions.run_command(config.reload_command, manifest,
+                                       layout.current_link(config.volume_dir), timeout)
+        if kind == "http":
+            assert config.reload_url is not None
+            return actions.post_hook(config.reload_url, manifest, timeout)
+        raise actions.ActionFailed("no reload action configured")

@@ -1,0 +1,152 @@
+"""The TLS monitor against a broker: reload, verify by handshake, acknowledge; refusals
+predicted locally and refused by the broker alike."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from monitor.kafka import KafkaRefused, admin_config, alter_broker_configs
+from sidecar import layout
+from sidecar.renewal import Desired
+from sidecar.volume import Volume
+from tests.manager_kit import metric
+from tests.monitor_kit import PHASES, Rig, broker_rig
+from tests.vault_setup import VaultTarget
+
+
+def served_serial(rig: Rig, listener: str) -> str:
+    from monitor.checks import client_context
+    from monitor.kafka import served_certificate
+    from sidecar.material import format_serial
+
+    ack = Volume(rig.volume).read_ack()  # ask with the material the broker accepts
+    assert ack is not None
+    directory = rig.volume / "generations" / f"{ack.generation:08d}"
+    host, port = rig.addresses[listener].rsplit(":", 1)
+    return format_serial(served_certificate(host, int(port),
+                                            client_context(directory)).serial_number)
+
+
+@pytest.mark.parametrize("store_type", ["PKCS12", "JKS", "PEM"])
+def test_reload_through_all_phases(vault: VaultTarget, tmp_path: Path, store_type: str) -> None:
+    with broker_rig(vault, tmp_path, store_type) as rig:
+        reloader, metrics, log = rig.monitor()
+        assert reloader.handle(), log.events  # already served: verified without a reload
+        assert not log.named("reload_requested")
+        for desired in PHASES[1:]:
+            manifest = rig.install(desired)
+            assert reloader.handle(), log.events
+            for listener in rig.addresses:
+                assert served_serial(rig, listener) == manifest.serial
+            ack = Volume(rig.volume).read_ack()
+            assert ack is not None and ack.generation == manifest.generation
+            assert ack.serial == manifest.serial and ack.verified_by == "handshake"
+        assert len(log.named("reload_requested")) == 3
+        assert metric(metrics, "tls_monitor_reloads_total", result="ok") == 4
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 1
+        if rig.broker is not None:
+            assert rig.broker.listener_reload_count("INTERNAL") == 3
+
+
+def refuse_case(vault: VaultTarget, tmp_path: Path, change: dict[str, object],
+                desired: Desired, reason: str) -> None:
+    with broker_rig(vault, tmp_path) as rig:
+        reloader, metrics, log = rig.monitor()
+        assert reloader.handle()
+        before = {n: served_serial(rig, n) for n in rig.addresses}
+        rig.manager.issuer.identity = dataclasses.replace(rig.manager.issuer.identity,
+                                                          **change)
+        rig.install(desired)
+        alters_before = rig.broker.requests.count((44, 1)) if rig.broker else 0
+        assert not reloader.handle()
+        failed = log.named("reload_failed")
+        assert failed and failed[-1]["result"] == "refused_predicted"
+        assert failed[-1]["reason"] == reason, failed[-1]
+        assert metric(metrics, "tls_monitor_reloads_total", result="refused_predicted") == 1
+        if rig.broker is not None:
+            assert rig.broker.requests.count((44, 1)) == alters_before, "nothing was sent"
+        assert {n: served_serial(rig, n) for n in rig.addresses} == before
+        ack = Volume(rig.volume).read_ack()
+        assert ack is not None and ack.generation == 1, "the refused generation is not acked"
+        # And the broker itself refuses it when asked anyway (a new path, so that KRaft
+        # validates before answering rather than after, see the double's notes).
+        directory = Volume(rig.volume).current_generation_dir()
+        assert directory is not None
+        listener = "internal" if reason == "handshake" else "ssl"
+        accepted = rig.volume / "generations" / f"{ack.generation:08d}"
+        with pytest.raises(KafkaRefused) as info:
+            alter_broker_configs(
+                admin_config(rig.addresses["SSL"], accepted, False, 10), 1,
+                {f"listener.name.{listener}.ssl.keystore.location":
+                    str(directory / layout.KEYSTORE_P12)}, 10)
+        assert info.value.code == 42
+
+
+def test_dn_change_is_predicted_and_refused(vault: VaultTarget, tmp_path: Path) -> None:
+    refuse_case(vault, tmp_path, {"subject": "CN=broker-9.kafka.test,OU=kafka,O=Example"},
+                PHASES[0], "dn_changed")
+
+
+def test_dropped_san_is_predicted_and_refused(vault: VaultTarget, tmp_path: Path) -> None:
+    refuse_case(vault, tmp_path, {"dns_sans": ("broker-1.kafka.test",)}, PHASES[0],
+                "san_dropped")
+
+
+def test_signer_switch_without_trust_is_predicted_and_refused(vault: VaultTarget,
+                                                              tmp_path: Path) -> None:
+    # phase 0 -> phase 2: signed by B while the served truststore trusts only A
+    refuse_case(vault, tmp_path, {}, PHASES[2], "handshake")
+
+
+def test_verification_catches_a_broker_that_keeps_the_old_certificate(
+        vault: VaultTarget, tmp_path: Path) -> None:
+    with broker_rig(vault, tmp_path) as rig:
+        broker = rig.require_double()
+        reloader, metrics, log = rig.monitor(verify_timeout=1.0)
+        assert reloader.handle()
+        broker.accept_but_keep_old(True)
+        rig.install(PHASES[1])
+        assert not reloader.handle()
+        failed = log.named("reload_failed")[-1]
+        assert failed["result"] == "verify_failed" and "expected" in failed["error"]
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 0
+        assert Volume(rig.volume).read_ack().generation == 1
+        broker.accept_but_keep_old(False)
+        assert reloader.handle(), "retried: reloads and verifies once the broker behaves"
+        assert Volume(rig.volume).read_ack().generation == 2
+
+
+def test_kafka_refusal_is_reported_with_its_code(vault: VaultTarget, tmp_path: Path) -> None:
+    with broker_rig(vault, tmp_path) as rig:
+        broker = rig.require_double()
+        reloader, metrics, log = rig.monitor()
+        assert reloader.handle()
+        broker.refuse_next_reload("Simulated refusal")
+        rig.install(PHASES[1])
+        assert not reloader.handle()
+        failed = log.named("reload_failed")[-1]
+        assert failed["result"] == "refused_by_kafka" and failed["kafka_error_code"] == 42
+        assert "Simulated refusal" in failed["error"]
+        assert metric(metrics, "tls_monitor_reloads_total", result="refused_by_kafka") == 1
+
+
+def test_partial_generation_is_never_applied(vault: VaultTarget, tmp_path: Path) -> None:
+    with broker_rig(vault, tmp_path) as rig:
+        reloader, metrics, log = rig.monitor()
+        assert reloader.handle()
+        good = Volume(rig.volume).current_generation_dir()
+        assert good is not None
+        partial = rig.volume / "generations" / "00000099"
+        partial.mkdir()
+        for name in (layout.KEYSTORE_P12, layout.CERT_PEM):  # no manifest: half written
+            (partial / name).write_bytes((good / name).read_bytes())
+        link = rig.volume / "current"
+        link.unlink()
+        link.symlink_to("generations/00000099")
+        assert not reloader.handle()
+        assert log.named("reload_failed")[-1]["result"] == "incomplete_generation"
+        assert metric(metrics, "tls_monitor_reloads_total", result="incomplete_generation") == 1
+        assert Volume(rig.volume).read_ack().generation == 1
