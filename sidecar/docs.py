@@ -21,7 +21,11 @@ def tables() -> dict[str, str]:
     """Section marker -> table, for every process."""
     from sidecar.config import ENV_PREFIX, AuthManagerConfig
 
-    return {"auth-manager": settings_table(AuthManagerConfig, ENV_PREFIX)}
+    from monitor.config import ENV_PREFIX as MONITOR_PREFIX
+    from monitor.config import MonitorConfig
+
+    return {"auth-manager": settings_table(AuthManagerConfig, ENV_PREFIX),
+            "tls-monitor": settings_table(MonitorConfig, MONITOR_PREFIX)}
 
 
 if __name__ == "__main__":
