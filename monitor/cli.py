@@ -16,8 +16,6 @@ from sidecar.health import HealthServer
 from sidecar.logs import configure
 from sidecar.settings import ConfigError, parse_host_port
 
-RETRY_AFTER_FAILURE = 5.0
-
 
 def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> None:
     """Apply the current generation, then again on every volume event or poll."""
@@ -26,7 +24,7 @@ def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> Non
         ok = reloader.handle()
         while not stop.is_set():
             timeout = config.poll_interval if ok else min(config.poll_interval,
-                                                          RETRY_AFTER_FAILURE)
+                                                          config.retry_interval)
             watcher.wait(timeout, config.debounce, stop)
             if stop.is_set():
                 break

@@ -62,6 +62,7 @@ class MonitorConfig:
     # Timing and operation.
     debounce: float = setting(0.3, help="seconds of quiet before acting on volume events")
     poll_interval: float = setting(30.0, help="seconds between checks without events")
+    retry_interval: float = setting(5.0, help="seconds before retrying a failed reload")
     verify_timeout: float = setting(60.0, help="seconds to verify a reload before alerting")
     listen: str = setting("127.0.0.1:9109", help="address of /metrics, /healthz, /readyz; "
                           "empty to disable")
@@ -113,9 +114,10 @@ def validate(config: MonitorConfig) -> None:
             and not config.store_password_file:
         raise ConfigError("missing required setting store_password_file for "
                           f"keystore_type={config.keystore_type}")
-    if config.debounce < 0 or config.poll_interval <= 0 or config.verify_timeout <= 0:
-        raise ConfigError("invalid value for debounce/poll_interval/verify_timeout: "
-                          "must be positive")
+    if config.debounce < 0 or min(config.poll_interval, config.retry_interval,
+                                  config.verify_timeout) <= 0:
+        raise ConfigError("invalid value for debounce/poll_interval/retry_interval/"
+                          "verify_timeout: must be positive")
     if config.listen:
         parse_host_port("listen", config.listen)
 

@@ -114,9 +114,9 @@ class Reloader:
             self._fail("refused_predicted", str(exc), manifest, reason=exc.reason,
                        action="nothing sent to Kafka; the broker keeps its current material")
             return False
-        except KafkaRefused as exc:
-            self.last_refused = (manifest.generation, "kafka")
-            self._fail("refused_by_kafka", str(exc), manifest, kafka_error_code=exc.code)
+        except KafkaRefused as exc:  # may be transient (broker busy, restarting): retried
+            self._fail("refused_by_kafka", str(exc), manifest, kafka_error_code=exc.code,
+                       action="the broker keeps its current material; retrying")
             return False
         except VerifyFailed as exc:
             self.metrics.served_matches.set(0)

@@ -19,10 +19,9 @@ def settings_table(cls: type, env_prefix: str) -> str:
 
 def tables() -> dict[str, str]:
     """Section marker -> table, for every process."""
-    from sidecar.config import ENV_PREFIX, AuthManagerConfig
-
     from monitor.config import ENV_PREFIX as MONITOR_PREFIX
     from monitor.config import MonitorConfig
+    from sidecar.config import ENV_PREFIX, AuthManagerConfig
 
     return {"auth-manager": settings_table(AuthManagerConfig, ENV_PREFIX),
             "tls-monitor": settings_table(MonitorConfig, MONITOR_PREFIX)}

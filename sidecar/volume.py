@@ -26,7 +26,8 @@ class VolumeError(Exception):
 
 def describe_os_error(exc: OSError) -> str:
     reasons = {errno.ENOSPC: "volume is full", errno.EROFS: "volume is read-only",
-               errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+               errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large for the volume (size limit)"}
     reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" ({exc.filename})" if exc.filename else ""
     return f"{reason}{where}"

@@ -131,6 +131,8 @@ def test_kafka_refusal_is_reported_with_its_code(vault: VaultTarget, tmp_path: P
         assert failed["result"] == "refused_by_kafka" and failed["kafka_error_code"] == 42
         assert "Simulated refusal" in failed["error"]
         assert metric(metrics, "tls_monitor_reloads_total", result="refused_by_kafka") == 1
+        assert reloader.handle(), "a Kafka refusal is retried (it may be transient)"
+        assert Volume(rig.volume).read_ack().generation == 2
 
 
 def test_partial_generation_is_never_applied(vault: VaultTarget, tmp_path: Path) -> None:
