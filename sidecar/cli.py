@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from sidecar.issuer import Issuer
 from sidecar.logs import configure
 from sidecar.manager import RECOVERABLE, AuthManager, DesiredSource, StaticSource
 from sidecar.metrics import AuthManagerMetrics
-from sidecar.renewal import Identity
+from sidecar.renewal import Identity, backoff_delay
 from sidecar.settings import ConfigError, parse_host_port
 from sidecar.vault import VaultPKI, authenticator_from
 from sidecar.volume import Volume
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("startup_failed", error=str(exc))
         return 1
     if once:
-        return run_once(manager, source, log)
+        return run_once(manager, source, log, config.once_timeout)
 
     health = None
     if config.listen:
@@ -100,15 +101,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_once(manager: AuthManager, source: DesiredSource, log: Any) -> int:
-    """Init-container mode: valid, current material on the volume, or a non-zero exit."""
+def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: float) -> int:
+    """Init-container mode: valid, current material on the volume, or a non-zero exit.
+
+    Transient failures (Vault or Consul not up yet, the rotation record not there yet) are
+    retried with backoff until ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 0
     try:
-        manager.issuer.vault.login()
-        manifest = manager.reconcile(source.desired())
-        source.report(manifest, manager.volume.read_ack())
-    except RECOVERABLE as exc:
-        log.error("once_failed", error=str(exc), kind=getattr(exc, "reason", "material"))
-        return 1
+        while True:
+            try:
+                manager.issuer.vault.login()
+                manifest = manager.reconcile(source.desired())
+                source.report(manifest, manager.volume.read_ack())
+                break
+            except RECOVERABLE as exc:
+                attempt += 1
+                delay = backoff_delay(attempt - 1, manager.backoff_initial, manager.backoff_max,
+                                      manager.rng.random())
+                if time.monotonic() + delay > deadline:
+                    log.error("once_failed", error=str(exc),
+                              kind=getattr(exc, "reason", type(exc).__name__),
+                              attempts=attempt)
+                    return 1
+                log.warning("once_retrying", error=str(exc), attempt=attempt,
+                            retry_in_seconds=round(delay, 2))
+                source.wait(delay)
     finally:
         # Keep the registration: the long-running auth manager resumes the same session.
         source.close(destroy=False)
@@ -119,8 +138,6 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any) -> int:
 
 def manager_health(manager: AuthManager, config: AuthManagerConfig) -> tuple[bool, str]:
     """Healthy while the loop is alive (it wakes at least every backoff_max seconds)."""
-    import time
-
     age = time.monotonic() - manager.heartbeat
     limit = max(config.backoff_max, 3600.0) * 2
     if age > limit:

@@ -96,6 +96,8 @@ class AuthManagerConfig:
     backoff_max: float = setting(300.0, help="maximum retry delay, seconds")
 
     # Operation.
+    once_timeout: float = setting(120.0, help="--once: seconds to keep retrying before "
+                                  "exiting non-zero")
     listen: str = setting("127.0.0.1:9108", help="address of /metrics, /healthz, /readyz; "
                           "empty to disable")
     log_level: str = setting("info", help="log level",

@@ -124,6 +124,7 @@ class Registration:
     def _save(self, session_id: str) -> None:
         tmp = self.session_file.with_name(self.session_file.name + ".tmp")
         try:
+            self.session_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(session_id)

@@ -85,9 +85,12 @@ def test_once_fails_clearly_when_vault_is_down(vault_double: VaultDouble,
     target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
                          mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
     vault_double.set_down(True)
-    result = run_cli(["--once"], env_for(target, tmp_path / "v", tmp_path))
+    env = env_for(target, tmp_path / "v", tmp_path) | {"PKI_ONCE_TIMEOUT": "1",
+                                                       "PKI_BACKOFF_INITIAL": "0.2"}
+    result = run_cli(["--once"], env)
     assert result.returncode == 1
     assert "cannot connect" in result.stderr and "once_failed" in result.stderr
+    assert "once_retrying" in result.stderr, "transient failures are retried first"
     assert not (tmp_path / "v" / "current").exists()
 
 

@@ -1,0 +1,649 @@
+"""Rotation drill under live mTLS traffic, with faults.
+
+    python -m tests.drill --brokers 3 --clients 3 [--fault NAME ...]
+
+Vault, Consul and the brokers are test doubles (in this process); every broker and every
+client gets a real ``pki-auth-manager`` and ``tls-monitor`` as separate OS processes sharing a
+per-participant volume, as deployed. Clients are simulated apps: their monitor reloads them
+through an HTTP hook, after which they use the new material. Traffic runs for the whole drill:
+every client to every broker (client listener) and every broker to every other broker
+(inter-broker listener), each attempt a full handshake plus a read.
+
+Ends with ``failed_handshakes=<n> converged=<yes|no> rotation_seconds=<s>`` and exits non-zero
+if a handshake between two live participants failed or the rotation did not converge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from sidecar import layout
+from sidecar.consul_store import ConsulStore
+from sidecar.rotation import RotationRecord, parse_record
+from sidecar.volume import Volume, VolumeError, read_generation
+from tests.doubles.consul import ConsulDouble
+from tests.doubles.kafka_broker import KafkaBrokerDouble
+from tests.doubles.vault import VaultDouble
+from tests.monitor_kit import broker_settings
+
+FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
+          "broker-refuses", "volume-full", "malformed-root", "rollback", "third-root")
+PASSWORD = "drill-store-pass"
+PREFIX, CLUSTER = "kafka-pki", "drill"
+A, B, C = "pki_root_a", "pki_root_b", "pki_root_c"
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, 5) + b"drill"
+
+
+def log(message: str) -> None:
+    print(f"[drill {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Proc:
+    """A sidecar process (restartable; logs to a file)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_file: Path) -> None:
+        self.name, self.args, self.env, self.log_file = name, args, env, log_file
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        handle = self.log_file.open("ab")
+        self.popen = subprocess.Popen([sys.executable, *self.args], env=self.env,
+                                      stdout=handle, stderr=handle)
+        handle.close()
+        return self
+
+    def kill9(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+
+@dataclasses.dataclass
+class Participant:
+    name: str
+    role: str
+    index: int
+    volume: Path
+    secrets: Path
+    broker: KafkaBrokerDouble | None = None
+    auth: Proc | None = None
+    monitor: Proc | None = None
+    loaded_generation: int | None = None  # clients: what the app loaded
+
+    def serving_dir(self) -> Path | None:
+        """The generation this participant presents and trusts right now."""
+        gens = layout.generations_dir(self.volume)
+        if self.role == "client":
+            generation = self.loaded_generation
+        else:
+            ack = Volume(self.volume).read_ack()
+            generation = ack.generation if ack else None
+        if generation is not None:
+            path = gens / layout.generation_dir_name(generation)
+            if path.is_dir():
+                return path
+        return Volume(self.volume).current_generation_dir()
+
+
+class Traffic:
+    """Continuous mTLS attempts between participants; counts ok/failed with reasons."""
+
+    def __init__(self, pairs: list[tuple[Participant, Participant, str]]) -> None:
+        self.pairs = pairs
+        self.attempts = 0
+        self.failures: list[tuple[float, str, str, str]] = []
+        self.harness_errors = 0
+        self._contexts: dict[Path, ssl.SSLContext] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="traffic")
+
+    def _context(self, directory: Path) -> ssl.SSLContext:
+        ctx = self._contexts.get(directory)
+        if ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.load_cert_chain(directory / layout.FULLCHAIN_PEM, directory / layout.KEY_PEM)
+            ctx.load_verify_locations(directory / layout.CA_BUNDLE_PEM)
+            self._contexts[directory] = ctx
+        return ctx
+
+    def _attempt(self, src: Participant, dst: Participant, listener: str) -> None:
+        directory = src.serving_dir()
+        try:
+            assert directory is not None
+            context = self._context(directory)
+        except (OSError, ssl.SSLError, AssertionError):
+            self.harness_errors += 1  # the material was pruned under us: not a handshake
+            return
+        assert dst.broker is not None
+        port = dst.broker.ports[listener]
+        self.attempts += 1
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    context.wrap_socket(raw) as tls:
+                tls.sendall(struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS)
+                if len(tls.recv(4)) < 4:
+                    raise ConnectionError("closed without an answer")
+        except (OSError, ssl.SSLError) as exc:
+            self.failures.append((time.time(), src.name, f"{dst.name}/{listener}",
+                                  f"{type(exc).__name__}: {exc}"))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for src, dst, listener in self.pairs:
+                if self._stop.is_set():
+                    return
+                self._attempt(src, dst, listener)
+                time.sleep(0.005)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+class Timeline:
+    """Polls the rotation record and remembers every (rotation, phase, stable) change."""
+
+    def __init__(self, store: ConsulStore) -> None:
+        self.store = store
+        self.events: list[tuple[float, RotationRecord]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="timeline")
+
+    def current(self) -> RotationRecord | None:
+        try:
+            raw = self.store.read().value("rotation")
+            return parse_record(raw) if raw else None
+        except Exception:  # Consul restarting, malformed value: not the timeline's business
+            return None
+
+    def _loop(self) -> None:
+        last = None
+        while not self._stop.wait(0.02):
+            record = self.current()
+            key = (record.id, record.phase, record.stable) if record else None
+            if record is not None and key != last:
+                last = key
+                self.events.append((time.time(), record))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class ClientHooks:
+    """The simulated client apps: the monitor POSTs here to make an app reload."""
+
+    def __init__(self, clients: dict[str, Participant]) -> None:
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                client = clients.get(self.path.strip("/"))
+                if client is None:
+                    self.send_response(404)
+                else:
+                    client.loaded_generation = int(body["generation"])
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/{name}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@dataclasses.dataclass
+class Result:
+    failed_handshakes: int
+    converged: bool
+    rotation_seconds: float
+    attempts: int
+    report: str
+    timeline: list[tuple[float, RotationRecord]]
+    participants: list[Participant]
+    base: Path
+
+
+class Drill:
+    """One drill: set up, rotate A->B->A (shaped by the faults), check, report."""
+
+    def __init__(self, brokers: int, clients: int, faults: list[str], base: Path,
+                 deadline: float = 120.0, seed: int = 1, min_dwell: float = 0.0) -> None:
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        self.brokers_n, self.clients_n = brokers, clients
+        self.faults = faults
+        self.base = base
+        self.deadline = deadline
+        self.rng = random.Random(seed)
+        self.min_dwell = min_dwell
+        self.participants: list[Participant] = []
+        self.notes: list[str] = []
+        self._fault_threads: list[threading.Thread] = []
+        self._stop_faults = threading.Event()
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _auth_env(self, p: Participant) -> dict[str, str]:
+        dns = [f"{p.name}.kafka.test", "localhost"]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PKI_", "MONITOR_", "CONSUL_", "VAULT_", "KAFKA_"))}
+        env.update({
+            "VAULT_ADDR": self.vault.url, "VAULT_TOKEN": self.vault.root_token,
+            "CONSUL_HTTP_ADDR": self.consul.url, "PKI_CLUSTER": CLUSTER,
+            "PKI_CONSUL_PREFIX": PREFIX, "PKI_NODE_ID": p.name, "PKI_NODE_ROLE": p.role,
+            "PKI_SUBJECT": f"CN={p.name}.kafka.test,OU=kafka,O=Example",
+            "PKI_DNS_SANS": ",".join(dns), "PKI_IP_SANS": "127.0.0.1",
+            "PKI_OUTPUT_DIR": str(p.volume),
+            "PKI_STORE_PASSWORD_FILE": str(p.secrets / "store-password"),
+            "PKI_TTL": "2h", "PKI_SESSION_TTL": "10", "PKI_WATCH_WAIT": "30",
+            "PKI_EXPECTED_MEMBERS": str(self.brokers_n + self.clients_n),
+            "PKI_MIN_DWELL": str(self.min_dwell), "PKI_BACKOFF_INITIAL": "0.2",
+            "PKI_BACKOFF_MAX": "2", "PKI_LISTEN": "", "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def _monitor_env(self, p: Participant) -> dict[str, str]:
+        env = self._auth_env(p)
+        env.update({"MONITOR_VOLUME_DIR": str(p.volume), "MONITOR_LISTEN": "",
+                    "MONITOR_DEBOUNCE": "0.05", "MONITOR_POLL_INTERVAL": "2",
+                    "MONITOR_RETRY_INTERVAL": "0.5", "MONITOR_VERIFY_TIMEOUT": "20"})
+        if p.role == "broker":
+            assert p.broker is not None
+            env.update({
+                "MONITOR_MODE": "broker", "KAFKA_BOOTSTRAP_SERVERS": p.broker.bootstrap("SSL"),
+                "MONITOR_BROKER_ID": str(p.index),
+                "MONITOR_LISTENERS": ",".join(f"{n}={p.broker.bootstrap(n)}"
+                                              for n in ("SSL", "INTERNAL")),
+                "MONITOR_INTER_BROKER_LISTENER": "INTERNAL",
+                "MONITOR_STORE_PASSWORD_FILE": str(p.secrets / "store-password"),
+                "MONITOR_ADMIN_HOSTNAME_VERIFICATION": "false"})
+        else:
+            env.update({"MONITOR_MODE": "client", "MONITOR_RELOAD_ACTION": "http",
+                        "MONITOR_RELOAD_URL": self.hooks.url(p.name)})
+        return env
+
+    def setup(self) -> None:
+        self.vault = VaultDouble(mounts=(A, B, C)).start()
+        self.consul = ConsulDouble()
+        self.store = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/")
+        self.store.put("active-root", A.encode())
+        names = ([("broker", f"kafka-{i}", i) for i in range(1, self.brokers_n + 1)]
+                 + [("client", f"client-{i}", i) for i in range(1, self.clients_n + 1)])
+        for role, name, index in names:
+            volume, secrets = self.base / name / "volume", self.base / name / "secrets"
+            secrets.mkdir(parents=True)
+            (secrets / "store-password").write_text(PASSWORD)
+            (secrets / "store-password").chmod(0o600)
+            self.participants.append(Participant(name, role, index, volume, secrets))
+        self.hooks = ClientHooks({p.name: p for p in self.participants if p.role == "client"})
+        # init containers first (all in parallel), then brokers, then the sidecars
+        once = [subprocess.Popen([sys.executable, "-m", "sidecar.cli", "--once"],
+                                 env=self._auth_env(p), stdout=subprocess.DEVNULL,
+                                 stderr=(self.base / f"{p.name}-once.log").open("wb"))
+                for p in self.participants]
+        for p, proc in zip(self.participants, once, strict=True):
+            if proc.wait(timeout=120) != 0:
+                raise RuntimeError(f"--once failed for {p.name}: see {p.name}-once.log")
+        for p in self.participants:
+            if p.role == "broker":
+                p.broker = KafkaBrokerDouble(p.index, {"SSL": 0, "INTERNAL": 0},
+                                             _broker_config(p.volume), "INTERNAL")
+                p.broker.start()
+            else:
+                p.loaded_generation = Volume(p.volume).generations()[-1]
+        for p in self.participants:
+            p.auth = Proc(f"{p.name}-auth", ["-m", "sidecar.cli"], self._auth_env(p),
+                          self.base / f"{p.name}-auth.log").start()
+            p.monitor = Proc(f"{p.name}-monitor", ["-m", "monitor.cli"], self._monitor_env(p),
+                             self.base / f"{p.name}-monitor.log").start()
+
+    def teardown(self) -> None:
+        self._stop_faults.set()
+        for thread in self._fault_threads:
+            thread.join(timeout=10)
+        for p in self.participants:
+            for proc in (p.auth, p.monitor):
+                if proc is not None:
+                    proc.stop()
+            if p.broker is not None:
+                p.broker.stop()
+        self.hooks.stop()
+        self.consul.close()
+        self.vault.stop()
+
+    # -- convergence ------------------------------------------------------------------------
+
+    def converged(self, root: str) -> bool:
+        record = self.timeline.current()
+        if record is None or not record.stable or record.to_root != root:
+            return False
+        for p in self.participants:
+            directory = p.serving_dir()
+            if directory is None:
+                return False
+            try:
+                manifest = read_generation(directory)
+            except VolumeError:
+                return False
+            if manifest.signer != root or tuple(manifest.trust) != (root,):
+                return False
+        return True
+
+    def wait_for(self, predicate: Callable[[], bool], until: float) -> bool:
+        while time.monotonic() < until:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+    def record_phase(self, root: str, phase: int) -> Callable[[], bool]:
+        def check() -> bool:
+            record = self.timeline.current()
+            return record is not None and record.to_root == root and record.phase >= phase
+        return check
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def _in_background(self, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._fault_threads.append(thread)
+
+    def _killer(self, kind: str) -> None:
+        def loop() -> None:
+            for _ in range(3):
+                if self._stop_faults.wait(self.rng.uniform(0.3, 1.5)):
+                    return
+                p = self.rng.choice(self.participants)
+                proc = p.auth if kind == "auth" else p.monitor
+                assert proc is not None
+                proc.kill9()
+                self.notes.append(f"kill -9 {proc.name}")
+                if self._stop_faults.wait(self.rng.uniform(0.2, 1.0)):
+                    proc.start()
+                    return
+                proc.start()
+                self.notes.append(f"restarted {proc.name}")
+        self._in_background(loop)
+
+    def _when_phase(self, root: str, phase: int, action: Callable[[], None]) -> None:
+        def run() -> None:
+            until = time.monotonic() + self.deadline
+            while not self._stop_faults.is_set() and time.monotonic() < until:
+                if self.record_phase(root, phase)():
+                    action()
+                    return
+                time.sleep(0.02)
+        self._in_background(run)
+
+    def _start_faults(self) -> None:
+        for fault in self.faults:
+            if fault == "kill-auth-manager":
+                self._killer("auth")
+            elif fault == "kill-monitor":
+                self._killer("monitor")
+            elif fault == "vault-outage":
+
+                def outage() -> None:
+                    self.vault.set_down(True)
+                    self.notes.append("Vault down for 2s")
+                    time.sleep(2.0)
+                    self.vault.set_down(False)
+                self._when_phase(B, 1, outage)
+            elif fault == "consul-restart":
+
+                def restart() -> None:
+                    self.consul.restart(keep_data=False)
+                    self.notes.append("Consul restarted: data lost, index reset")
+                    time.sleep(0.2)
+                    self.store.put("active-root", B.encode())  # the operator puts it back
+                self._when_phase(B, 2, restart)
+            elif fault == "broker-refuses":
+                first = next(p.broker for p in self.participants if p.broker)
+
+                def refuse(broker: KafkaBrokerDouble | None = first) -> None:
+                    assert broker is not None
+                    broker.refuse_next_reload("drill: simulated refusal")
+                    self.notes.append("broker kafka-1 refuses its next reload")
+                self._when_phase(B, 1, refuse)
+            elif fault == "volume-full":
+                last = self.participants[-1]
+
+                def full(victim: Participant = last) -> None:
+                    assert victim.auth is not None
+                    _set_file_size_limit(victim.auth.pid, 2048)
+                    self.notes.append(f"{victim.name}: writes fail (volume full) for 2s")
+                    time.sleep(2.0)
+                    _set_file_size_limit(victim.auth.pid, resource.RLIM_INFINITY)
+                self._when_phase(B, 1, full)
+
+    # -- the drill --------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        self.setup()
+        self.timeline = Timeline(ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/"))
+        self.timeline.start()
+        brokers = [p for p in self.participants if p.role == "broker"]
+        pairs = [(c, b, "SSL") for c in self.participants if c.role == "client" for b in brokers]
+        pairs += [(x, y, "INTERNAL") for x in brokers for y in brokers if x is not y]
+        traffic = Traffic(pairs)
+        converged = False
+        rotation_seconds = float("nan")
+        try:
+            start = time.monotonic()
+            if not self.wait_for(lambda: self.converged(A), start + self.deadline):
+                raise RuntimeError("the participants did not settle on root A")
+            traffic.start()
+            time.sleep(0.3)
+            converged, rotation_seconds = self._scenario()
+        finally:
+            traffic.stop()
+            self.timeline.stop()
+            self.teardown()
+        report = self._report(traffic, converged, rotation_seconds)
+        return Result(len(traffic.failures), converged, rotation_seconds, traffic.attempts,
+                      report, self.timeline.events, self.participants, self.base)
+
+    def _scenario(self) -> tuple[bool, float]:
+        if "malformed-root" in self.faults:
+            before = self.timeline.current()
+            self.store.put("active-root", b"pki root b!!")
+            self.notes.append("active-root set to a malformed value")
+            time.sleep(1.0)
+            after = self.timeline.current()
+            if before is None or after is None or after.id != before.id \
+                    or after.phase != before.phase:
+                self.notes.append("MALFORMED VALUE MOVED THE ROTATION")
+                return False, float("nan")
+        self._start_faults()
+        flip = time.monotonic()
+        self.store.put("active-root", B.encode())
+        self.notes.append("active-root -> pki_root_b")
+        final = A
+        if "rollback" in self.faults:
+            if not self.wait_for(self.record_phase(B, 2), flip + self.deadline):
+                return False, float("nan")
+            self.store.put("active-root", A.encode())
+            self.notes.append("rollback: active-root -> pki_root_a during phase 2")
+            ok = self.wait_for(lambda: self.converged(A), flip + self.deadline)
+            return ok, time.monotonic() - flip
+        if "third-root" in self.faults:
+            if not self.wait_for(self.record_phase(B, 1), flip + self.deadline):
+                return False, float("nan")
+            self.store.put("active-root", C.encode())
+            self.notes.append("third root requested mid-rotation: active-root -> pki_root_c")
+            if not self.wait_for(lambda: self.converged(C), flip + 2 * self.deadline):
+                return False, float("nan")
+            final = A
+        elif not self.wait_for(lambda: self.converged(B), flip + self.deadline):
+            return False, float("nan")
+        rotation_seconds = time.monotonic() - flip
+        self._stop_faults.set()
+        back = time.monotonic()
+        self.store.put("active-root", final.encode())
+        self.notes.append(f"active-root -> {final}")
+        ok = self.wait_for(lambda: self.converged(final), back + self.deadline)
+        return ok, rotation_seconds
+
+    # -- report -----------------------------------------------------------------------------
+
+    def _report(self, traffic: Traffic, converged: bool, rotation_seconds: float) -> str:
+        lines = ["", "== timeline =="]
+        t0 = self.timeline.events[0][0] if self.timeline.events else time.time()
+        previous: tuple[float, RotationRecord] | None = None
+        for at, record in self.timeline.events:
+            if previous is not None and previous[1].id == record.id:
+                lines.append(f"           phase {previous[1].phase} lasted "
+                             f"{at - previous[0]:.2f}s")
+            state = "stable" if record.stable else f"phase {record.phase}"
+            lines.append(f"  +{at - t0:7.2f}s  {record.id}  {record.from_root} -> "
+                         f"{record.to_root}  {state}")
+            previous = (at, record)
+        lines += ["", "== faults and operator actions =="] + [f"  {n}" for n in self.notes]
+        signs = ", ".join(f"{m}={n}" for m, n in sorted(self.vault.sign_count.items()))
+        lines += ["", f"Vault signs: {signs}",
+                  f"handshakes: attempted={traffic.attempts} failed={len(traffic.failures)} "
+                  f"(harness skips: {traffic.harness_errors})"]
+        for at, src, dst, reason in traffic.failures[:10]:
+            lines.append(f"  FAILED +{at - t0:.2f}s {src} -> {dst}: {reason}")
+        lines += ["", "== participants =="]
+        for p in self.participants:
+            directory = p.serving_dir()
+            try:
+                manifest = read_generation(directory) if directory else None
+            except VolumeError as exc:
+                lines.append(f"  {p.name:<10} UNREADABLE: {exc}")
+                continue
+            if manifest:
+                lines.append(f"  {p.name:<10} {p.role:<7} gen {manifest.generation:<3} serial "
+                             f"{manifest.serial}  issuer {manifest.issuer}")
+        lines += ["", "== volumes =="] + [f"  {line}" for line in self._check_volumes()]
+        lines += ["", "== errors logged by the sidecars =="]
+        lines += [f"  {count:>3} x {what}" for what, count in self._logged_errors().items()]
+        return "\n".join(lines)
+
+    def _check_volumes(self) -> list[str]:
+        out = []
+        for p in self.participants:
+            bad = []
+            for number in Volume(p.volume).generations():
+                directory = layout.generations_dir(p.volume) / layout.generation_dir_name(number)
+                try:
+                    read_generation(directory)
+                except VolumeError as exc:
+                    bad.append(str(exc))
+            out.append(f"{p.name}: {len(Volume(p.volume).generations())} generations, "
+                       + ("all complete and consistent" if not bad else "; ".join(bad)))
+        return out
+
+    def _logged_errors(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for path in sorted(self.base.glob("*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if not line.startswith("{"):
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("level") in ("error", "warning"):
+                    detail = event.get("kind") or event.get("result") or ""
+                    counts[f"{event.get('event')} {detail}".strip()] += 1
+        return counts
+
+
+def _broker_config(volume: Path) -> dict[str, str]:
+    settings = broker_settings(volume, "PKCS12")
+    return {k: PASSWORD if k.endswith("password") else v for k, v in settings.items()}
+
+
+def _set_file_size_limit(pid: int, limit: int) -> None:
+    with suppress(ProcessLookupError, PermissionError, OSError):
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@contextmanager
+def drill_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="kafka-pki-drill-") as tmp:
+        yield Path(tmp)
+
+
+def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 120.0,
+              seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0) -> Result:
+    with drill_dir(keep) as base:
+        return Drill(brokers, clients, faults, base, deadline, seed, min_dwell).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.drill", description=__doc__)
+    parser.add_argument("--brokers", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--fault", action="append", default=[], choices=FAULTS)
+    parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--min-dwell", type=float, default=0.0)
+    parser.add_argument("--keep", type=Path, default=None, help="keep volumes and logs here")
+    args = parser.parse_args(argv)
+    result = run_drill(args.brokers, args.clients, args.fault, args.deadline, args.seed,
+                       args.keep, args.min_dwell)
+    print(result.report)
+    rotation = f"{result.rotation_seconds:.2f}" if result.converged else "nan"
+    print(f"failed_handshakes={result.failed_handshakes} "
+          f"converged={'yes' if result.converged else 'no'} rotation_seconds={rotation}")
+    return 0 if result.converged and result.failed_handshakes == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
