@@ -27,6 +27,23 @@ def tables() -> dict[str, str]:
             "tls-monitor": settings_table(MonitorConfig, MONITOR_PREFIX)}
 
 
-if __name__ == "__main__":
+def update_readme(text: str) -> str:
+    """Replace every generated block of ``text`` with the current table."""
     for name, table in tables().items():
-        print(f"<!-- config:{name} -->\n{table}\n<!-- /config:{name} -->\n")
+        start, end = f"<!-- config:{name} -->", f"<!-- /config:{name} -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = f"{head}{start}\n{table}\n{end}{tail}"
+    return text
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    if sys.argv[1:2] == ["--write"]:
+        readme = Path(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+        readme.write_text(update_readme(readme.read_text()))
+    else:
+        for name, table in tables().items():
+            print(f"<!-- config:{name} -->\n{table}\n<!-- /config:{name} -->\n")
