@@ -31,6 +31,10 @@ class VerifyFailed(Exception):
     """The broker does not serve the new certificate (yet)."""
 
 
+class Superseded(Exception):
+    """A newer generation was published while this one was being applied."""
+
+
 def write_ack(volume: Path, ack: Acknowledgement) -> None:
     """Write monitor-ack.json atomically (temp file, fsync, rename)."""
     path = layout.ack_path(volume)
@@ -86,7 +90,20 @@ class Reloader:
     # -- entry point ------------------------------------------------------------------------
 
     def handle(self) -> bool:
-        """Act on the current generation if it is new. True when it is applied and verified."""
+        """Act on the current generation if it is new. True when it is applied and verified.
+
+        If a newer generation replaces it meanwhile (Kafka then loads the newer files from
+        the same paths), the newer one is handled at once instead of waiting out the
+        verification of the older.
+        """
+        for _ in range(10):
+            try:
+                return self._handle_current()
+            except Superseded as exc:
+                self.log.info("generation_superseded", detail=str(exc))
+        return False
+
+    def _handle_current(self) -> bool:
         try:
             found = self.volume.read_current()
         except VolumeError as exc:
@@ -258,6 +275,11 @@ class Reloader:
                     last = f"{name} serves {served}, expected {manifest.serial}"
             if not mismatched:
                 return
+            newest = self.volume.current_generation_dir()
+            if newest is not None and newest.name.isdigit() \
+                    and int(newest.name) > manifest.generation:
+                raise Superseded(f"generation {newest.name} replaced {manifest.generation} "
+                                 "while it was being verified")
             if time.monotonic() + delay > deadline:
                 raise VerifyFailed(f"not serving generation {manifest.generation} after "
                                    f"{self.config.verify_timeout:.0f}s: {last}")

@@ -66,11 +66,19 @@ class Proc:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        handle = self.log_file.open("ab")
+        # Output goes through a pipe, copied to the log file here: a pipe is not subject to
+        # the file size limit the volume-full fault puts on the process.
         self.popen = subprocess.Popen([sys.executable, *self.args], env=self.env,
-                                      stdout=handle, stderr=handle)
-        handle.close()
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._copy, args=(self.popen,), daemon=True).start()
         return self
+
+    def _copy(self, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdout is not None
+        with self.log_file.open("ab") as handle:
+            for line in popen.stdout:
+                handle.write(line)
+                handle.flush()
 
     def kill9(self) -> None:
         if self.popen and self.popen.poll() is None:
@@ -459,10 +467,16 @@ class Drill:
 
                 def full(victim: Participant = last) -> None:
                     assert victim.auth is not None
-                    _set_file_size_limit(victim.auth.pid, 2048)
-                    self.notes.append(f"{victim.name}: writes fail (volume full) for 2s")
-                    time.sleep(2.0)
+                    _set_file_size_limit(victim.auth.pid, 100)  # every store is larger
+                    self.notes.append(f"{victim.name}: volume full (writes fail)")
+                    log_file = self.base / f"{victim.name}-auth.log"
+                    until = time.monotonic() + 10  # until it has tried (and failed) to write
+                    while time.monotonic() < until and "renewal_failed" not in \
+                            log_file.read_text(errors="replace"):
+                        time.sleep(0.1)
+                    time.sleep(1.0)
                     _set_file_size_limit(victim.auth.pid, resource.RLIM_INFINITY)
+                    self.notes.append(f"{victim.name}: volume has space again")
                 self._when_phase(B, 1, full)
 
     # -- the drill --------------------------------------------------------------------------
@@ -606,8 +620,9 @@ def _broker_config(volume: Path) -> dict[str, str]:
 
 
 def _set_file_size_limit(pid: int, limit: int) -> None:
-    with suppress(ProcessLookupError, PermissionError, OSError):
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+    """Change only the soft limit, so it can be raised again without privileges."""
+    with suppress(ProcessLookupError):
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
 
 @contextmanager
