@@ -76,6 +76,7 @@ class Reloader:
         self.applied: int | None = ack.generation if ack else None
         self.last_refused: tuple[int, str] | None = None
         self.pending_since: float | None = None
+        self.timings: dict[str, float] = {}
 
     def password(self) -> str | None:
         path = self.config.store_password_file
@@ -119,6 +120,7 @@ class Reloader:
         started = time.monotonic()
         if self.pending_since is None:
             self.pending_since = started
+        self.timings = {"start": started}
         self.log.info("generation_detected", generation=manifest.generation,
                       serial=manifest.serial, signer=manifest.signer, trust=list(manifest.trust))
         try:
@@ -156,10 +158,21 @@ class Reloader:
         self.metrics.reloads.labels(result="ok").inc()
         self.metrics.reload_latency.observe(seconds)
         self.metrics.mark_verified(manifest.generation)
+        steps = self._step_seconds()
         self.log.info("reload_verified", generation=manifest.generation,
                       serial=manifest.serial, verified_by=verified_by, targets=targets,
-                      seconds=round(seconds, 3))
+                      seconds=round(seconds, 3), **steps)
         return True
+
+    def _step_seconds(self) -> dict[str, float]:
+        """Seconds spent checking, altering and verifying (broker mode), for the logs."""
+        marks = self.timings
+        out, previous = {}, marks.get("start")
+        for step in ("check", "alter", "verify"):
+            if step in marks and previous is not None:
+                out[f"{step}_seconds"] = round(marks[step] - previous, 4)
+                previous = marks[step]
+        return out
 
     def _fail(self, result: str, message: str, manifest: Manifest | None, **fields: Any) -> None:
         self.metrics.reloads.labels(result=result).inc()
@@ -193,6 +206,7 @@ class Reloader:
                 else:
                     check_handshakes(old_dir, directory)
             settings.update(self._listener_settings(name))
+        self.timings["check"] = time.monotonic()
         if settings:
             self._touch_stores(directory)
             alter_broker_configs(
@@ -201,7 +215,9 @@ class Reloader:
                 config.broker_id or 0, settings, config.admin_timeout)
             self.log.info("reload_requested", generation=manifest.generation,
                           listeners=sorted({k.split(".")[2] for k in settings}))
+        self.timings["alter"] = time.monotonic()
         self._verify(reload, context, manifest)
+        self.timings["verify"] = time.monotonic()
         targets = sorted(reload)
         if restart_only:
             done = self._run_action(directory, manifest)

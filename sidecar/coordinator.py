@@ -8,6 +8,7 @@ phase's material and report what the broker or app verifiably serves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -101,14 +102,16 @@ class Registration:
                 self._publish(state)
 
     def _publish(self, state: NodeState) -> None:
-        data = state.to_json()
-        if data == self.published:
+        # Compare without the timestamp: rewriting an unchanged state would wake every
+        # participant's watch, whose pass would rewrite its own state, and so on forever.
+        unchanged = dataclasses.replace(state, updated_at=None).to_json()
+        if unchanged == self.published:
             return
         assert self.session_id is not None
-        if not self.store.put(self.key, data, acquire=self.session_id):
+        if not self.store.put(self.key, state.to_json(), acquire=self.session_id):
             raise ConsulError(f"Consul refused {self.key} to session {self.session_id}: another "
                               "live session holds it (duplicate node_id?)", "conflict")
-        self.published = data
+        self.published = unchanged
 
     def _resume_or_create(self) -> str:
         with contextlib.suppress(OSError):

@@ -135,16 +135,22 @@ class AuthManager:
                       trust=list(desired.trust), rotation_id=desired.rotation_id,
                       phase=desired.phase)
         password = read_password(self.password_file)
+        started = time.monotonic()
         material = self.issuer.obtain(desired, now)
+        obtained = time.monotonic()
         bundle = render_bundle(material, password=password, current=self.published_current,
                                generation=self.volume.next_generation(), created_at=now,
                                rotation_id=desired.rotation_id, phase=desired.phase)
         directory = self.volume.write_generation(bundle)
+        written = time.monotonic()
         new = bundle.manifest
         self.log.info("certificate_issued", serial=new.serial, issuer=new.issuer,
                       subject=new.subject, sans=list(new.sans), not_before=new.not_before,
                       not_after=new.not_after, signer=new.signer, trust=list(new.trust),
-                      generation=new.generation, directory=str(directory), reason=reason)
+                      generation=new.generation, directory=str(directory), reason=reason,
+                      rotation_id=new.rotation_id, phase=new.phase,
+                      vault_seconds=round(obtained - started, 4),
+                      write_seconds=round(written - obtained, 4))
         self.metrics.renewals.labels(result="ok").inc()
         self.metrics.last_success.set(time.time())
         self._record_installed(new)

@@ -8,7 +8,8 @@ converge to:
 
 Any two adjacent phases are compatible (each side's signer is in the other's trust set). The
 record moves from phase p to p+1 only when every live participant serves material of phase
->= p, so live participants are always within one phase of each other. Flipping back mid-way
+>= p and has reported that it installed it from this very record (``NodeState.rotation_id``),
+so live participants are always within one phase of each other. Flipping back mid-way
 reverses the rotation: A->B at phase k becomes B->A at phase 3-k (the same material), which
 keeps everyone within one phase. A third root requested mid-rotation waits until the current
 one has completed.
@@ -135,7 +136,14 @@ class Barrier:
 
 def barrier(record: RotationRecord, nodes: Mapping[str, NodeState], now: float,
             policy: Policy) -> Barrier:
-    """Every live participant serves phase >= record.phase, enough are live, dwell elapsed."""
+    """Every live participant serves phase >= record.phase, installed from this record (its
+    ``rotation_id``), enough are live, dwell elapsed.
+
+    A participant still acting on an older record (one it read before a rollback or before
+    Consul lost its data) may yet install that record's material, which can be a phase *behind*
+    in this record's terms: what it published then is no lower bound on what it will serve, so
+    it counts only once it has read this record, installed from it and reported so.
+    """
     waiting = tuple(sorted(
         node_id for node_id, node in nodes.items()
         if (phase := record.phase_of(node.trust, node.signer)) is None or phase < record.phase))
@@ -177,6 +185,11 @@ def decide(record: RotationRecord | None, desired_root: str | None,
     ``new_id`` is used if this decision starts a new rotation.
     """
     if record is None:
+        if len(nodes) < policy.expected_members:
+            # Participants that have not registered again may serve anything: a record rebuilt
+            # without them could make the registered ones install material they cannot talk to.
+            return Decision(None, (Event("rotation_reconstruct_waiting", {
+                "registered": len(nodes), "expected": policy.expected_members}),))
         rebuilt = reconstruct(nodes, desired_root, now, new_id)
         if rebuilt is None:
             return Decision(None, (Event("rotation_unrecoverable", {

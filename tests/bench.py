@@ -1,19 +1,31 @@
 """Benchmarks that print figures (never timed assertions).
 
     python -m tests.bench bundle      one bundle vs. the manual keytool/openssl pipeline
+    python -m tests.bench reaction    active-root flip -> seen by 50 watchers, p50/p99
+    python -m tests.bench rotation    A->B with 3 brokers + 3 clients, by phase and step
+    python -m tests.bench footprint   RSS and CPU of one idle auth manager and monitor
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from sidecar.consul_store import ConsulStore, Snapshot, watch_loop
 from sidecar.renewal import Desired
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import make_config, make_manager
@@ -107,15 +119,198 @@ def bench_bundle(runs: int, keytool_runs: int) -> None:
     print(f"ratio_vs_keytool={manual_median / ours_median:.1f}")
 
 
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextmanager
+def consul_process() -> Iterator[str]:
+    """The Consul double in its own process (so the watchers do not share its GIL)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.doubles.consul", "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield str(json.loads(proc.stdout.readline())["url"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _watcher_process(url: str, prefix: str) -> None:
+    """One watcher (as in one auth manager): prints "<value> <unix time>" per change."""
+    def on_snapshot(snapshot: Snapshot) -> None:
+        value = (snapshot.value("active-root") or b"").decode()
+        print(f"{value} {time.time():.6f}", flush=True)
+
+    watch_loop(ConsulStore(url, prefix), 30, on_snapshot, lambda e, d: None, lambda: False)
+
+
+def bench_reaction(watchers: int, flips: int) -> None:
+    """Time from writing active-root to each watcher seeing it; one process per watcher,
+    as with one auth manager per participant."""
+    prefix = "kafka-pki/bench/"
+    with consul_process() as url:
+        writer = ConsulStore(url, prefix)
+        writer.put("active-root", b"start")
+        seen: dict[int, dict[str, float]] = {i: {} for i in range(watchers)}
+        code = "import sys; from tests.bench import _watcher_process as w; w(*sys.argv[1:])"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url, prefix],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(watchers)]
+
+        def read(i: int, proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                value, at = line.rsplit(" ", 1)
+                seen[i].setdefault(value, float(at))
+
+        for i, proc in enumerate(procs):
+            threading.Thread(target=read, args=(i, proc), daemon=True).start()
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not all("start" in s for s in seen.values()):
+                time.sleep(0.1)
+            time.sleep(1.0)
+            per_watcher: list[float] = []
+            all_seen: list[float] = []
+            for n in range(flips):
+                value = f"pki_root_{'b' if n % 2 == 0 else 'a'}-{n}"
+                time.sleep(0.3)
+                start = time.time()
+                writer.put("active-root", value.encode())
+                until = time.monotonic() + 10
+                while time.monotonic() < until and not all(value in s for s in seen.values()):
+                    time.sleep(0.002)
+                times = [s[value] - start for s in seen.values() if value in s]
+                per_watcher += times
+                all_seen.append(max(times) if len(times) == watchers else float("inf"))
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+    print(f"watchers={watchers} (one process each) flips={flips}, Consul double in its own "
+          f"process, {os.cpu_count()} cores")
+    print(f"per watcher:  p50={_percentile(per_watcher, 50) * 1000:.1f} ms  "
+          f"p99={_percentile(per_watcher, 99) * 1000:.1f} ms")
+    print(f"all watchers: p50={_percentile(all_seen, 50) * 1000:.1f} ms  "
+          f"p99={_percentile(all_seen, 99) * 1000:.1f} ms")
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def bench_rotation(brokers: int, clients: int) -> None:
+    """One drill (no faults, no dwell); the A->B rotation split by phase and by step."""
+    from tests.drill import run_drill
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_drill(brokers, clients, [], keep=Path(tmp))
+        if not result.converged:
+            print(result.report)
+            raise SystemExit("the rotation did not converge")
+        first = next(r for _, r in result.timeline if r.to_root == "pki_root_b")
+        marks = [(at, r) for at, r in result.timeline if r.id == first.id]
+        auth = {p.name: _events(result.base / f"{p.name}-auth.log")
+                for p in result.participants}
+        monitor = {p.name: _events(result.base / f"{p.name}-monitor.log")
+                   for p in result.participants}
+        print(f"rotation A->B, {brokers} brokers + {clients} clients, no dwell: "
+              f"{result.rotation_seconds:.2f} s flip to stable "
+              f"(failed handshakes: {result.failed_handshakes})")
+        header = ("phase", "total", "watch", "vault", "write", "reload", "verify", "barrier")
+        print("".join(f"{h:>9}" for h in header) + "   (seconds; slowest participant)")
+        for (start, record), (end, _) in itertools.pairwise(marks):
+            if record.stable:
+                break
+            issued = [e for events in auth.values() for e in events
+                      if e.get("event") == "certificate_issued"
+                      and e.get("rotation_id") == record.id and e.get("phase") == record.phase]
+            started = [e for events in auth.values() for e in events
+                       if e.get("event") == "renewal_started"
+                       and e.get("rotation_id") == record.id and e.get("phase") == record.phase]
+            verified = [e for events in monitor.values() for e in events
+                        if e.get("event") == "reload_verified" and start <= _ts(e) <= end + 5]
+            watch = max((_ts(e) - start for e in started), default=0.0)
+            vault = max((e.get("vault_seconds", 0) for e in issued), default=0.0)
+            write = max((e.get("write_seconds", 0) for e in issued), default=0.0)
+            reload = max((e.get("check_seconds", 0) + e.get("alter_seconds", 0)
+                          for e in verified), default=0.0)
+            verify = max((e.get("verify_seconds", 0) for e in verified), default=0.0)
+            acked = max((_ts(e) for e in verified if _ts(e) <= end), default=start)
+            row = (f"{record.phase}", end - start, watch, vault, write, reload, verify,
+                   end - acked)
+            print(f"{row[0]:>9}" + "".join(f"{v:>9.3f}" for v in row[1:]))
+        print(f"rotation_seconds={result.rotation_seconds:.2f}")
+
+
+def _proc_sample(pid: int) -> tuple[float, float]:
+    """(RSS MiB, CPU seconds) of a process from /proc."""
+    rss_kb = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = int(line.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def bench_footprint(seconds: float) -> None:
+    """An idle coordinated auth manager and an idle monitor, sampled over ``seconds``."""
+    from tests.drill import run_idle_pair
+
+    with tempfile.TemporaryDirectory() as tmp, run_idle_pair(Path(tmp)) as pids:
+        time.sleep(5)  # past start-up
+        before = {name: _proc_sample(pid) for name, pid in pids.items()}
+        peak = {name: sample[0] for name, sample in before.items()}
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(1)
+            for name, pid in pids.items():
+                peak[name] = max(peak[name], _proc_sample(pid)[0])
+        after = {name: _proc_sample(pid) for name, pid in pids.items()}
+    print(f"idle for {seconds:.0f} s (after 5 s of start-up)")
+    print(f"{'process':<18}{'rss_mb':>9}{'peak_rss_mb':>13}{'cpu_s_per_min':>15}{'cpu_%':>8}")
+    for name in pids:
+        cpu = after[name][1] - before[name][1]
+        per_minute = cpu / seconds * 60
+        print(f"{name:<18}{after[name][0]:>9.1f}{peak[name]:>13.1f}{per_minute:>15.3f}"
+              f"{cpu / seconds * 100:>8.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench")
     sub = parser.add_subparsers(dest="what", required=True)
     bundle = sub.add_parser("bundle", help="one bundle vs. the keytool/openssl pipeline")
     bundle.add_argument("--runs", type=int, default=30)
     bundle.add_argument("--keytool-runs", type=int, default=5)
+    reaction = sub.add_parser("reaction", help="flip -> seen by every watcher")
+    reaction.add_argument("--watchers", type=int, default=50)
+    reaction.add_argument("--flips", type=int, default=20)
+    rotation = sub.add_parser("rotation", help="A->B rotation split by phase and step")
+    rotation.add_argument("--brokers", type=int, default=3)
+    rotation.add_argument("--clients", type=int, default=3)
+    footprint = sub.add_parser("footprint", help="idle RSS and CPU")
+    footprint.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args(argv)
     if args.what == "bundle":
         bench_bundle(args.runs, args.keytool_runs)
+    elif args.what == "reaction":
+        bench_reaction(args.watchers, args.flips)
+    elif args.what == "rotation":
+        bench_rotation(args.brokers, args.clients)
+    else:
+        bench_footprint(args.seconds)
     return 0
 
 

@@ -641,6 +641,20 @@ def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 1
         return Drill(brokers, clients, faults, base, deadline, seed, min_dwell).run()
 
 
+@contextmanager
+def run_idle_pair(base: Path) -> Iterator[dict[str, int]]:
+    """One client participant's auth manager and monitor, set up and left idle."""
+    drill = Drill(0, 1, [], base)
+    drill.setup()
+    try:
+        participant = drill.participants[0]
+        assert participant.auth is not None and participant.monitor is not None
+        yield {"pki-auth-manager": participant.auth.pid,
+               "tls-monitor": participant.monitor.pid}
+    finally:
+        drill.teardown()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.drill", description=__doc__)
     parser.add_argument("--brokers", type=int, default=3)

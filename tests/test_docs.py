@@ -13,7 +13,7 @@ def test_readme_configuration_reference_matches_the_code() -> None:
     readme = (ROOT / "README.md").read_text()
     for name, table in tables().items():
         block = f"<!-- config:{name} -->\n{table}\n<!-- /config:{name} -->"
-        assert block in readme, f"README's {name} table is stale: run python -m sidecar.docs --write README.md"
+        assert block in readme, f"stale {name} table: python -m sidecar.docs --write README.md"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

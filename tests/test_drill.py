@@ -25,7 +25,7 @@ def test_drill_rotates_a_to_b_and_back_under_traffic(tmp_path: Path) -> None:
     check(result)
     phases = [(r.to_root, r.phase, r.stable) for _, r in result.timeline]
     assert ("pki_root_b", 1, False) in phases and ("pki_root_b", 3, True) in phases
-    assert ("pki_root_a", 3, True) == phases[-1]
+    assert phases[-1] == ("pki_root_a", 3, True)
     assert "failed=0" in result.report
 
 
