@@ -37,6 +37,8 @@ def test_status_table_and_json(cluster: Cluster, capsys: pytest.CaptureFixture[s
     cluster.start("broker-1")
     cluster.start("client-1", role="client", monitor=False)
     cluster.wait_until(lambda: cluster.nodes["client-1"].served() is not None, "material")
+    cluster.wait_until(lambda: b'"serial": "' in (cluster.store.read().value("nodes/broker-1")
+                                                 or b""), "broker-1 to report what it serves")
     assert main(cli(cluster, "status", "--json")) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["active_root"] == "pki_root_a"

@@ -352,7 +352,7 @@ def test_alt_names_ignored_when_role_uses_csr_sans(vault_double: VaultDouble) ->
 
 
 def test_approle_login(vault_double: VaultDouble) -> None:
-    vault_double.add_policy("kafka-signer", ["pki_root_*/sign/kafka"])
+    vault_double.add_policy("kafka-signer", ["pki_root_a/sign/kafka", "pki_root_b/sign/kafka"])
     vault_double.add_approle("role-1", "secret-1", ["kafka-signer"], token_ttl="20m")
     client = hvac.Client(url=vault_double.url, timeout=5)
     auth = client.auth.approle.login("role-1", "secret-1")["auth"]
@@ -382,7 +382,7 @@ def test_kubernetes_login(vault_double: VaultDouble) -> None:
 
 
 def test_policy_allows_and_denies(vault_double: VaultDouble) -> None:
-    vault_double.add_policy("kafka-signer", ["pki_root_*/sign/kafka"])
+    vault_double.add_policy("kafka-signer", ["pki_root_a/sign/kafka", "pki_root_b/sign/kafka"])
     token = vault_double.create_token(["kafka-signer"], ttl="1h")
     client = hvac.Client(url=vault_double.url, token=token, timeout=5)
     csr, _ = make_csr(BROKER)
@@ -505,3 +505,19 @@ def test_standalone_process() -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+def test_policy_wildcards_follow_vault(vault_double: VaultDouble) -> None:
+    """``+`` is a wildcard only as a whole segment; inside one it is a literal character."""
+    vault_double.add_policy("literal-plus", ["pki_root_+/sign/kafka"])
+    token = vault_double.create_token(["literal-plus"], "1h")
+    client = hvac.Client(url=vault_double.url, token=token)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker-1.kafka.test")])
+    ).sign(key, hashes.SHA256())
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client.secrets.pki.sign_certificate(name="kafka", csr=pem,
+                                            common_name="broker-1.kafka.test",
+                                            mount_point="pki_root_a")

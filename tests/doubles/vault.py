@@ -510,17 +510,15 @@ def _sanitize_policies(policies: Iterable[str], add_default: bool = True) -> lis
 
 
 def _policy_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a simplified ACL path: ``*`` matches anything, ``+`` one path segment."""
+    """Compile an ACL path the way Vault reads it: ``+`` is a wildcard only as a whole path
+    segment, ``*`` only at the very end (a prefix match); anywhere else both are literal."""
     pattern = pattern.strip().removeprefix("/").removeprefix("v1/")
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append(".*")
-        elif char == "+":
-            parts.append("[^/]+")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts))
+    glob = pattern.endswith("*")
+    if glob:
+        pattern = pattern[:-1]
+    segments = ["[^/]+" if segment == "+" else re.escape(segment)
+                for segment in pattern.split("/")]
+    return re.compile("/".join(segments) + (".*" if glob else ""))
 
 
 # --------------------------------------------------------------------------- HTTP plumbing
