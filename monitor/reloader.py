@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from monitor import actions
 from monitor.checks import (
@@ -235,7 +238,8 @@ class Reloader:
     def _admin_dir(self, directory: Path) -> Path:
         return self._applied_dir() or directory
 
-    def _served(self, host: str, port: int, directory: Path, context: Any) -> Any:
+    def _served(self, host: str, port: int, directory: Path,
+                context: ssl.SSLContext) -> x509.Certificate:
         """The certificate a listener serves now, asked with the applied generation's
         material first (the broker accepts it), then with the new one."""
         applied = self._applied_dir()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar import layout
 from sidecar.config import AuthManagerConfig
 from sidecar.consul_store import ConsulError, ConsulStore, Snapshot, watch_loop
 from sidecar.manager import AuthManager
@@ -51,9 +52,9 @@ def served_by_ack(volume: Volume, manifest: Manifest | None, ack: Acknowledgemen
         return None
     if manifest is not None and ack.generation == manifest.generation:
         return manifest if ack.serial == manifest.serial else None
-    directory = volume.root / "generations" / f"{ack.generation:08d}"
+    directory = layout.generations_dir(volume.root) / layout.generation_dir_name(ack.generation)
     try:
-        old = Manifest.from_json((directory / "manifest.json").read_bytes())
+        old = Manifest.from_json((directory / layout.MANIFEST).read_bytes())
     except (OSError, ManifestError):
         return None
     return old if old.serial == ack.serial else None
@@ -332,7 +333,7 @@ class RotationParticipant:
 
     def _ack_changed(self) -> bool:
         try:
-            stamp = os.stat(self.manager.volume.root / "monitor-ack.json").st_mtime
+            stamp = os.stat(layout.ack_path(self.manager.volume.root)).st_mtime
         except OSError:
             stamp = None
         changed = stamp != self._ack_stamp

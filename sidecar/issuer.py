@@ -8,7 +8,7 @@ import datetime as dt
 from cryptography import x509
 
 from sidecar.keys import build_csr, csr_pem, generate_private_key, load_private_key, parse_subject
-from sidecar.material import Material, MaterialError, check_material
+from sidecar.material import Material, check_material
 from sidecar.renewal import Desired, Identity
 from sidecar.vault import VaultError, VaultPKI
 
@@ -55,5 +55,3 @@ class Issuer:
                        ip_addresses=ident.ip_sans, now=now)
         return material
 
-
-__all__ = ["Issuer", "MaterialError"]

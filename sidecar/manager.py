@@ -219,7 +219,6 @@ class AuthManager:
         return delay
 
     def _current_generation(self) -> int | None:
-        directory = None
         try:
             directory = self.volume.current_generation_dir()
         except VolumeError:
