@@ -146,7 +146,8 @@ def barrier(record: RotationRecord, nodes: Mapping[str, NodeState], now: float,
     """
     waiting = tuple(sorted(
         node_id for node_id, node in nodes.items()
-        if (phase := record.phase_of(node.trust, node.signer)) is None or phase < record.phase))
+        if node.rotation_id != record.id
+        or (phase := record.phase_of(node.trust, node.signer)) is None or phase < record.phase))
     if waiting:
         return Barrier(False, waiting, f"waiting for {len(waiting)} participant(s) to serve "
                                        f"phase {record.phase}")
