@@ -32,6 +32,7 @@ def build_manager(config: AuthManagerConfig, metrics: AuthManagerMetrics, log: A
             config.vault_auth, token=config.vault_token, token_file=config.vault_token_file,
             approle_mount=config.vault_approle_mount, role_id=config.vault_role_id,
             secret_id_file=config.vault_secret_id_file,
+            role_id_file=config.vault_role_id_file,
             kubernetes_mount=config.vault_kubernetes_mount,
             kubernetes_role=config.vault_kubernetes_role,
             jwt_file=config.vault_kubernetes_jwt_file),

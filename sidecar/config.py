@@ -59,6 +59,8 @@ class AuthManagerConfig:
     vault_token_file: Path | None = setting(None, help="file holding the Vault token (token auth)")
     vault_approle_mount: str = setting("approle", help="AppRole auth mount path")
     vault_role_id: str | None = setting(None, help="AppRole role_id")
+    vault_role_id_file: Path | None = setting(None, help="file holding the AppRole role_id "
+                                              "(instead of vault_role_id)")
     vault_secret_id_file: Path | None = setting(None, help="file holding the AppRole secret_id")
     vault_kubernetes_mount: str = setting("kubernetes", help="Kubernetes auth mount path")
     vault_kubernetes_role: str | None = setting(None, help="Vault role for Kubernetes auth")
@@ -157,8 +159,8 @@ def validate(config: AuthManagerConfig) -> None:
     if config.vault_auth == "token" and not (config.vault_token or config.vault_token_file):
         raise ConfigError("missing required setting vault_token (VAULT_TOKEN or "
                           "--vault-token-file) for vault_auth=token")
-    if config.vault_auth == "approle" and not (config.vault_role_id
-                                                and config.vault_secret_id_file):
+    if config.vault_auth == "approle" and not (
+            (config.vault_role_id or config.vault_role_id_file) and config.vault_secret_id_file):
         raise ConfigError("missing required setting vault_role_id/vault_secret_id_file "
                           "for vault_auth=approle")
     if config.vault_auth == "kubernetes" and not config.vault_kubernetes_role:

@@ -74,14 +74,19 @@ class TokenAuth:
 
 @dataclasses.dataclass
 class AppRoleAuth:
-    role_id: str
+    """AppRole login; the secret_id (and optionally the role_id) re-read from files."""
+
+    role_id: str | None
     secret_id_file: Path
     mount: str = "approle"
     method: str = "approle"
+    role_id_file: Path | None = None
 
     def login(self, client: hvac.Client) -> None:
+        role_id = (_read_secret_file(self.role_id_file, "AppRole role_id")
+                   if self.role_id_file else self.role_id)
         secret_id = _read_secret_file(self.secret_id_file, "AppRole secret_id")
-        client.auth.approle.login(role_id=self.role_id, secret_id=secret_id,
+        client.auth.approle.login(role_id=role_id, secret_id=secret_id,
                                   mount_point=self.mount, use_token=True)
 
 
@@ -293,12 +298,14 @@ def _parse_signed(response: Any, operation: str, with_key: bool) -> SignedCertif
 
 def authenticator_from(method: str, *, token: str | None, token_file: Path | None,
                        approle_mount: str, role_id: str | None, secret_id_file: Path | None,
+                       role_id_file: Path | None = None,
                        kubernetes_mount: str, kubernetes_role: str | None,
                        jwt_file: Path) -> Authenticator:
     """Build the configured authenticator (settings were validated by the config)."""
     if method == "approle":
-        assert role_id is not None and secret_id_file is not None
-        return AppRoleAuth(role_id=role_id, secret_id_file=secret_id_file, mount=approle_mount)
+        assert (role_id or role_id_file) and secret_id_file is not None
+        return AppRoleAuth(role_id=role_id, secret_id_file=secret_id_file, mount=approle_mount,
+                           role_id_file=role_id_file)
     if method == "kubernetes":
         assert kubernetes_role is not None
         return KubernetesAuth(role=kubernetes_role, jwt_file=jwt_file, mount=kubernetes_mount)

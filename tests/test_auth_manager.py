@@ -235,6 +235,12 @@ def test_approle_logs_in_again_after_403(vault_double: VaultDouble, tmp_path: Pa
     assert manager.issuer.vault._client.token != first_token
     logins = [r for r in vault_double.request_log if r[1].endswith("/approle/login")]
     assert len(logins) == 2
+    role_file = tmp_path / "role-id"
+    role_file.write_text("role-1\n")
+    from_files = make_config(vault_double.url, None, tmp_path / "volume2", tmp_path,
+                             vault_auth="approle", vault_role_id_file=role_file,
+                             vault_secret_id_file=secret)
+    make_manager(from_files)[0].issuer.vault.login()  # role_id read from its file
 
 
 def test_kubernetes_login(vault_double: VaultDouble, tmp_path: Path) -> None:
