@@ -9,6 +9,19 @@ report (publishing what it serves; it may lag the install). Crashes, session exp
 joins, operator flips, time, and (only with ``expected_members`` = participants) partitions and
 a Consul data loss are steps too. Everything is immutable and deterministic so that the
 hypothesis machine and the exhaustive search share it and states can be hashed.
+
+What the model assumes of the (not yet written) coordinator, each the weakest safe choice:
+
+- it registers before it reads, and a (re)registration discards any earlier read;
+- a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
+  a successful one it may install the record it wrote but reads again before deciding again
+  (``Config.decide_again_after_cas`` shows why);
+- an install started before its session expired may still complete (it is published when the
+  participant registers again); reports may lag installs (``Config.lag_reports``);
+- it publishes the id of the record its material was installed from, and re-installs (a no-op
+  for the files) and re-publishes when that id changes;
+- a restarted process registers only once its old session has expired (Consul refuses to
+  acquire a key another session holds).
 """
 
 from __future__ import annotations
@@ -177,9 +190,10 @@ def _set(world: World, i: int, person: Participant, **changes: Any) -> World:
 
 # -- the steps --------------------------------------------------------------------------------
 
-def enabled(world: World, config: Config, *, operator: Iterable[str | None] = (),
-            ticks: Iterable[float] = ()) -> list[Action]:
-    """Every step that may happen next (participant steps first, then environment steps)."""
+def enabled(world: World, config: Config, *,
+            operator: Iterable[str | None] = ()) -> list[Action]:
+    """Every step that may happen next (participant steps first, then joins, the operator's
+    candidate flips and faults; time does not pass)."""
     actions: list[Action] = []
     for i in range(len(world.participants)):
         for kind in PARTICIPANT_STEPS:
@@ -189,7 +203,6 @@ def enabled(world: World, config: Config, *, operator: Iterable[str | None] = ()
             len(world.participants) < config.max_participants:
         actions.append(("join",))
     actions.extend(("flip", raw) for raw in operator if raw != world.active_root)
-    actions.extend(("tick", dt) for dt in ticks)
     if config.faults:
         actions.append(("wipe", True))
         actions.append(("wipe", False))
@@ -290,7 +303,7 @@ def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, .
     # It may install what it wrote, but its registry view predates the write: deciding again
     # needs a fresh read (see Config.decide_again_after_cas).
     mine = evolve(snap, record=decision.record,
-                               index=index if config.decide_again_after_cas else STALE_INDEX)
+                  index=index if config.decide_again_after_cas else STALE_INDEX)
     return _set(world, i, evolve(p, snapshot=mine), record=decision.record,
                 index=index, next_index=index + 1,
                 next_id=world.next_id + (decision.record.id == new_id)), decision.events
@@ -306,7 +319,7 @@ def _install(world: World, config: Config, i: int) -> World:
                                                    p.installed_epoch):
         return world
     person = evolve(p, serving=material, installed_from=record.id,
-                                 installed_epoch=p.snapshot.epoch)
+                    installed_epoch=p.snapshot.epoch)
     if config.lag_reports or not p.session:
         person = evolve(person, pending_report=True)
         return _set(world, i, person)
@@ -315,14 +328,10 @@ def _install(world: World, config: Config, i: int) -> World:
 
 # -- properties --------------------------------------------------------------------------------
 
-def roots_of(material: PhaseMaterial) -> frozenset[str]:
-    return material.trust | {material.signer}
-
-
 def safety_violations(world: World) -> list[str]:
     """Every broken safety property: two live participants that cannot talk mTLS, or a live
-    participant that installed under the current record's epoch and serves material that is
-    not within one phase of the record."""
+    participant that installed since the last data loss and serves material that is not within
+    one phase of the current record (which implies roots outside its {from, to})."""
     problems: list[str] = []
     live = [p for p in world.participants if p.alive and p.serving is not None]
     for a_i, a in enumerate(live):
@@ -353,8 +362,8 @@ def converged(world: World, root: str) -> bool:
 def fair_round(world: World, config: Config, *,
                keep_dead: frozenset[str] = frozenset()) -> World:
     """One deterministic fair round: sessions of dead (or restarted) processes expire, the dead
-    restart (except those in ``keep_dead``), then everyone
-    registers, reports, reads, decides, installs and reports in turn; time passes the dwell."""
+    restart (except those in ``keep_dead``), then everyone registers, reports, reads, decides,
+    installs and reports in turn; time passes the minimum dwell."""
     for i, p in enumerate(world.participants):
         if can(world, config, "expire", i):
             world, _ = apply(world, config, ("expire", i))

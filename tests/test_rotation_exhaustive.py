@@ -211,10 +211,11 @@ SCENARIOS = [
     Scenario("third-root", 2, ("B", "C"), crashes=2),
     Scenario("rollback-twice", 2, ("B", "A", "B"), crashes=1),
     Scenario("from-nothing", 2, ("B", "A"), crashes=1, from_nothing=True),
-    Scenario("faults", 2, ("B", "A"), wipes=1, partitions=1),
+    Scenario("data-loss", 2, ("B", "A"), crashes=1, wipes=1),
+    Scenario("data-loss-from-nothing", 2, ("B", "A"), wipes=1, from_nothing=True),
     Scenario("faults-third-root", 2, ("B", "C"), wipes=1, partitions=1),
     Scenario("rollback", 3, ("B", "A")),
-    Scenario("third-root", 3, ("B", "C")),
+    Scenario("third-root", 3, ("B", "C"), crashes=1),
     Scenario("partition", 3, ("B", "A"), partitions=1),
 ]
 
