@@ -283,7 +283,7 @@ class RotationMachine(RuleBasedStateMachine):
 
 
 RotationMachine.TestCase.settings = settings(
-    max_examples=1000, stateful_step_count=100, derandomize=True, database=None, deadline=None,
+    max_examples=700, stateful_step_count=140, derandomize=True, database=None, deadline=None,
     print_blob=False, suppress_health_check=[HealthCheck.too_slow])
 # A failure is shrunk for up to Hypothesis' five minutes: give it that time before the suite-wide
 # timeout cuts it short into a confusing "flaky" report.
