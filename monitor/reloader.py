@@ -231,8 +231,7 @@ class Reloader:
         """The generation the broker is known to accept (last verified), if still on disk."""
         if self.applied is None:
             return None
-        path = (layout.generations_dir(self.config.volume_dir)
-                / layout.generation_dir_name(self.applied))
+        path = layout.generation_dir(self.config.volume_dir, self.applied)
         return path if path.is_dir() else None
 
     def _admin_dir(self, directory: Path) -> Path:

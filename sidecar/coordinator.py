@@ -52,7 +52,7 @@ def served_by_ack(volume: Volume, manifest: Manifest | None, ack: Acknowledgemen
         return None
     if manifest is not None and ack.generation == manifest.generation:
         return manifest if ack.serial == manifest.serial else None
-    directory = layout.generations_dir(volume.root) / layout.generation_dir_name(ack.generation)
+    directory = layout.generation_dir(volume.root, ack.generation)
     try:
         old = Manifest.from_json((directory / layout.MANIFEST).read_bytes())
     except (OSError, ManifestError):
@@ -241,10 +241,9 @@ class RotationParticipant:
 
     # -- DesiredSource ----------------------------------------------------------------------
 
-    def node_state(self) -> NodeState:
-        """What this participant verifiably serves (from the monitor's acknowledgement)."""
-        manifest = self.manager.current_manifest()
-        ack = self.manager.volume.read_ack()
+    def node_state(self, manifest: Manifest | None, ack: Acknowledgement | None) -> NodeState:
+        """What this participant verifiably serves, given the volume's current manifest and
+        the monitor's acknowledgement."""
         served = manifest if not self.require_ack else served_by_ack(
             self.manager.volume, manifest, ack)
         if served is None:
@@ -270,7 +269,7 @@ class RotationParticipant:
             raise RotationConsulError(str(exc)) from exc
 
     def _desired(self) -> Desired:
-        me = self.node_state()
+        me = self.node_state(self.manager.current_manifest(), self.manager.volume.read_ack())
         self.registration.ensure(me)
         self._start_watcher()
         snapshot = self._read_now()
@@ -307,7 +306,7 @@ class RotationParticipant:
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
         """Publish what is served now (after the monitor acknowledged it)."""
         try:
-            self.registration.publish(self.node_state())
+            self.registration.publish(self.node_state(manifest, ack))
         except ConsulError as exc:
             self.metrics.consul_errors.labels(reason=exc.reason).inc()
             self.log.warning("report_failed", error=str(exc))

@@ -41,6 +41,11 @@ def generation_dir_name(generation: int) -> str:
     return f"{generation:08d}"
 
 
+def generation_dir(volume: Path, generation: int) -> Path:
+    """Where generation ``generation`` lives on the volume."""
+    return volume / GENERATIONS / generation_dir_name(generation)
+
+
 def current_link(volume: Path) -> Path:
     return volume / CURRENT
 

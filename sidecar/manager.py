@@ -160,6 +160,9 @@ class AuthManager:
         self.metrics.generation.set(manifest.generation)
         self.metrics.not_after.set(dt.datetime.fromisoformat(manifest.not_after).timestamp())
 
+    def _expired(self, manifest: Manifest) -> bool:
+        return dt.datetime.fromisoformat(manifest.not_after) <= self.now()
+
     def readiness(self) -> tuple[bool, str]:
         """Ready = a complete, verified, unexpired generation is on the volume."""
         try:
@@ -169,7 +172,7 @@ class AuthManager:
         if current is None:
             return False, "no material on the volume yet"
         manifest = current[1]
-        if dt.datetime.fromisoformat(manifest.not_after) <= self.now():
+        if self._expired(manifest):
             return False, f"certificate {manifest.serial} expired"
         return True, f"generation {manifest.generation} serial {manifest.serial}"
 
@@ -210,20 +213,13 @@ class AuthManager:
                               self.rng.random())
         self.metrics.renewals.labels(result=f"error_{kind}").inc()
         self.metrics.errors.labels(kind=kind).inc()
+        kept = self.current_manifest()  # read once: for the log, the probe and the report
         self.log.error("renewal_failed", error=str(exc), kind=kind, attempt=self.failures,
                        retry_in_seconds=round(delay, 2),
-                       kept_generation=self._current_generation())
-        ready, _ = self.readiness()
-        self.metrics.ready.set(1 if ready else 0)
-        source.report(self.current_manifest(), self.volume.read_ack())
+                       kept_generation=kept.generation if kept else None)
+        self.metrics.ready.set(1 if kept and not self._expired(kept) else 0)
+        source.report(kept, self.volume.read_ack())
         return delay
-
-    def _current_generation(self) -> int | None:
-        try:
-            directory = self.volume.current_generation_dir()
-        except VolumeError:
-            return None
-        return int(directory.name) if directory and directory.name.isdigit() else None
 
     def run(self, source: DesiredSource, stop: threading.Event) -> None:
         """Reconcile until ``stop`` is set, waking early when the source changes."""

@@ -150,7 +150,7 @@ class Volume:
         gens = layout.generations_dir(self.root)
         numbers = self.generations()
         for number in numbers[:-self.keep]:
-            path = gens / layout.generation_dir_name(number)
+            path = layout.generation_dir(self.root, number)
             if path != keep_dir:
                 shutil.rmtree(path, ignore_errors=True)
         for entry in gens.glob(".tmp-*"):

@@ -22,9 +22,7 @@ import os
 import random
 import resource
 import signal
-import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from monitor.checks import client_context
+from monitor.kafka import served_certificate
 from sidecar import layout
 from sidecar.consul_store import ConsulStore
 from sidecar.rotation import RotationRecord, parse_record
@@ -51,7 +51,6 @@ FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
 PASSWORD = "drill-store-pass"
 PREFIX, CLUSTER = "kafka-pki", "drill"
 A, B, C = "pki_root_a", "pki_root_b", "pki_root_c"
-_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, 5) + b"drill"
 
 
 def log(message: str) -> None:
@@ -113,14 +112,13 @@ class Participant:
 
     def serving_dir(self) -> Path | None:
         """The generation this participant presents and trusts right now."""
-        gens = layout.generations_dir(self.volume)
         if self.role == "client":
             generation = self.loaded_generation
         else:
             ack = Volume(self.volume).read_ack()
             generation = ack.generation if ack else None
         if generation is not None:
-            path = gens / layout.generation_dir_name(generation)
+            path = layout.generation_dir(self.volume, generation)
             if path.is_dir():
                 return path
         return Volume(self.volume).current_generation_dir()
@@ -141,11 +139,7 @@ class Traffic:
     def _context(self, directory: Path) -> ssl.SSLContext:
         ctx = self._contexts.get(directory)
         if ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.load_cert_chain(directory / layout.FULLCHAIN_PEM, directory / layout.KEY_PEM)
-            ctx.load_verify_locations(directory / layout.CA_BUNDLE_PEM)
-            self._contexts[directory] = ctx
+            ctx = self._contexts[directory] = client_context(directory)
         return ctx
 
     def _attempt(self, src: Participant, dst: Participant, listener: str) -> None:
@@ -157,14 +151,9 @@ class Traffic:
             self.harness_errors += 1  # the material was pruned under us: not a handshake
             return
         assert dst.broker is not None
-        port = dst.broker.ports[listener]
         self.attempts += 1
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                    context.wrap_socket(raw) as tls:
-                tls.sendall(struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS)
-                if len(tls.recv(4)) < 4:
-                    raise ConnectionError("closed without an answer")
+        try:  # a full handshake plus a Kafka request and its answer
+            served_certificate("127.0.0.1", dst.broker.ports[listener], context)
         except (OSError, ssl.SSLError) as exc:
             self.failures.append((time.time(), src.name, f"{dst.name}/{listener}",
                                   f"{type(exc).__name__}: {exc}"))
@@ -589,7 +578,7 @@ class Drill:
         for p in self.participants:
             bad = []
             for number in Volume(p.volume).generations():
-                directory = layout.generations_dir(p.volume) / layout.generation_dir_name(number)
+                directory = layout.generation_dir(p.volume, number)
                 try:
                     read_generation(directory)
                 except VolumeError as exc:

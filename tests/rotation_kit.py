@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidecar import layout
+from monitor.reloader import write_ack
 from sidecar.consul_store import ConsulStore
 from sidecar.coordinator import RotationParticipant
 from sidecar.manager import AuthManager
@@ -40,16 +40,13 @@ def acknowledge(volume: Path) -> bool:
     if found is None:
         return False
     manifest = found[1]
-    ack_path = layout.ack_path(volume)
-    ack = Acknowledgement(generation=manifest.generation, serial=manifest.serial,
-                          applied_at=dt.datetime.now(dt.UTC).isoformat(),
-                          verified_by="test")
-    data = ack.to_json()
-    if ack_path.exists() and ack_path.read_bytes() == data:
+    current = Volume(volume).read_ack()
+    if current is not None and (current.generation, current.serial) == (
+            manifest.generation, manifest.serial):
         return False
-    tmp = ack_path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(ack_path)
+    write_ack(volume, Acknowledgement(generation=manifest.generation, serial=manifest.serial,
+                                      applied_at=dt.datetime.now(dt.UTC).isoformat(),
+                                      verified_by="test"))
     return True
 
 

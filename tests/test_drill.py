@@ -17,7 +17,7 @@ def check(result: Result) -> None:
     assert result.attempts > 0, "traffic ran during the drill"
     for p in result.participants:  # never a mixed or half-written generation on any volume
         for number in Volume(p.volume).generations():
-            read_generation(layout.generations_dir(p.volume) / layout.generation_dir_name(number))
+            read_generation(layout.generation_dir(p.volume, number))
 
 
 def test_drill_rotates_a_to_b_and_back_under_traffic(tmp_path: Path) -> None:
