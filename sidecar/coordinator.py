@@ -250,14 +250,14 @@ class RotationParticipant:
             return NodeState(self.node_id, role=self.role, updated_at=self.clock())
         # The barrier counts a participant only once it acted on the current record: that is
         # the record it last read, if what it serves is what that record asked of it.
-        rotation_id = served.rotation_id
+        rotation_id, phase = served.rotation_id, None
         if self._acted is not None and self._acted == (
                 Desired(served.signer, tuple(served.trust), self._acted.rotation_id,
                         self._acted.phase)):
-            rotation_id = self._acted.rotation_id
+            rotation_id, phase = self._acted.rotation_id, self._acted.phase
         return NodeState(self.node_id, role=self.role, trust=frozenset(served.trust),
                          signer=served.signer, serial=served.serial, issuer=served.issuer,
-                         not_after=served.not_after, rotation_id=rotation_id,
+                         not_after=served.not_after, rotation_id=rotation_id, phase=phase,
                          updated_at=self.clock())
 
     def desired(self) -> Desired:
@@ -419,10 +419,18 @@ class RotationParticipant:
             m.rotation_info.labels(rotation_id=record.id, from_root=record.from_root,
                                    to_root=record.to_root).set(1)
         m.rotation_phase.set(record.phase)
-        m.rotation_phase_seconds.set(now - record.phase_since)
+        if previous is None:
+            # Computed at scrape time: a participant stuck at the barrier runs no pass for
+            # hours, and the "stuck in phase" alert must still see the time grow.
+            m.rotation_phase_seconds.set_function(self._seconds_in_phase)
         gate = barrier(record, nodes, now, self.policy)
         m.rotation_waiting.set(len(gate.waiting_on))
         m.rotation_stable.set(1 if record.stable else 0)
+
+
+    def _seconds_in_phase(self) -> float:
+        record = self._record
+        return 0.0 if record is None else max(0.0, self.clock() - record.phase_since)
 
 
 class RotationConsulError(ConsulError):

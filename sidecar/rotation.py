@@ -107,13 +107,16 @@ class NodeState:
     issuer: str | None = None
     not_after: str | None = None
     rotation_id: str | None = None
+    #: The phase of ``rotation_id`` this participant completed (informational: the barrier
+    #: derives the phase from ``trust`` and ``signer``, which cannot disagree with the files).
+    phase: int | None = None
     updated_at: float | None = None
 
     def to_json(self) -> bytes:
         data = {"node_id": self.node_id, "role": self.role, "trust": sorted(self.trust),
                 "signer": self.signer, "serial": self.serial, "issuer": self.issuer,
                 "not_after": self.not_after, "rotation_id": self.rotation_id,
-                "updated_at": self.updated_at}
+                "phase": self.phase, "updated_at": self.updated_at}
         return json.dumps(data, sort_keys=True).encode()
 
 
@@ -336,10 +339,12 @@ def parse_node(node_id: str, raw: bytes | None) -> NodeState:
         value = data.get(key)
         return value if isinstance(value, str) else None
 
-    updated = data.get("updated_at")
+    updated, phase = data.get("updated_at"), data.get("phase")
     return NodeState(node_id=node_id, role=opt("role") or "broker", trust=frozenset(trust),
                      signer=opt("signer"), serial=opt("serial"), issuer=opt("issuer"),
                      not_after=opt("not_after"), rotation_id=opt("rotation_id"),
+                     phase=phase if isinstance(phase, int) and not isinstance(phase, bool)
+                     else None,
                      updated_at=float(updated) if isinstance(updated, int | float) else None)
 
 

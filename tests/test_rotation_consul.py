@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,7 +57,9 @@ def test_rotation_a_to_b_through_three_phases(cluster: Cluster) -> None:
     # every participant reported what it serves
     nodes = cluster.store.read()
     for name in cluster.nodes:
-        assert b'"signer": "pki_root_b"' in (nodes.value(f"nodes/{name}") or b"")
+        published = json.loads(nodes.value(f"nodes/{name}") or b"{}")
+        assert published["signer"] == "pki_root_b"
+        assert (published["rotation_id"], published["phase"]) == (record.id, 3)
 
 
 def test_barrier_waits_for_unacknowledged_participant(cluster: Cluster) -> None:
@@ -68,6 +72,10 @@ def test_barrier_waits_for_unacknowledged_participant(cluster: Cluster) -> None:
     metrics = cluster.nodes["broker-1"].manager.metrics
     cluster.wait_until(lambda: metric(metrics, "pki_rotation_waiting_participants") == 1,
                        "the barrier to wait on broker-2")
+    # Nothing wakes a participant stuck at the barrier: the gauge must still grow.
+    before = metric(metrics, "pki_rotation_phase_seconds")
+    time.sleep(0.3)
+    assert metric(metrics, "pki_rotation_phase_seconds") >= before + 0.25
     lagging.monitor_enabled.set()
     cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable once acknowledged")
 
