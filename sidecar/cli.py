@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.config import AuthManagerConfig, load_config
+from sidecar.config import AuthManagerConfig, check_files, load_config
 from sidecar.health import HealthServer
 from sidecar.issuer import Issuer
 from sidecar.logs import configure
@@ -63,6 +63,7 @@ def build_source(config: AuthManagerConfig, manager: AuthManager, metrics: AuthM
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, once = load_config(argv, os.environ)
+        check_files(config)
     except ConfigError as exc:
         print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
         return 2

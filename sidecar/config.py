@@ -23,6 +23,8 @@ from sidecar.settings import (
 
 ENV_PREFIX = "PKI_"
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+# What Vault's parseutil.ParseDurationSecond accepts: seconds, or Go units plus "d".
+_VAULT_DURATION = re.compile(r"^(?:\d+|(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d))+)$")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -133,6 +135,9 @@ def validate(config: AuthManagerConfig) -> None:
     for ip in config.ip_sans:
         if not is_ip_address(ip):
             raise ConfigError(f"invalid value for ip_sans: {ip!r} is not an IP address")
+    if not _VAULT_DURATION.match(config.ttl) or not re.search(r"[1-9]", config.ttl):
+        raise ConfigError(f"invalid value for ttl: {config.ttl!r} is not a positive Vault "
+                          "duration (e.g. 24h, 90m, 3600)")
     if not 0 < config.renew_fraction < 1:
         raise ConfigError("invalid value for renew_fraction: must be between 0 and 1")
     if not 0 <= config.renew_jitter < 1 - config.renew_fraction:
@@ -166,6 +171,38 @@ def validate(config: AuthManagerConfig) -> None:
     if config.vault_auth == "kubernetes" and not config.vault_kubernetes_role:
         raise ConfigError("missing required setting vault_kubernetes_role "
                           "for vault_auth=kubernetes")
+
+
+def configured_files(config: AuthManagerConfig) -> list[tuple[str, Path]]:
+    """(setting, path) of every file the configuration makes the auth manager read."""
+    files: list[tuple[str, Path | None]] = [
+        ("store_password_file", config.store_password_file),
+        ("vault_cacert", config.vault_cacert)]
+    if config.vault_auth == "token":
+        files.append(("vault_token_file", config.vault_token_file))
+    elif config.vault_auth == "approle":
+        files += [("vault_role_id_file", config.vault_role_id_file),
+                  ("vault_secret_id_file", config.vault_secret_id_file)]
+    else:
+        files.append(("vault_kubernetes_jwt_file", config.vault_kubernetes_jwt_file))
+    return [(name, path) for name, path in files if path is not None]
+
+
+def check_files(config: AuthManagerConfig) -> None:
+    """Fail at start, naming the setting, if a configured file is missing, unreadable or
+    empty (rather than retrying a renewal that cannot succeed). Reads the files: I/O."""
+    for name, path in configured_files(config):
+        try:
+            if path.is_dir():
+                if name == "vault_cacert":
+                    continue  # a directory of CA certificates is valid for verification
+                raise ConfigError(f"invalid value for {name}: {path} is a directory")
+            empty = not path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"invalid value for {name}: cannot read {path}: "
+                              f"{exc.strerror}") from None
+        if empty:
+            raise ConfigError(f"invalid value for {name}: {path} is empty")
 
 
 def _add_once_flag(parser: argparse.ArgumentParser) -> None:

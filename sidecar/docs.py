@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from sidecar import settings
 
 
@@ -17,14 +19,37 @@ def settings_table(cls: type, env_prefix: str) -> str:
     return "\n".join(rows)
 
 
+def command_table(parser: argparse.ArgumentParser, environment: dict[str, str]) -> str:
+    """A Markdown table of a command line's subcommands and options, then its environment."""
+    rows = ["| command | option | meaning |", "|---|---|---|"]
+
+    def walk(command: str, current: argparse.ArgumentParser) -> None:
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(f"{command} {name}", sub)
+            elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                option = action.option_strings[-1]
+                if action.metavar:
+                    option += f" {action.metavar}"
+                rows.append(f"| `{command}` | `{option}` | {action.help or ''} |")
+
+    walk(parser.prog, parser)
+    rows += ["", "| environment | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {meaning} |" for name, meaning in environment.items()]
+    return "\n".join(rows)
+
+
 def tables() -> dict[str, str]:
     """Section marker -> table, for every process."""
     from monitor.config import ENV_PREFIX as MONITOR_PREFIX
     from monitor.config import MonitorConfig
+    from sidecar import operator_cli
     from sidecar.config import ENV_PREFIX, AuthManagerConfig
 
     return {"auth-manager": settings_table(AuthManagerConfig, ENV_PREFIX),
-            "tls-monitor": settings_table(MonitorConfig, MONITOR_PREFIX)}
+            "tls-monitor": settings_table(MonitorConfig, MONITOR_PREFIX),
+            "kafka-pki": command_table(operator_cli.build_parser(), operator_cli.ENVIRONMENT)}
 
 
 def update_readme(text: str) -> str:

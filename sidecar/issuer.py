@@ -50,7 +50,7 @@ class Issuer:
                                      self.common_name, ident.dns_sans, ident.ip_sans, self.ttl)
         trust = {mount: self.vault.ca_certificates(mount) for mount in desired.trust}
         material = Material(key=key, certificate=signed.certificate, chain=signed.chain,
-                            trust=trust, signer=desired.signer)
+                            trust=trust, signer=desired.signer, vault_warnings=signed.warnings)
         check_material(material, subject=ident.subject, dns_names=ident.dns_sans,
                        ip_addresses=ident.ip_sans, now=now)
         return material

@@ -151,6 +151,10 @@ class AuthManager:
                       rotation_id=new.rotation_id, phase=new.phase,
                       vault_seconds=round(obtained - started, 4),
                       write_seconds=round(written - obtained, 4))
+        for warning in material.vault_warnings:
+            # Most often the role's max_ttl capped the requested ttl: renewals come sooner.
+            self.log.warning("vault_warning", operation=f"sign with {desired.signer}",
+                             warning=warning, serial=new.serial)
         self.metrics.renewals.labels(result="ok").inc()
         self.metrics.last_success.set(time.time())
         self._record_installed(new)

@@ -30,6 +30,8 @@ class Material:
     chain: tuple[x509.Certificate, ...]
     trust: Mapping[str, tuple[x509.Certificate, ...]]
     signer: str
+    #: What Vault warned about while signing (e.g. the TTL was capped by the role's max_ttl).
+    vault_warnings: tuple[str, ...] = ()
 
     @property
     def serial_hex(self) -> str:

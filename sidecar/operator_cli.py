@@ -29,6 +29,17 @@ from sidecar.rotation import (
 )
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
 
+#: Environment variables read, with what for (secrets come from here only, never argv).
+ENVIRONMENT = {
+    "CONSUL_HTTP_ADDR": "Consul address (default http://127.0.0.1:8500)",
+    "CONSUL_HTTP_TOKEN": "Consul ACL token",
+    "VAULT_ADDR": "Vault address, for `rotate --to` to check the root's PKI mount",
+    "VAULT_TOKEN": "Vault token allowed to read the root's CA (`rotate --to`)",
+    "VAULT_CACERT": "CA bundle to verify Vault's TLS certificate",
+    "PKI_CLUSTER": "default for `--cluster`",
+    "PKI_CONSUL_PREFIX": "default for `--consul-prefix`",
+}
+
 
 def status_data(snapshot: Snapshot, now: float) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data (also the ``--json`` output)."""
@@ -106,7 +117,9 @@ def render_status(data: Mapping[str, Any]) -> str:
 
 def _store(args: argparse.Namespace) -> ConsulStore:
     addr = args.consul_addr or os.environ.get("CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
-    prefix = f"{args.consul_prefix.strip('/')}/{args.cluster}/"
+    cluster = args.cluster or os.environ.get("PKI_CLUSTER") or "default"
+    consul_prefix = args.consul_prefix or os.environ.get("PKI_CONSUL_PREFIX") or "kafka-pki"
+    prefix = f"{consul_prefix.strip('/')}/{cluster}/"
     return ConsulStore(addr, prefix, os.environ.get("CONSUL_HTTP_TOKEN"))
 
 
@@ -150,14 +163,15 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kafka-pki", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
-    parser.add_argument("--cluster", default=os.environ.get("PKI_CLUSTER", "default"))
-    parser.add_argument("--consul-prefix",
-                        default=os.environ.get("PKI_CONSUL_PREFIX", "kafka-pki"))
-    parser.add_argument("--consul-addr", default=None, help="default: CONSUL_HTTP_ADDR")
-    parser.add_argument("--vault-addr", default=None, help="default: VAULT_ADDR")
+    parser.add_argument("--cluster", help="cluster name in the Consul key prefix "
+                        "(default: PKI_CLUSTER, else default)")
+    parser.add_argument("--consul-prefix", help="Consul KV prefix (default: PKI_CONSUL_PREFIX, "
+                        "else kafka-pki)")
+    parser.add_argument("--consul-addr", help="Consul address (default: CONSUL_HTTP_ADDR)")
+    parser.add_argument("--vault-addr", help="Vault address (default: VAULT_ADDR)")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="desired root, rotation phase, participants")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     rotate = sub.add_parser("rotate", help="flip active-root (checked against Vault)")
     group = rotate.add_mutually_exclusive_group(required=True)

@@ -39,6 +39,7 @@ class SignedCertificate:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     private_key_pem: bytes | None = None
+    warnings: tuple[str, ...] = ()
 
 
 class Authenticator(Protocol):
@@ -293,7 +294,10 @@ def _parse_signed(response: Any, operation: str, with_key: bool) -> SignedCertif
             raise VaultError(f"Vault {operation}: response has no private key",
                              "malformed_response")
         key_pem = key_text.encode()
-    return SignedCertificate(certificate=leaf, chain=chain, private_key_pem=key_pem)
+    warnings = response.get("warnings") or ()
+    return SignedCertificate(certificate=leaf, chain=chain, private_key_pem=key_pem,
+                             warnings=tuple(str(w) for w in warnings
+                                            if isinstance(warnings, list)))
 
 
 def authenticator_from(method: str, *, token: str | None, token_file: Path | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import ssl
@@ -180,6 +181,8 @@ FAULTS = {
     "wrong_key": (lambda v: v.mismatched_key_next(2), "does not match the private key",
                   "error_bad_material"),
     "expired": (lambda v: v.expired_next(2), "expired", "error_bad_material"),
+    "forbidden": (lambda v: v.fail_next(20, 403, ["permission denied"]), "permission denied",
+                  "error_forbidden"),
 }
 
 
@@ -203,6 +206,39 @@ def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_
     assert metric(metrics, "pki_renewals_total", result=result) == 2
     after = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
     assert after == before
+    assert manager.readiness()[0]
+
+
+@pytest.mark.parametrize(("err", "message"), [(errno.ENOSPC, "volume is full"),
+                                              (errno.EROFS, "volume is read-only")])
+def test_volume_write_failure_keeps_previous_generation(
+        vault_double: VaultDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        err: int, message: str) -> None:
+    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
+                         tmp_path)
+    manager, metrics, log = make_manager(config)
+    first = manager.reconcile(DESIRED_A)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
+    real_write = os.write
+    written = {"n": 0}
+
+    def write_then_fail(fd: int, data: bytes) -> int:
+        written["n"] += 1
+        if written["n"] > 2:  # part-way through the new generation
+            raise OSError(err, os.strerror(err))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("sidecar.volume.os.write", write_then_fail)
+    source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
+    manager.step(source)
+    monkeypatch.undo()
+    errors = log.named("renewal_failed")
+    assert errors and message in errors[0]["error"], errors
+    assert errors[0]["kept_generation"] == first.generation
+    assert metric(metrics, "pki_renewals_total", result="error_volume") == 1
+    after = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
+    assert after == before
+    assert not list((tmp_path / "volume" / "generations").glob(".tmp-*")), "half-written"
     assert manager.readiness()[0]
 
 
@@ -282,6 +318,18 @@ def test_issue_mode(vault: VaultTarget, tmp_path: Path) -> None:
     manager, _, _ = make_manager(config)
     manifest = manager.reconcile(DESIRED_A)
     assert manifest.key_type == "ec-p256" and manifest.subject == SUBJECT
+
+
+def test_ttl_capped_by_the_role_is_logged(vault: VaultTarget, tmp_path: Path) -> None:
+    config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path, ttl="100h")
+    manager, _, log = make_manager(config)
+    manifest = manager.reconcile(DESIRED_A)
+    lifetime = (dt.datetime.fromisoformat(manifest.not_after)
+                - dt.datetime.fromisoformat(manifest.not_before))
+    assert lifetime <= dt.timedelta(hours=72, minutes=1), "the role's max_ttl (72h) applies"
+    warnings = log.named("vault_warning")
+    assert warnings and "maxTTL" in warnings[0]["warning"], log.events
+    assert warnings[0]["serial"] == manifest.serial
 
 
 def test_health_endpoints(vault: VaultTarget, tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar import cli
 from sidecar.config import AuthManagerConfig, load_config, reference
 from sidecar.keys import build_csr, generate_private_key, parse_subject
 from sidecar.manifest import Manifest
@@ -113,6 +117,9 @@ def test_precedence_flag_over_env_over_toml(tmp_path: Path) -> None:
     ({"PKI_VAULT_AUTH": "approle"}, "vault_role_id"),
     ({"PKI_SESSION_TTL": "5"}, "session_ttl"),
     ({"PKI_LISTEN": "nowhere"}, "listen"),
+    ({"PKI_TTL": "banana"}, "invalid value for ttl"),
+    ({"PKI_TTL": "0h"}, "invalid value for ttl"),
+    ({"PKI_TTL": "-5m"}, "invalid value for ttl"),
 ])
 def test_invalid_configuration_names_the_setting(tmp_path: Path,
                                                  override: dict[str, str | None],
@@ -122,6 +129,35 @@ def test_invalid_configuration_names_the_setting(tmp_path: Path,
     with pytest.raises(ConfigError, match=message) as info:
         load_config([], env)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("ttl", ["24h", "90m", "1h30m", "3600", "7d", "0.5h"])
+def test_vault_durations_are_accepted(tmp_path: Path, ttl: str) -> None:
+    assert load_config([], base_env(tmp_path) | {"PKI_TTL": ttl})[0].ttl == ttl
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({}, "invalid value for store_password_file: cannot read .*pw: No such file"),
+    ({"PKI_VAULT_TOKEN_FILE": "{tmp}/token", "VAULT_TOKEN": ""},
+     "invalid value for vault_token_file: cannot read"),
+    ({"VAULT_CACERT": "{tmp}/missing-ca.pem"}, "invalid value for vault_cacert: cannot read"),
+    ({"PKI_VAULT_AUTH": "approle", "PKI_VAULT_ROLE_ID": "r",
+      "PKI_VAULT_SECRET_ID_FILE": "{tmp}/empty"},
+     "invalid value for vault_secret_id_file: .*empty"),
+    ({"PKI_VAULT_AUTH": "kubernetes", "PKI_VAULT_KUBERNETES_ROLE": "kafka",
+      "PKI_VAULT_KUBERNETES_JWT_FILE": "{tmp}"}, "invalid value for vault_kubernetes_jwt_file: "
+     ".* is a directory"),
+])
+def test_unreadable_files_fail_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        override: dict[str, str], message: str) -> None:
+    (tmp_path / "empty").write_text("\n")
+    if override:
+        (tmp_path / "pw").write_text("secret\n")
+    env = base_env(tmp_path) | {k: v.format(tmp=tmp_path) for k, v in override.items()}
+    with mock.patch.dict(os.environ, env, clear=True):
+        assert cli.main(["--once"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err
 
 
 def test_missing_required_setting_and_unknown_toml_key(tmp_path: Path) -> None:
