@@ -146,12 +146,17 @@ class Volume:
         _fsync_dir(self.root)
 
     def _prune(self, keep_dir: Path) -> None:
-        """Delete all but the newest ``keep`` generations and stale staging directories."""
+        """Delete all but the newest ``keep`` generations and stale staging directories.
+
+        The generation the monitor acknowledged is kept too: it is the one being served,
+        which the monitor compares the next one with (entry count, test handshakes).
+        """
         gens = layout.generations_dir(self.root)
-        numbers = self.generations()
-        for number in numbers[:-self.keep]:
+        ack = self.read_ack()
+        acked = layout.generation_dir(self.root, ack.generation) if ack else None
+        for number in self.generations()[:-self.keep]:
             path = layout.generation_dir(self.root, number)
-            if path != keep_dir:
+            if path not in (keep_dir, acked):
                 shutil.rmtree(path, ignore_errors=True)
         for entry in gens.glob(".tmp-*"):
             shutil.rmtree(entry, ignore_errors=True)

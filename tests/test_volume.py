@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from monitor.reloader import write_ack
 from sidecar import layout
 from sidecar.bundle import Bundle, render_bundle
+from sidecar.manifest import Acknowledgement
 from sidecar.volume import Volume, VolumeError, read_generation
 from tests.pki import LocalRoot, leaf_material
 
@@ -44,6 +46,21 @@ def test_old_generations_are_pruned_keeping_the_newest(tmp_path: Path) -> None:
         volume.write_generation(make_bundle(volume))
     assert volume.generations() == [3, 4]
     assert not list((tmp_path / "generations").glob(".tmp-*"))
+
+
+
+def test_pruning_keeps_the_generation_the_monitor_acknowledged(tmp_path: Path) -> None:
+    volume = Volume(tmp_path, keep=2)
+    first = volume.write_generation(make_bundle(volume))
+    manifest = read_generation(first)
+    write_ack(tmp_path, Acknowledgement(generation=1, serial=manifest.serial,
+                                        applied_at=manifest.created_at, verified_by="handshake"))
+    for _ in range(3):
+        volume.write_generation(make_bundle(volume))
+    assert volume.generations() == [1, 3, 4], "the served generation stays for comparison"
+    layout.ack_path(tmp_path).write_text("not json")
+    volume.write_generation(make_bundle(volume))
+    assert volume.generations() == [4, 5], "without a readable ack, only the newest"
 
 
 @pytest.mark.parametrize(("err", "message"), [(errno.ENOSPC, "volume is full"),
