@@ -10,7 +10,9 @@ old-client both succeed. A refusal predicted here is explained instead of discov
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import ssl
+import threading
 from pathlib import Path
 
 from cryptography import x509
@@ -82,51 +84,53 @@ def client_context(directory: Path, check_hostname: bool = False) -> ssl.SSLCont
     return ctx
 
 
-def memory_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> str | None:
-    """A full mTLS handshake plus one byte each way, in memory. None, or why it failed."""
-    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+def pair_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+                   timeout: float = 5.0) -> str | None:
+    """A real mTLS handshake over a socket pair (server in a thread, client here), then the
+    client reads one byte the server writes. None, or why it failed.
 
-    def pump() -> None:
-        if c_out.pending:
-            s_in.write(c_out.read())
-        if s_out.pending:
-            c_in.write(s_out.read())
+    The read matters: over TLS 1.3 a refused client certificate only shows there.
+    """
+    server_sock, client_sock = socket.socketpair()
+    server_sock.settimeout(timeout)
+    client_sock.settimeout(timeout)
+    errors: dict[str, str] = {}
 
-    done = {"server": False, "client": False}
+    def serve() -> None:
+        try:
+            with server_ctx.wrap_socket(server_sock, server_side=True) as tls:
+                tls.sendall(b"k")
+        except (OSError, ValueError) as exc:
+            errors["server"] = _reason(exc)
+        finally:
+            server_sock.close()
+
+    thread = threading.Thread(target=serve, name="handshake-prediction", daemon=True)
+    thread.start()
     try:
-        for _ in range(50):
-            for name, side in (("client", client), ("server", server)):
-                if not done[name]:
-                    try:
-                        side.do_handshake()
-                        done[name] = True
-                    except ssl.SSLWantReadError:
-                        pass
-                pump()
-            if all(done.values()):
-                break
-        else:
-            return "handshake did not complete"
-        client.write(b"k")
-        pump()
-        if server.read(1) != b"k":
-            return "server did not read the client's byte"
-        server.write(b"s")
-        pump()
-        if client.read(1) != b"s":
-            return "client did not read the server's byte"
-    except ssl.SSLError as exc:
-        return f"{exc.reason or exc}"
-    return None
+        with client_ctx.wrap_socket(client_sock, server_side=False) as tls:
+            if tls.recv(1) != b"k":
+                errors["client"] = "the server closed the connection without writing"
+    except (OSError, ValueError) as exc:
+        errors["client"] = _reason(exc)
+    finally:
+        client_sock.close()  # also ends a server still waiting for the client
+        thread.join(timeout + 1)
+    # Both sides: the one that refused says why, the other names the alert it received.
+    return "; ".join(f"{side}: {why}" for side, why in sorted(errors.items())) or None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason
+    return str(exc) or type(exc).__name__
 
 
 def check_handshakes(old_dir: Path, new_dir: Path) -> None:
     """Kafka's inter-broker test: old-server<->new-client and new-server<->old-client."""
     for server_dir, client_dir, label in ((old_dir, new_dir, "old server / new client"),
                                           (new_dir, old_dir, "new server / old client")):
-        failure = memory_handshake(_server_context(server_dir), client_context(client_dir))
+        failure = pair_handshake(_server_context(server_dir), client_context(client_dir))
         if failure is not None:
             raise PredictedRefusal(f"inter-broker test handshake {label} fails: {failure} "
                                    "(a phase was skipped?)", "handshake")
