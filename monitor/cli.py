@@ -12,7 +12,7 @@ from monitor.config import MonitorConfig, load_config
 from monitor.metrics import MonitorMetrics
 from monitor.reloader import Reloader
 from monitor.watch import VolumeWatcher
-from sidecar.health import HealthServer
+from sidecar.health import HealthServer, check_heartbeat
 from sidecar.logs import configure
 from sidecar.settings import ConfigError, parse_host_port
 
@@ -33,6 +33,30 @@ def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> Non
         watcher.stop()
 
 
+def loop_health(reloader: Reloader, config: MonitorConfig) -> tuple[bool, str]:
+    """Healthy while the watch loop beats: it does at least every poll_interval, plus what
+    one pass may take (admin, verify and action timeouts)."""
+    limit = 3 * (config.poll_interval + config.admin_timeout + config.verify_timeout
+                 + config.action_timeout)
+    return check_heartbeat(reloader.heartbeat, limit, "watch loop")
+
+
+def start_health(config: MonitorConfig, reloader: Reloader, metrics: MonitorMetrics
+                 ) -> HealthServer | None:
+    """/metrics, /healthz (the loop beats) and /readyz (a generation verified) on ``listen``."""
+    if not config.listen:
+        return None
+    host, port = parse_host_port("listen", config.listen)
+
+    def ready() -> tuple[bool, str]:
+        applied = reloader.applied
+        return (applied is not None,
+                f"generation {applied} verified" if applied else "nothing verified yet")
+
+    return HealthServer(host, port, metrics.registry,
+                        healthy=lambda: loop_health(reloader, config), ready=ready).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv, os.environ)
@@ -43,18 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = MonitorMetrics()
     reloader = Reloader(config, metrics, log)
     stop = threading.Event()
-    health = None
-    if config.listen:
-        host, port = parse_host_port("listen", config.listen)
-
-        def ready() -> tuple[bool, str]:
-            applied = reloader.applied
-            return (applied is not None,
-                    f"generation {applied} verified" if applied else "nothing verified yet")
-
-        health = HealthServer(host, port, metrics.registry, healthy=lambda: (True, "ok"),
-                              ready=ready).start()
-        log.info("listening", address=f"{host}:{health.port}")
+    health = start_health(config, reloader, metrics)
+    if health is not None:
+        log.info("listening", address=f"{health.host}:{health.port}")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("started", volume=str(config.volume_dir), mode=config.mode)

@@ -32,12 +32,14 @@ class MonitorMetrics:
 
         self._last_verified_at: float | None = None
 
-    def mark_verified(self, generation: int) -> None:
-        """Record a verified reload of ``generation`` now."""
-        self._last_verified_at = time.time()
+    def mark_verified(self, generation: int, at: float | None = None, *,
+                      served: bool = True) -> None:
+        """Record that ``generation`` was verified as served at ``at`` (unix time, default
+        now); ``served`` says whether every listener still serves it."""
+        self._last_verified_at = time.time() if at is None else at
         self.last_verified.set(self._last_verified_at)
         self.applied_generation.set(generation)
-        self.served_matches.set(1)
+        self.served_matches.set(1 if served else 0)
 
     def _seconds_since(self) -> float:
         if self._last_verified_at is None:

@@ -63,6 +63,13 @@ def find_generation_by_serial(volume: Path, serial: str) -> Path | None:
     return None
 
 
+def _unix_time(iso: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
 class Reloader:
     """Makes the broker (or app) serve the current generation, then acknowledges it."""
 
@@ -77,6 +84,8 @@ class Reloader:
         self.volume = Volume(config.volume_dir)
         ack = self.volume.read_ack()
         self.applied: int | None = ack.generation if ack else None
+        self.confirmed = False  # the gauges reflect what is served for ``applied``
+        self.heartbeat = time.monotonic()  # the watch loop is alive (/healthz)
         self.last_refused: tuple[int, str] | None = None
         self.pending_since: float | None = None
         self.timings: dict[str, float] = {}
@@ -101,6 +110,7 @@ class Reloader:
         verification of the older.
         """
         for _ in range(10):
+            self.heartbeat = time.monotonic()
             try:
                 return self._handle_current()
             except Superseded as exc:
@@ -117,7 +127,7 @@ class Reloader:
             return False
         directory, manifest = found
         if manifest.generation == self.applied:
-            return True
+            return self.confirmed or self._confirm_applied(directory, manifest)
         if self.last_refused and self.last_refused[0] == manifest.generation:
             return False  # already explained; wait for the next generation
         started = time.monotonic()
@@ -141,7 +151,6 @@ class Reloader:
                        action="the broker keeps its current material; retrying")
             return False
         except VerifyFailed as exc:
-            self.metrics.served_matches.set(0)
             self._fail("verify_failed", str(exc), manifest,
                        action="alerting; retrying on the next poll")
             return False
@@ -158,6 +167,7 @@ class Reloader:
             applied_at=self.now().isoformat(), verified_by=verified_by,
             targets=tuple(targets)))
         self.applied = manifest.generation
+        self.confirmed = True
         self.metrics.reloads.labels(result="ok").inc()
         self.metrics.reload_latency.observe(seconds)
         self.metrics.mark_verified(manifest.generation)
@@ -166,6 +176,34 @@ class Reloader:
                       serial=manifest.serial, verified_by=verified_by, targets=targets,
                       seconds=round(seconds, 3), **steps)
         return True
+
+    def _confirm_applied(self, directory: Path, manifest: Manifest) -> bool:
+        """The acknowledged generation is current (the monitor restarted): set the gauges
+        from what is served. Listeners are probed once per call, until they match; an app,
+        with nothing to probe, counts as verified when its ack was written."""
+        ack = self.volume.read_ack()
+        acked_at = None
+        if ack is not None and ack.generation == manifest.generation:
+            acked_at = _unix_time(ack.applied_at)
+        listeners = self._reload_listeners() if self.config.mode == "broker" else {}
+        if not listeners:
+            self.metrics.mark_verified(manifest.generation, acked_at)
+            self.confirmed = True
+            return True
+        context = client_context(directory, self.config.admin_hostname_verification)
+        mismatched, last = self._probe(listeners, context, manifest.serial)
+        if not mismatched:
+            self.metrics.mark_verified(manifest.generation)
+            self.confirmed = True
+            self.log.info("served_confirmed", generation=manifest.generation,
+                          serial=manifest.serial)
+            return True
+        if acked_at is not None:
+            self.metrics.mark_verified(manifest.generation, acked_at, served=False)
+        else:
+            self.metrics.served_matches.set(0)
+        self.log.warning("served_mismatch", generation=manifest.generation, error=last)
+        return False
 
     def _step_seconds(self) -> dict[str, float]:
         """Seconds spent checking, altering and verifying (broker mode), for the logs."""
@@ -178,6 +216,8 @@ class Reloader:
         return out
 
     def _fail(self, result: str, message: str, manifest: Manifest | None, **fields: Any) -> None:
+        if manifest is None or manifest.generation != self.applied:
+            self.metrics.served_matches.set(0)  # the on-disk generation is not the served one
         self.metrics.reloads.labels(result=result).inc()
         self.log.error("reload_failed", result=result, error=message,
                        generation=manifest.generation if manifest else None, **fields)
@@ -186,23 +226,27 @@ class Reloader:
 
     def _apply_broker(self, directory: Path, manifest: Manifest) -> tuple[list[str], str]:
         config = self.config
-        new = load_stores(directory, config.keystore_type, self.password())
+        password = self.password()
+        new = load_stores(directory, config.keystore_type, password)
         check_material(new, self.now())
         context = client_context(directory, config.admin_hostname_verification)
-        addresses = config.listener_addresses()
         restart_only = {name.upper() for name in config.restart_listeners}
-        reload = {name: addr for name, addr in addresses.items() if name not in restart_only}
+        reload = self._reload_listeners()
         settings: dict[str, str] = {}
+        known: dict[str, tuple[Path | None, int | None]] = {}  # served serial -> its stores
         for name, (host, port) in reload.items():
             served = self._served(host, port, directory, context)
-            if format_serial(served.serial_number) == manifest.serial:
+            serial = format_serial(served.serial_number)
+            if serial == manifest.serial:
                 continue  # already serving it (the monitor restarted after a reload)
+            if serial not in known:
+                found = find_generation_by_serial(config.volume_dir, serial)
+                known[serial] = (found, self._served_entries(found, password))
+            old_dir, old_entries = known[serial]
             check_compatible(new, served, allow_dn_changes=config.allow_dn_changes,
                              allow_san_changes=config.allow_san_changes,
-                             old_key_entries=1)
+                             old_key_entries=old_entries)
             if config.inter_broker_listener and name == config.inter_broker_listener.upper():
-                old_dir = find_generation_by_serial(config.volume_dir,
-                                                    format_serial(served.serial_number))
                 if old_dir is None:
                     self.log.warning("handshake_prediction_skipped", listener=name,
                                      reason="the served generation is no longer on the volume")
@@ -226,6 +270,24 @@ class Reloader:
             done = self._run_action(directory, manifest)
             targets += [f"{name}:{done}" for name in sorted(restart_only)]
         return targets, "handshake"
+
+    def _reload_listeners(self) -> dict[str, tuple[str, int]]:
+        """Listeners reloaded dynamically (all but ``restart_listeners``): name -> address."""
+        restart_only = {name.upper() for name in self.config.restart_listeners}
+        return {name: addr for name, addr in self.config.listener_addresses().items()
+                if name not in restart_only}
+
+    def _served_entries(self, served_dir: Path | None, password: str | None) -> int | None:
+        """Entry count of the keystore being served; None (check skipped) if unreadable."""
+        if served_dir is None:
+            self.log.debug("entry_count_check_skipped",
+                           reason="the served generation is no longer on the volume")
+            return None
+        try:
+            return load_stores(served_dir, self.config.keystore_type, password).key_entries
+        except MaterialError as exc:
+            self.log.debug("entry_count_check_skipped", reason=str(exc))
+            return None
 
     def _applied_dir(self) -> Path | None:
         """The generation the broker is known to accept (last verified), if still on disk."""
@@ -276,22 +338,13 @@ class Reloader:
         for name in STORE_FILES[self.config.keystore_type]:
             os.utime(directory / name, ns=(stamp, stamp))
 
-    def _verify(self, listeners: dict[str, tuple[str, int]], context: Any,
+    def _verify(self, listeners: dict[str, tuple[str, int]], context: ssl.SSLContext,
                 manifest: Manifest) -> None:
         deadline = time.monotonic() + self.config.verify_timeout
-        delay, last = 0.05, ""
+        delay = 0.05
         while True:
-            mismatched = []
-            for name, (host, port) in listeners.items():
-                try:
-                    served = format_serial(served_certificate(host, port, context).serial_number)
-                except (OSError, ValueError) as exc:
-                    mismatched.append(name)
-                    last = f"{name}: {exc}"
-                    continue
-                if served != manifest.serial:
-                    mismatched.append(name)
-                    last = f"{name} serves {served}, expected {manifest.serial}"
+            self.heartbeat = time.monotonic()
+            mismatched, last = self._probe(listeners, context, manifest.serial)
             if not mismatched:
                 return
             newest = self.volume.current_generation_dir()
@@ -304,6 +357,23 @@ class Reloader:
                                    f"{self.config.verify_timeout:.0f}s: {last}")
             self.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def _probe(listeners: dict[str, tuple[str, int]], context: ssl.SSLContext,
+               serial: str) -> tuple[list[str], str]:
+        """Listeners not serving ``serial`` (one connection each), and the last reason why."""
+        mismatched, last = [], ""
+        for name, (host, port) in listeners.items():
+            try:
+                served = format_serial(served_certificate(host, port, context).serial_number)
+            except (OSError, ValueError) as exc:
+                mismatched.append(name)
+                last = f"{name}: {exc}"
+                continue
+            if served != serial:
+                mismatched.append(name)
+                last = f"{name} serves {served}, expected {serial}"
+        return mismatched, last
 
     # -- clients and restart-only listeners -------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import AuthManagerConfig, check_files, load_config
-from sidecar.health import HealthServer
+from sidecar.health import HealthServer, check_heartbeat
 from sidecar.issuer import Issuer
 from sidecar.logs import configure
 from sidecar.manager import RECOVERABLE, AuthManager, DesiredSource, StaticSource
@@ -140,11 +140,8 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
 
 def manager_health(manager: AuthManager, config: AuthManagerConfig) -> tuple[bool, str]:
     """Healthy while the loop is alive (it wakes at least every backoff_max seconds)."""
-    age = time.monotonic() - manager.heartbeat
-    limit = max(config.backoff_max, 3600.0) * 2
-    if age > limit:
-        return False, f"reconcile loop stalled for {age:.0f}s"
-    return True, f"ok; last error: {manager.last_error or 'none'}"
+    return check_heartbeat(manager.heartbeat, max(config.backoff_max, 3600.0) * 2,
+                           "reconcile loop", f"ok; last error: {manager.last_error or 'none'}")
 
 
 if __name__ == "__main__":

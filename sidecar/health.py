@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 Probe = Callable[[], tuple[bool, str]]
+
+
+def check_heartbeat(heartbeat: float, limit: float, loop: str, detail: str = "ok"
+                    ) -> tuple[bool, str]:
+    """A /healthz answer: failing once ``heartbeat`` (a time.monotonic() stamp the loop
+    sets on every pass) is more than ``limit`` seconds old."""
+    age = time.monotonic() - heartbeat
+    if age > limit:
+        return False, f"{loop} stalled for {age:.0f}s"
+    return True, detail
 
 
 class HealthServer:
@@ -43,6 +54,10 @@ class HealthServer:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="health-server")
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:

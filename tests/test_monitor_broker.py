@@ -4,15 +4,20 @@ predicted locally and refused by the broker alike."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import math
 from pathlib import Path
 
+import jks
 import pytest
 
 from monitor.kafka import KafkaRefused, admin_config, alter_broker_configs
+from monitor.reloader import write_ack
 from sidecar import layout
+from sidecar.manifest import Acknowledgement, Manifest, sha256_hex
 from sidecar.renewal import Desired
 from sidecar.volume import Volume
-from tests.manager_kit import metric
+from tests.manager_kit import PASSWORD, metric
 from tests.monitor_kit import PHASES, Rig, broker_rig
 from tests.vault_setup import VaultTarget
 
@@ -66,6 +71,7 @@ def refuse_case(vault: VaultTarget, tmp_path: Path, change: dict[str, object],
         assert failed and failed[-1]["result"] == "refused_predicted"
         assert failed[-1]["reason"] == reason, failed[-1]
         assert metric(metrics, "tls_monitor_reloads_total", result="refused_predicted") == 1
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 0, "disk is not served"
         if rig.broker is not None:
             assert rig.broker.requests.count((44, 1)) == alters_before, "nothing was sent"
         assert {n: served_serial(rig, n) for n in rig.addresses} == before
@@ -131,7 +137,9 @@ def test_kafka_refusal_is_reported_with_its_code(vault: VaultTarget, tmp_path: P
         assert failed["result"] == "refused_by_kafka" and failed["kafka_error_code"] == 42
         assert "Simulated refusal" in failed["error"]
         assert metric(metrics, "tls_monitor_reloads_total", result="refused_by_kafka") == 1
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 0
         assert reloader.handle(), "a Kafka refusal is retried (it may be transient)"
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 1
         assert Volume(rig.volume).read_ack().generation == 2
 
 
@@ -152,3 +160,62 @@ def test_partial_generation_is_never_applied(vault: VaultTarget, tmp_path: Path)
         assert log.named("reload_failed")[-1]["result"] == "incomplete_generation"
         assert metric(metrics, "tls_monitor_reloads_total", result="incomplete_generation") == 1
         assert Volume(rig.volume).read_ack().generation == 1
+
+
+def test_restarted_monitor_sets_the_gauges_from_what_is_served(vault: VaultTarget,
+                                                                tmp_path: Path) -> None:
+    with broker_rig(vault, tmp_path) as rig:
+        first, _, _ = rig.monitor()
+        assert first.handle()
+        rig.install(PHASES[1])
+        assert first.handle()
+        reloader, metrics, log = rig.monitor()  # a restart: the ack is up to date
+        assert reloader.handle(), log.events
+        assert not log.named("reload_requested")
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 1
+        assert metric(metrics, "tls_monitor_applied_generation") == 2
+        assert not math.isnan(metric(metrics, "tls_monitor_seconds_since_last_verified"))
+        # An ack the broker does not back (it still serves generation 2)
+        manifest = rig.install(PHASES[2])
+        write_ack(rig.volume, Acknowledgement(generation=manifest.generation,
+                                              serial=manifest.serial,
+                                              applied_at="2020-01-01T00:00:00+00:00",
+                                              verified_by="handshake"))
+        stale, metrics, log = rig.monitor()
+        assert not stale.handle()
+        assert log.named("served_mismatch")
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 0
+        assert metric(metrics, "tls_monitor_last_verified_timestamp_seconds") == \
+            dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp()
+
+
+def test_entry_count_is_compared_with_the_served_keystore(vault: VaultTarget,
+                                                          tmp_path: Path) -> None:
+    with broker_rig(vault, tmp_path, "JKS") as rig:
+        if rig.store_type != "JKS":
+            pytest.skip("needs a broker on JKS stores")
+        reloader, _, log = rig.monitor()
+        assert reloader.handle()
+        served = Volume(rig.volume).current_generation_dir()
+        assert served is not None
+        add_key_entry(served)  # what the broker loaded: two entries; the next has one
+        rig.install(PHASES[1])
+        assert not reloader.handle()
+        failed = log.named("reload_failed")[-1]
+        assert failed["result"] == "refused_predicted", failed
+        assert failed["reason"] == "entry_count" and "(2 -> 1)" in failed["error"]
+
+
+def add_key_entry(directory: Path) -> None:
+    """Give a generation's JKS keystore a second private key entry (manifest updated)."""
+    path = directory / layout.KEYSTORE_JKS
+    store = jks.KeyStore.loads(path.read_bytes(), PASSWORD)
+    entry = next(iter(store.private_keys.values()))
+    twin = jks.PrivateKeyEntry.new("twin", [der for _, der in entry.cert_chain],
+                                   entry.pkey_pkcs8, "pkcs8")
+    for item in (entry, twin):
+        item.encrypt(PASSWORD)
+    path.write_bytes(bytes(jks.KeyStore.new("jks", [entry, twin]).saves(PASSWORD)))
+    manifest = Manifest.from_json((directory / layout.MANIFEST).read_bytes())
+    files = {**manifest.files, layout.KEYSTORE_JKS: sha256_hex(path.read_bytes())}
+    (directory / layout.MANIFEST).write_bytes(dataclasses.replace(manifest, files=files).to_json())

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from monitor.cli import run
+from monitor.cli import run, start_health
 from monitor.config import MonitorConfig, load_config
 from monitor.metrics import MonitorMetrics
 from monitor.reloader import Reloader
@@ -36,8 +39,8 @@ while True:
 
 def client_monitor(volume: Path, **settings: Any) -> tuple[Reloader, MonitorMetrics,
                                                            RecordingLog]:
-    config = MonitorConfig(volume_dir=volume, mode="client", listen="", debounce=0.05,
-                           **settings)
+    config = MonitorConfig(**{"volume_dir": volume, "mode": "client", "listen": "",
+                              "debounce": 0.05, **settings})
     metrics, log = MonitorMetrics(), RecordingLog()
     return Reloader(config, metrics, log), metrics, log
 
@@ -84,6 +87,7 @@ def test_signal_action(vault: VaultTarget, tmp_path: Path) -> None:
     assert not reloader.handle(), "the app is gone: the signal fails"
     assert log.named("reload_failed")[-1]["result"] == "action_failed"
     assert Volume(tmp_path / "volume").read_ack().generation == manifest.generation
+    assert metric(metrics, "tls_monitor_served_matches_disk") == 0
 
 
 def test_http_hook_action(vault: VaultTarget, tmp_path: Path) -> None:
@@ -152,6 +156,46 @@ while True:
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+def test_restarted_monitor_takes_the_ack_as_verified(vault: VaultTarget,
+                                                     tmp_path: Path) -> None:
+    write_material(vault, tmp_path)
+    first, _, _ = client_monitor(tmp_path / "volume", reload_action="command",
+                                 reload_command="true")
+    assert first.handle()
+    reloader, metrics, _ = client_monitor(tmp_path / "volume", reload_action="command",
+                                          reload_command="false")
+    assert reloader.handle(), "nothing run (it would fail): the ack is up to date"
+    ack = Volume(tmp_path / "volume").read_ack()
+    assert ack is not None
+    assert metric(metrics, "tls_monitor_served_matches_disk") == 1
+    assert metric(metrics, "tls_monitor_last_verified_timestamp_seconds") == \
+        dt.datetime.fromisoformat(ack.applied_at).timestamp()
+
+
+def test_healthz_fails_when_the_loop_stalls(tmp_path: Path) -> None:
+    reloader, metrics, _ = client_monitor(tmp_path / "volume", reload_action="command",
+                                          reload_command="true", listen="127.0.0.1:0")
+    server = start_health(reloader.config, reloader, metrics)
+    assert server is not None
+
+    def healthz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz") as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        assert healthz()[0] == 200
+        reloader.heartbeat -= 10 * 3600  # no pass of the loop for ten hours
+        status, body = healthz()
+        assert status == 503 and "watch loop stalled" in body
+        reloader.handle()  # the loop's next pass (nothing on the volume yet)
+        assert healthz()[0] == 200
+    finally:
+        server.stop()
 
 
 def test_event_loop_applies_new_generations(vault: VaultTarget, tmp_path: Path) -> None:
