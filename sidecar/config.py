@@ -43,7 +43,8 @@ class AuthManagerConfig:
     output_dir: Path = setting(help="shared secrets volume the generations are written to")
     store_password_file: Path = setting(
         help="file holding the keystore/truststore password (never pass it on argv)")
-    keep_generations: int = setting(3, help="generations kept on the volume (>= 2)")
+    keep_generations: int = setting(3, help="generations kept on the volume (>= 2; the one "
+                                    "the monitor last acknowledged is always kept)")
     published_dir: Path | None = setting(
         None, help="where the broker/app mounts the volume, for the properties snippets "
         "(default: output_dir)")
