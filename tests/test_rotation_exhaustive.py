@@ -7,13 +7,21 @@ and faults have small budgets. In every reachable state: no two live participant
 incompatible and everyone who installed since the last data loss is within one phase of the
 record. From every reachable state, a fair schedule with the operator and faults stopped
 converges; every state in which no participant can make progress is converged.
+
+A schedule is a sequence of state-changing steps from the initial state until no step can change
+the state (steps without effect are left out, or every schedule could be stretched forever). The
+state graph is acyclic, so every schedule ends; they are counted exactly (Python integers) by
+dynamic programming over the graph in reverse topological order, each step counted separately
+(two participants reading is two schedules even where symmetry merges the states reached).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import decimal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -91,6 +99,9 @@ class Result:
     fair_rounds: int = 0
     slowest_convergence: int = 0
     deferring: int = 0
+    schedules: int = 0
+    longest_schedule: int = 0
+    terminal: int = 0
     events: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
 
@@ -121,7 +132,8 @@ def _trace(parents: dict[Any, Any], key: Any) -> list[Action]:
 
 
 def explore(scenario: Scenario) -> tuple[Result, list[Node]]:
-    """Breadth-first search of every interleaving; asserts safety in every state."""
+    """Breadth-first search of every interleaving; asserts safety in every state, then counts
+    the schedules."""
     config = scenario.config()
     start = Node(initial_world(scenario.participants, scenario.policy(),
                                from_nothing=scenario.from_nothing),
@@ -129,12 +141,14 @@ def explore(scenario: Scenario) -> tuple[Result, list[Node]]:
     assert not safety_violations(start.world)
     start_key = start.key()
     parents: dict[Any, Any] = {start_key: None}
+    steps: dict[Any, list[Any]] = {}  # state key -> the key each state-changing step leads to
     queue = collections.deque([(start, start_key)])
     nodes = [start]
     result = Result()
     while queue:
         node, key = queue.popleft()
         progress = False
+        steps[key] = []
         for action, nxt, events in _successors(node, scenario, config):
             result.events.update(events)
             if "rotation_unrecoverable" in events:
@@ -148,6 +162,7 @@ def explore(scenario: Scenario) -> tuple[Result, list[Node]]:
                 continue
             progress = progress or action[0] in PROGRESS_STEPS
             result.transitions += 1
+            steps[key].append(nxt_key)
             if nxt_key in parents:
                 continue
             parents[nxt_key] = (key, action)
@@ -167,7 +182,32 @@ def explore(scenario: Scenario) -> tuple[Result, list[Node]]:
                 f"{scenario.name}: stuck, not converged to {root}\n{describe(node.world)}\n"
                 f"schedule: {_trace(parents, key)}")
     result.states = len(parents)
+    count_schedules(start_key, steps, result, lambda key: _trace(parents, key))
     return result, nodes
+
+
+def count_schedules(start: Any, steps: dict[Any, list[Any]], result: Result,
+                    trace: Callable[[Any], list[Action]]) -> None:
+    """Count the schedules from ``start`` and the longest one (asserts the graph is acyclic)."""
+    waiting = collections.Counter(nxt for outs in steps.values() for nxt in outs)
+    order = [start]  # Kahn's algorithm: a state comes after every state that steps into it
+    for key in order:
+        for nxt in steps[key]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                order.append(nxt)
+    cyclic = [key for key in steps if waiting[key]]  # (< 0 when a step leads back to start)
+    assert not cyclic, f"a schedule can loop forever through the state reached by " \
+                       f"{trace(cyclic[0])}"
+    schedules: dict[Any, int] = {}
+    longest: dict[Any, int] = {}
+    for key in reversed(order):
+        outs = steps[key]
+        schedules[key] = sum(schedules[nxt] for nxt in outs) if outs else 1
+        longest[key] = 1 + max(longest[nxt] for nxt in outs) if outs else 0
+        if not outs:
+            result.terminal += 1
+    result.schedules, result.longest_schedule = schedules[start], longest[start]
 
 
 def check_liveness(scenario: Scenario, nodes: list[Node], result: Result) -> None:
@@ -222,15 +262,21 @@ SCENARIOS = [
 
 @pytest.mark.parametrize("scenario", SCENARIOS,
                          ids=[f"{s.name}-{s.participants}" for s in SCENARIOS])
-def test_every_interleaving_is_safe_and_converges(scenario: Scenario) -> None:
+def test_every_interleaving_is_safe_and_converges(
+        scenario: Scenario, record_property: Callable[[str, object], None]) -> None:
     began = time.monotonic()
     result, nodes = explore(scenario)
     check_liveness(scenario, nodes, result)
-    print(f"exhaustive: {scenario.name} participants={scenario.participants} "
-          f"states={result.states} transitions={result.transitions} "
-          f"quiescent={result.quiescent} fair_rounds={result.fair_rounds} "
-          f"slowest_convergence={result.slowest_convergence} "
-          f"seconds={time.monotonic() - began:.1f}")
+    figure = (f"exhaustive: {scenario.name} participants={scenario.participants} "
+              f"schedules={decimal.Decimal(result.schedules):.3e} "
+              f"(complete, up to {result.longest_schedule} state-changing steps, ending in "
+              f"{result.terminal} terminal states) states={result.states} "
+              f"transitions={result.transitions} quiescent={result.quiescent} "
+              f"fair_rounds={result.fair_rounds} "
+              f"slowest_convergence={result.slowest_convergence} "
+              f"seconds={time.monotonic() - began:.1f}")
+    print(figure)
+    record_property("figure", figure)
     assert result.states > 0 and result.transitions > 0 and result.quiescent > 0
     assert result.events["rotation_completed"] > 0
     if "C" in scenario.script:

@@ -8,13 +8,17 @@ participants, partitions and Consul data losses happen too. After every step no 
 participants are incompatible and none that installed since the last data loss is more than one
 phase from the record. At the end the operator and the faults stop and a fair schedule must
 complete the rotation to the operator's root. Dedicated examples check the deferral and rollback
-events and replay the counterexamples found against the original state machine.
+events and replay the counterexamples found against the original state machine. The run records
+how many examples, steps and model actions it checked (shown in the pytest summary).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import time
+from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,6 +29,7 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from sidecar.rotation import (
@@ -71,8 +76,15 @@ class Swarm:
 class RotationMachine(RuleBasedStateMachine):
     """Random interleavings of participant, operator, clock and fault steps."""
 
+    # Counted over a run for its figure: machines (one per example), steps (rules run, the
+    # initialising one included, as hypothesis counts them), model actions the steps applied.
+    examples: ClassVar[int] = 0
+    steps: ClassVar[int] = 0
+    actions: ClassVar[int] = 0
+
     def __init__(self) -> None:
         super().__init__()
+        RotationMachine.examples += 1
         self.world: World | None = None
         self.config = Config()
         self.swarm = Swarm(False, False, False, False)
@@ -99,6 +111,7 @@ class RotationMachine(RuleBasedStateMachine):
         return self.world
 
     def _do(self, action: Action) -> None:
+        RotationMachine.actions += 1
         self.world = apply(self._w(), self.config, action)[0]
 
     def _able(self, kind: str, *, stalled_too: bool = False) -> list[int]:
@@ -256,6 +269,7 @@ class RotationMachine(RuleBasedStateMachine):
 
     @invariant()
     def safe(self) -> None:
+        RotationMachine.steps += 1  # hypothesis checks invariants after every step
         if self.world is None:
             return
         problems = safety_violations(self.world)
@@ -282,12 +296,25 @@ class RotationMachine(RuleBasedStateMachine):
                              f"rounds from:\n{describe(world)}\nnow:\n{describe(last)}")
 
 
-RotationMachine.TestCase.settings = settings(
+SETTINGS = settings(
     max_examples=700, stateful_step_count=140, derandomize=True, database=None, deadline=None,
     print_blob=False, suppress_health_check=[HealthCheck.too_slow])
+
+
 # A failure is shrunk for up to Hypothesis' five minutes: give it that time before the suite-wide
 # timeout cuts it short into a confusing "flaky" report.
-TestRotationProperties = pytest.mark.timeout(900)(RotationMachine.TestCase)
+@pytest.mark.timeout(900)
+def test_rotation_properties(record_property: Callable[[str, object], None]) -> None:
+    RotationMachine.examples = RotationMachine.steps = RotationMachine.actions = 0
+    began = time.monotonic()
+    run_state_machine_as_test(RotationMachine, settings=SETTINGS)
+    figure = (f"hypothesis: rotation machine examples_run={RotationMachine.examples} (the "
+              f"{SETTINGS.max_examples} valid ones plus those hypothesis discarded as overrun or "
+              f"invalid) steps={RotationMachine.steps} (up to {SETTINGS.stateful_step_count} per "
+              f"example) model_actions={RotationMachine.actions} "
+              f"seconds={time.monotonic() - began:.1f}")
+    print(figure)
+    record_property("figure", figure)
 
 
 # -- dedicated examples ----------------------------------------------------------------------------
