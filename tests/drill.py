@@ -21,6 +21,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import ssl
 import subprocess
@@ -47,7 +48,10 @@ from tests.doubles.vault import VaultDouble
 from tests.monitor_kit import broker_settings
 
 FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
-          "broker-refuses", "volume-full", "malformed-root", "rollback", "third-root")
+          "broker-refuses", "volume-full", "volume-read-only", "malformed-root", "rollback",
+          "third-root")
+# Root ignores file modes through these capabilities: the volume-read-only victim runs without.
+DAC_CAPABILITIES = ("dac_override", "dac_read_search", "fowner")
 PASSWORD = "drill-store-pass"
 PREFIX, CLUSTER = "kafka-pki", "drill"
 A, B, C = "pki_root_a", "pki_root_b", "pki_root_c"
@@ -60,14 +64,16 @@ def log(message: str) -> None:
 class Proc:
     """A sidecar process (restartable; logs to a file)."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_file: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_file: Path,
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.name, self.args, self.env, self.log_file = name, args, env, log_file
+        self.wrapper = wrapper  # a command the process is started (and restarted) under
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
         # Output goes through a pipe, copied to the log file here: a pipe is not subject to
         # the file size limit the volume-full fault puts on the process.
-        self.popen = subprocess.Popen([sys.executable, *self.args], env=self.env,
+        self.popen = subprocess.Popen([*self.wrapper, sys.executable, *self.args], env=self.env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         threading.Thread(target=self._copy, args=(self.popen,), daemon=True).start()
         return self
@@ -337,8 +343,10 @@ class Drill:
             else:
                 p.loaded_generation = Volume(p.volume).generations()[-1]
         for p in self.participants:
+            wrapper = _subject_to_file_modes() \
+                if "volume-read-only" in self.faults and p is self._read_only_victim() else ()
             p.auth = Proc(f"{p.name}-auth", ["-m", "sidecar.cli"], self._auth_env(p),
-                          self.base / f"{p.name}-auth.log").start()
+                          self.base / f"{p.name}-auth.log", wrapper).start()
             p.monitor = Proc(f"{p.name}-monitor", ["-m", "monitor.cli"], self._monitor_env(p),
                              self.base / f"{p.name}-monitor.log").start()
 
@@ -388,6 +396,50 @@ class Drill:
         return check
 
     # -- faults -----------------------------------------------------------------------------
+
+    def _read_only_victim(self) -> Participant:
+        """The participant whose volume turns read-only: the last broker (else the last)."""
+        brokers = [p for p in self.participants if p.role == "broker"]
+        return (brokers or self.participants)[-1]
+
+    def _await_write_failure(self, victim: Participant, seconds: float) -> str | None:
+        """Wait for a new ``renewal_failed`` (kind volume) in the victim's auth manager log
+        (it fails on its next write); return its error, or None if it logged none in time."""
+        log_file = self.base / f"{victim.name}-auth.log"
+        seen = len(_volume_failures(log_file))
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            failures = _volume_failures(log_file)
+            if len(failures) > seen:
+                return failures[-1]
+            time.sleep(0.1)
+        return None
+
+    def _volume_read_only(self, victim: Participant) -> None:
+        """Make the victim's generations directory read-only (mode 0555) until its auth
+        manager has failed a write, check that the generation it serves is intact, restore."""
+        generations = layout.generations_dir(victim.volume)
+        generations.chmod(0o555)
+        how = " (its auth manager runs without CAP_DAC_OVERRIDE)" if os.geteuid() == 0 else ""
+        self.notes.append(f"{victim.name}: volume read-only for writes (generations/ mode "
+                          f"0555){how}")
+        try:
+            error = self._await_write_failure(victim, 10)
+            kept = Volume(victim.volume).current_generation_dir()
+            if error is None or kept is None:
+                self.notes.append(f"{victim.name}: WRITES WERE NOT REFUSED")
+                return
+            self.notes.append(f"{victim.name}: auth manager logged renewal_failed: {error}")
+            time.sleep(1.0)
+            try:
+                number = read_generation(kept).generation
+                self.notes.append(f"{victim.name}: generation {number} still current and "
+                                  "intact")
+            except VolumeError as exc:
+                self.notes.append(f"{victim.name}: KEPT GENERATION DAMAGED: {exc}")
+        finally:
+            generations.chmod(0o755)
+            self.notes.append(f"{victim.name}: volume writable again")
 
     def _in_background(self, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, daemon=True)
@@ -458,15 +510,13 @@ class Drill:
                     assert victim.auth is not None
                     _set_file_size_limit(victim.auth.pid, 100)  # every store is larger
                     self.notes.append(f"{victim.name}: volume full (writes fail)")
-                    log_file = self.base / f"{victim.name}-auth.log"
-                    until = time.monotonic() + 10  # until it has tried (and failed) to write
-                    while time.monotonic() < until and "renewal_failed" not in \
-                            log_file.read_text(errors="replace"):
-                        time.sleep(0.1)
+                    self._await_write_failure(victim, 10)  # until it has tried to write
                     time.sleep(1.0)
                     _set_file_size_limit(victim.auth.pid, resource.RLIM_INFINITY)
                     self.notes.append(f"{victim.name}: volume has space again")
                 self._when_phase(B, 1, full)
+            elif fault == "volume-read-only":
+                self._when_phase(B, 1, lambda: self._volume_read_only(self._read_only_victim()))
 
     # -- the drill --------------------------------------------------------------------------
 
@@ -606,6 +656,36 @@ class Drill:
 def _broker_config(volume: Path) -> dict[str, str]:
     settings = broker_settings(volume, "PKCS12")
     return {k: PASSWORD if k.endswith("password") else v for k, v in settings.items()}
+
+
+def _volume_failures(log_file: Path) -> list[str]:
+    """The errors of the ``renewal_failed`` events of kind volume in an auth manager's log."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        if '"renewal_failed"' in line:
+            with suppress(ValueError):
+                event = json.loads(line)
+                if event.get("kind") == "volume":
+                    out.append(str(event.get("error")))
+    return out
+
+
+def _subject_to_file_modes() -> tuple[str, ...]:
+    """A command prefix under which a process is refused writes by file modes, as any
+    unprivileged process is: nothing when the drill runs unprivileged; as root, ``setpriv``
+    removes the capabilities that bypass modes from the bounding and inheritable sets, so the
+    process (uid 0, owner of the volume) gets EACCES from a directory with mode 0555."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError("the volume-read-only fault as root needs setpriv (util-linux)")
+    drop = ",".join(f"-{cap}" for cap in DAC_CAPABILITIES)
+    return (setpriv, "--inh-caps=-all", f"--bounding-set={drop}", "--")
 
 
 def _set_file_size_limit(pid: int, limit: int) -> None:
