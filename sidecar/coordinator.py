@@ -269,7 +269,8 @@ class RotationParticipant:
             raise RotationConsulError(str(exc)) from exc
 
     def _desired(self) -> Desired:
-        me = self.node_state(self.manager.current_manifest(), self.manager.volume.read_ack())
+        installed = self.manager.current_manifest()
+        me = self.node_state(installed, self.manager.volume.read_ack())
         self.registration.ensure(me)
         self._start_watcher()
         snapshot = self._read_now()
@@ -294,7 +295,10 @@ class RotationParticipant:
             raise RotationInputError("no rotation record and no valid active-root: "
                                      f"set {self.store.prefix}{ACTIVE_ROOT}")
         self._observe(record, nodes)
-        own_phase = record.phase_of(me.trust, me.signer)
+        # Decide from what is installed, which the monitor serves next, not from what it has
+        # acknowledged so far: deciding from an older acknowledged generation could install a
+        # lower phase of this record after a higher one, which the barrier may already count.
+        own_phase = record.phase_of(installed.trust, installed.signer) if installed else None
         phase = target_phase(record, own_phase)
         material = record.material(phase)
         for root in material.trust:

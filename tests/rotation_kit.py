@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from monitor.reloader import write_ack
+from sidecar import layout
 from sidecar.consul_store import ConsulStore
 from sidecar.coordinator import RotationParticipant
 from sidecar.manager import AuthManager
 from sidecar.manifest import Acknowledgement
 from sidecar.rotation import parse_record
-from sidecar.volume import Volume, VolumeError
+from sidecar.volume import Volume, VolumeError, read_generation
 from tests.consul_setup import ConsulTarget
 from tests.doubles.consul import ConsulDouble
 from tests.manager_kit import RecordingLog, make_config, make_manager
@@ -29,6 +30,14 @@ def target_for(double: ConsulDouble) -> ConsulTarget:
     """A ConsulTarget on a double, for fault-injection tests."""
     return ConsulTarget(url=double.url, host=double.host, port=double.port, scheme="http",
                         token=None, prefix=f"kafka-pki-test/{uuid.uuid4()}/", double=double)
+
+
+def acknowledge_generation(volume: Path, number: int) -> None:
+    """Acknowledge one generation, as a monitor that is behind would."""
+    manifest = read_generation(layout.generation_dir(volume, number))
+    write_ack(volume, Acknowledgement(generation=manifest.generation, serial=manifest.serial,
+                                      applied_at=dt.datetime.now(dt.UTC).isoformat(),
+                                      verified_by="test"))
 
 
 def acknowledge(volume: Path) -> bool:
@@ -90,8 +99,10 @@ class Cluster:
     def set_root(self, value: str) -> None:
         self.store.put("active-root", value.encode())
 
-    def start(self, name: str, role: str = "broker", monitor: bool = True,
+    def start(self, name: str, role: str = "broker", monitor: bool = True, run: bool = True,
               **overrides: Any) -> Node:
+        """A participant; with ``run=False`` nothing runs until the test calls
+        ``node.manager.step(node.source)`` and acknowledges by hand."""
         volume = self.base / name
         secrets = self.base / f"{name}-secrets"
         secrets.mkdir(parents=True, exist_ok=True)
@@ -115,7 +126,7 @@ class Cluster:
                     acknowledge(volume)
 
         threads = [threading.Thread(target=manager.run, args=(source, stop), daemon=True),
-                   threading.Thread(target=monitor_loop, daemon=True)]
+                   threading.Thread(target=monitor_loop, daemon=True)] if run else []
         for thread in threads:
             thread.start()
         node = Node(name, volume, manager, source, log, stop, threads, enabled)

@@ -13,6 +13,8 @@ hypothesis machine and the exhaustive search share it and states can be hashed.
 What the model assumes of the (not yet written) coordinator, each the weakest safe choice:
 
 - it registers before it reads, and a (re)registration discards any earlier read;
+- it decides from the material it installed last, not from what its monitor acknowledged so
+  far (``test_phases_installed_never_go_down_while_the_monitor_lags`` shows why);
 - a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
   a successful one it may install the record it wrote but reads again before deciding again
   (``Config.decide_again_after_cas`` shows why);

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import layout
 from sidecar.rotation import phase_material
+from sidecar.volume import Volume, read_generation
 from tests.consul_setup import ConsulTarget
 from tests.doubles.consul import ConsulDouble
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import metric
-from tests.rotation_kit import Cluster, target_for
+from tests.rotation_kit import Cluster, acknowledge_generation, target_for
 from tests.vault_setup import VaultTarget
 
 
@@ -78,6 +80,48 @@ def test_barrier_waits_for_unacknowledged_participant(cluster: Cluster) -> None:
     assert metric(metrics, "pki_rotation_phase_seconds") >= before + 0.25
     lagging.monitor_enabled.set()
     cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable once acknowledged")
+
+
+def installed_phases(volume: Path) -> list[tuple[str | None, int | None]]:
+    """(rotation id, phase) of every generation on the volume, oldest first."""
+    return [(m.rotation_id, m.phase) for m in (
+        read_generation(layout.generation_dir(volume, n)) for n in Volume(volume).generations())]
+
+
+def test_phases_installed_never_go_down_while_the_monitor_lags(cluster: Cluster) -> None:
+    """The monitor acknowledges late (here: an older generation after a newer one was
+    installed). The participant decides from what is installed, so within one rotation it
+    never installs a lower phase after a higher one, which the barrier may already count.
+    Found by the rollback drill: deciding from the acknowledged generation did exactly that."""
+    node = cluster.start("broker-1", run=False, keep_generations=20)
+
+    def step(ack: int | None = None) -> None:
+        if ack is not None:
+            acknowledge_generation(node.volume, ack)
+        node.manager.step(node.source)
+        phases: dict[str, int] = {}
+        for rotation_id, phase in installed_phases(node.volume):
+            if rotation_id is not None and phase is not None:
+                assert phase >= phases.get(rotation_id, phase), installed_phases(node.volume)
+                phases[rotation_id] = phase
+
+    cluster.set_root("pki_root_a")
+    step()
+    step(ack=1)
+    cluster.set_root("pki_root_b")
+    step(ack=1)  # rotation A->B starts: phase 1 material (generation 2)
+    step(ack=2)  # all serve phase 1: phase 2, signed by B (generation 3), not acknowledged yet
+    assert node.served() == (("pki_root_a", "pki_root_b"), "pki_root_b")
+    cluster.set_root("pki_root_a")  # roll back while the monitor still serves generation 2
+    step()
+    step(ack=3)  # the monitor catches up with generation 3 only
+    for _ in range(12):
+        current = Volume(node.volume).read_current()
+        assert current is not None
+        step(ack=current[1].generation)
+        if cluster.converged("pki_root_a"):
+            break
+    assert cluster.converged("pki_root_a"), installed_phases(node.volume)
 
 
 def test_rollback_mid_rotation_returns_to_a(cluster: Cluster) -> None:
