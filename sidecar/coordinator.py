@@ -60,6 +60,38 @@ def served_by_ack(volume: Volume, manifest: Manifest | None, ack: Acknowledgemen
     return old if old.serial == ack.serial else None
 
 
+def published_state(node_id: str, role: str, served: Manifest | None,
+                    installed: Manifest | None, acted: Desired | None, now: float) -> NodeState:
+    """What a participant publishes under ``nodes/<id>``: the generation its monitor verified as
+    served (``served``), given the volume's latest generation (``installed``) and what the last
+    record read asked of it (``acted``).
+
+    The barrier counts a participant only once it acted on the current record: that is the
+    record it last read, if what it serves is what that record asked of it and nothing newer is
+    installed; otherwise the id the served generation's manifest carries. A newer generation
+    the monitor has not served yet may be of a lower phase of that record (its monitor may
+    serve any of them next), so it would not bound what the participant serves.
+
+    Before the monitor verified anything, the installed material is published without a
+    rotation id or serial: the barrier does not count it, but a record rebuilt after Consul
+    lost its data accounts for what the monitor is about to serve.
+    """
+    if served is None:
+        if installed is None:
+            return NodeState(node_id, role=role, updated_at=now)
+        return NodeState(node_id, role=role, trust=frozenset(installed.trust),
+                         signer=installed.signer, updated_at=now)
+    latest = installed is not None and (installed.generation, installed.serial) == (
+        served.generation, served.serial)
+    rotation_id, phase = served.rotation_id, None
+    if latest and acted is not None and acted == (
+            Desired(served.signer, tuple(served.trust), acted.rotation_id, acted.phase)):
+        rotation_id, phase = acted.rotation_id, acted.phase
+    return NodeState(node_id, role=role, trust=frozenset(served.trust), signer=served.signer,
+                     serial=served.serial, issuer=served.issuer, not_after=served.not_after,
+                     rotation_id=rotation_id, phase=phase, updated_at=now)
+
+
 class Registration:
     """This participant's Consul session and ``nodes/<id>`` key, renewed in the background.
 
@@ -246,19 +278,8 @@ class RotationParticipant:
         the monitor's acknowledgement."""
         served = manifest if not self.require_ack else served_by_ack(
             self.manager.volume, manifest, ack)
-        if served is None:
-            return NodeState(self.node_id, role=self.role, updated_at=self.clock())
-        # The barrier counts a participant only once it acted on the current record: that is
-        # the record it last read, if what it serves is what that record asked of it.
-        rotation_id, phase = served.rotation_id, None
-        if self._acted is not None and self._acted == (
-                Desired(served.signer, tuple(served.trust), self._acted.rotation_id,
-                        self._acted.phase)):
-            rotation_id, phase = self._acted.rotation_id, self._acted.phase
-        return NodeState(self.node_id, role=self.role, trust=frozenset(served.trust),
-                         signer=served.signer, serial=served.serial, issuer=served.issuer,
-                         not_after=served.not_after, rotation_id=rotation_id, phase=phase,
-                         updated_at=self.clock())
+        return published_state(self.node_id, self.role, served, manifest, self._acted,
+                               self.clock())
 
     def desired(self) -> Desired:
         """Register, read, decide (CAS), and return this participant's target material."""
@@ -444,4 +465,4 @@ class RotationConsulError(ConsulError):
         super().__init__(message, "consul")
 
 
-__all__ = ["RotationConsulError", "RotationParticipant"]
+__all__ = ["RotationConsulError", "RotationParticipant", "published_state"]

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidecar import layout
-from sidecar.rotation import phase_material
+from sidecar.coordinator import published_state
+from sidecar.manifest import Manifest
+from sidecar.renewal import Desired
+from sidecar.rotation import NodeState, parse_node, phase_material
 from sidecar.volume import Volume, read_generation
 from tests.consul_setup import ConsulTarget
 from tests.doubles.consul import ConsulDouble
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import metric
-from tests.rotation_kit import Cluster, acknowledge_generation, target_for
+from tests.rotation_kit import Cluster, Node, acknowledge_generation, target_for
 from tests.vault_setup import VaultTarget
 
 
@@ -122,6 +125,123 @@ def test_phases_installed_never_go_down_while_the_monitor_lags(cluster: Cluster)
         if cluster.converged("pki_root_a"):
             break
     assert cluster.converged("pki_root_a"), installed_phases(node.volume)
+
+
+def _manifest(generation: int, signer: str, trust: tuple[str, ...],
+              rotation_id: str) -> Manifest:
+    return Manifest(generation=generation, created_at="", signer=signer, trust=trust,
+                    serial=f"s{generation}", subject="", issuer=signer, sans=(), not_before="",
+                    not_after="", key_type="", files={}, rotation_id=rotation_id)
+
+
+def test_published_state_counts_the_record_acted_on_only_for_the_latest_generation() -> None:
+    ab_a = _manifest(2, "A", ("A", "B"), "r1")
+    ab_b = _manifest(3, "B", ("A", "B"), "r1")
+    again = _manifest(4, "A", ("A", "B"), "r2")
+    acted = Desired("A", ("A", "B"), "r2", 2)
+    latest = published_state("n", "broker", again, again, acted, 1.0)
+    assert (latest.rotation_id, latest.phase, latest.serial) == ("r2", 2, "s4")
+    # The monitor serves generation 2, which is what r2 asked, but generation 3 (B->A@1)
+    # waits and may be served next: the served generation's own id, no phase.
+    behind = published_state("n", "broker", ab_a, again, acted, 1.0)
+    assert (behind.signer, behind.rotation_id, behind.phase) == ("A", "r1", None)
+    # Nothing served yet: the installed material, not counted (no rotation id, no serial).
+    assert published_state("n", "broker", None, ab_b, acted, 1.0) == NodeState(
+        "n", trust=frozenset({"A", "B"}), signer="B", updated_at=1.0)
+    assert published_state("n", "broker", None, None, acted, 1.0) == NodeState(
+        "n", updated_at=1.0)
+
+
+def _stepper(cluster: Cluster, name: str) -> tuple[Node, Callable[..., None]]:
+    node = cluster.start(name, run=False, keep_generations=20)
+
+    def step(ack: int | None = None) -> None:
+        if ack is not None:
+            acknowledge_generation(node.volume, ack)
+        node.manager.step(node.source)
+
+    return node, step
+
+
+def _published(cluster: Cluster, name: str) -> NodeState:
+    return parse_node(name, cluster.store.read().value(f"nodes/{name}"))
+
+
+def _lose_consul_data(cluster: Cluster, double: ConsulDouble, node: Node, root: str) -> None:
+    double.restart(keep_data=False)
+    cluster.set_root(root)  # the operator puts the key back
+    cluster.wait_until(lambda: node.source.registration.session_id is None,
+                       "the lost session to be noticed", timeout=30)
+
+
+def _settle(cluster: Cluster, node: Node, step: Callable[..., None], root: str) -> None:
+    for _ in range(12):
+        current = Volume(node.volume).read_current()
+        assert current is not None
+        step(ack=current[1].generation)
+        if cluster.converged(root):
+            return
+    raise AssertionError(installed_phases(node.volume))
+
+
+def test_a_generation_the_monitor_has_not_served_keeps_the_barrier_waiting(
+        consul_double: ConsulDouble, vault: VaultTarget, tmp_path: Path) -> None:
+    """Found by the rotation model once it told installed from served generations. Consul
+    loses its data during A->B@2 while the monitor still serves phase 1 ({A,B} signed by A); the
+    record rebuilt for A is B->A@2, which asks for that material again, after the installed
+    phase 2 generation (B->A@1). Publishing the rebuilt record's id for the served generation
+    let the barrier count phase 2 and move to @3 (trust {A}) while the monitor was about to
+    serve the B-signed generation: a failed handshake with every participant at @3."""
+    cluster = Cluster(target_for(consul_double), vault, tmp_path, session_ttl=10)
+    try:
+        node, step = _stepper(cluster, "broker-1")
+        cluster.set_root("pki_root_a")
+        step()
+        step(ack=1)
+        cluster.set_root("pki_root_b")
+        step(ack=1)  # A->B@1: generation 2
+        step(ack=2)  # A->B@2: generation 3, not served yet
+        started = cluster.record()
+        _lose_consul_data(cluster, consul_double, node, "pki_root_a")
+        step()  # registers again, rebuilds B->A@2 from generation 2, installs generation 4
+        record = cluster.record()
+        assert (record.from_root, record.to_root, record.phase) == (
+            "pki_root_b", "pki_root_a", 2)
+        assert installed_phases(node.volume)[-2:] == [(started.id, 2), (record.id, 2)]
+        published = _published(cluster, "broker-1")
+        assert published.signer == "pki_root_a" and published.rotation_id == started.id
+        step()
+        assert cluster.record().phase == 2, "the monitor may serve generation 3 next"
+        step(ack=3)
+        assert cluster.record().phase == 2
+        _settle(cluster, node, step, "pki_root_a")
+    finally:
+        cluster.stop()
+
+
+def test_a_lost_record_is_rebuilt_around_material_not_served_yet(
+        consul_double: ConsulDouble, vault: VaultTarget, tmp_path: Path) -> None:
+    """Found by the rotation model. A participant's first generation is installed but not
+    served yet when Consul loses its data and the operator asks for B. Publishing nothing, it
+    let a record be rebuilt as B->B@3 from an empty registry, so that another participant would
+    serve ({B}, B) while this one's monitor served ({A}, A). Its installed material is published
+    (without a rotation id, so the barrier does not count it): the record starts from A."""
+    cluster = Cluster(target_for(consul_double), vault, tmp_path, session_ttl=10)
+    try:
+        node, step = _stepper(cluster, "broker-1")
+        cluster.set_root("pki_root_a")
+        step()  # from nothing: A->A@3, generation 1, not served yet
+        published = _published(cluster, "broker-1")
+        assert (published.signer, published.rotation_id, published.serial) == (
+            "pki_root_a", None, None)
+        _lose_consul_data(cluster, consul_double, node, "pki_root_b")
+        step()
+        record = cluster.record()
+        assert (record.from_root, record.to_root, record.phase) == (
+            "pki_root_a", "pki_root_b", 0)
+        _settle(cluster, node, step, "pki_root_b")
+    finally:
+        cluster.stop()
 
 
 def test_rollback_mid_rotation_returns_to_a(cluster: Cluster) -> None:
