@@ -2,28 +2,42 @@
 
 Consul holds the operator's ``active-root`` value, the ``rotation`` record (with a ModifyIndex
 for check-and-set) and the registry ``nodes/<id>`` of participants holding a live session.
-Each participant (a broker or a client with its sidecar) runs the documented loop as separate,
-arbitrarily interleaved steps: register, read (a snapshot that goes stale as others move),
-decide + check-and-set, install (the broker/app now serves the material, monitor verified) and
-report (publishing what it serves; it may lag the install). Crashes, session expiry, restarts,
-joins, operator flips, time, and (only with ``expected_members`` = participants) partitions and
-a Consul data loss are steps too. Everything is immutable and deterministic so that the
-hypothesis machine and the exhaustive search share it and states can be hashed.
+Each participant (a broker or a client with its sidecars) runs the loop of
+:class:`sidecar.coordinator.RotationParticipant` as separate, arbitrarily interleaved steps:
+register, read (a snapshot that goes stale as others move), decide + check-and-set, install (the
+auth manager writes a generation to the volume), serve (the TLS monitor makes the broker/app
+serve an installed generation, verifies and acknowledges it) and report (publishing what is
+served; it may lag). Crashes, session expiry, restarts, joins, operator flips, time, and (only
+with ``expected_members`` = participants) partitions and a Consul data loss are steps too.
+Everything is immutable and deterministic so that the hypothesis machine and the exhaustive
+search share it and states can be hashed. Safety is checked on what the monitors serve (what
+handshakes use), never on what is merely installed.
 
-What the model assumes of the (not yet written) coordinator, each the weakest safe choice:
+What the model takes from the coordinator, each the weakest safe choice where it abstracts:
 
 - it registers before it reads, and a (re)registration discards any earlier read;
-- it decides from the material it installed last, not from what its monitor acknowledged so
-  far (``test_phases_installed_never_go_down_while_the_monitor_lags`` shows why);
 - a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
   a successful one it may install the record it wrote but reads again before deciding again
   (``Config.decide_again_after_cas`` shows why);
+- it decides the phase from the generation it installed last, not from the one its monitor
+  serves (``Config.decide_from`` and ``test_phases_installed_never_go_down_while_the_monitor_lags``
+  show why), and writes a generation only when the material differs from the latest installed
+  one (the manifest carries the id of the record it was installed from); either way the
+  decision becomes the one it last acted on (the coordinator's ``_acted``);
+- the monitor serves installed generations in order but may skip some and may lag: of the
+  last ``MONITOR_BACKLOG`` generations installed after the one it serves, it serves the latest
+  or an older one (it was applying that one when the newer one arrived); a generation
+  superseded that often before the monitor got to it is skipped;
+- it publishes what its monitor acknowledged, computed by the coordinator's own
+  :func:`sidecar.coordinator.published_state` (see :func:`published`): the id of the record it
+  last acted on when the served material is what that decision asked and nothing newer is
+  installed, else the id the served generation's manifest carries; before its monitor served
+  anything, the installed material without a rotation id;
 - an install started before its session expired may still complete (it is published when the
-  participant registers again); reports may lag installs (``Config.lag_reports``);
-- it publishes the id of the record its material was installed from, and re-installs (a no-op
-  for the files) and re-publishes when that id changes;
+  participant registers again); reports may lag installs and serves (``Config.lag_reports``);
 - a restarted process registers only once its old session has expired (Consul refuses to
-  acquire a key another session holds).
+  acquire a key another session holds); a crash loses the volume (the participant comes back
+  serving nothing).
 """
 
 from __future__ import annotations
@@ -31,8 +45,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
+from sidecar.coordinator import published_state
+from sidecar.manifest import Manifest
+from sidecar.renewal import Desired
 from sidecar.rotation import (
     MAX_PHASE,
     Event,
@@ -51,6 +68,9 @@ ROOTS = ("A", "B", "C")
 INVALID_ROOTS: tuple[str | None, ...] = (None, "not a root!")
 PLACEHOLDER_ID = "<new>"
 STALE_INDEX = -1
+#: How many installed, not yet served generations the monitor may still choose from.
+MONITOR_BACKLOG = 2
+DecideFrom = Literal["installed", "served"]
 
 Action = tuple[Any, ...]
 T = TypeVar("T")
@@ -81,14 +101,23 @@ def stable_material(root: str) -> PhaseMaterial:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Which steps the model offers."""
+    """Which steps the model offers, and two contracts of the coordinator that can be broken
+    on purpose to show that the proofs catch it (``decide_again_after_cas``, ``decide_from``)."""
 
     max_participants: int = 8
     lag_reports: bool = True
+    #: The monitor serves installed generations in separate steps (False: each one at once).
+    lag_monitor: bool = True
     faults: bool = False
     allow_crash: bool = True
     allow_join: bool = True
     decide_again_after_cas: bool = False
+    #: Which generation the phase is decided from: the coordinator's is "installed".
+    decide_from: DecideFrom = "installed"
+
+    def __post_init__(self) -> None:
+        if self.decide_from not in get_args(DecideFrom):
+            raise ValueError(f"decide_from={self.decide_from!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,25 +135,77 @@ class Snapshot:
 
 
 @dataclasses.dataclass(frozen=True)
+class Generation:
+    """A generation on a participant's volume: its material, the rotation id its manifest
+    carries (the record it was installed from) and the Consul epoch of the read it came from."""
+
+    material: PhaseMaterial
+    rotation_id: str
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Participant:
-    """A broker or client and its sidecar."""
+    """A broker or client, its auth manager and its TLS monitor (which share a volume)."""
 
     node_id: str
     role: str
     alive: bool = True
     session: bool = False
-    serving: PhaseMaterial | None = None
-    installed_from: str | None = None
-    installed_epoch: int = -1
+    #: The generation the monitor verified and acknowledged: what handshakes use.
+    serving: Generation | None = None
+    #: Generations installed after it, not served yet, oldest first (at most MONITOR_BACKLOG).
+    backlog: tuple[Generation, ...] = ()
+    #: What the last decision asked (the coordinator's ``_acted``), and its read's epoch.
+    acted: Desired | None = None
+    acted_epoch: int = -1
     pending_report: bool = False
     snapshot: Snapshot | None = None
 
+    @property
+    def installed(self) -> Generation | None:
+        """The latest generation on the volume (the one ``current`` points to)."""
+        return self.backlog[-1] if self.backlog else self.serving
+
+    def served_epoch(self) -> int:
+        """The epoch of the decision the served material stands for: the last one if it asked
+        for this material (as for the published id), else the served generation's."""
+        assert self.serving is not None
+        if self.acted is not None and desired_material(self.acted) == self.serving.material:
+            return self.acted_epoch
+        return self.serving.epoch
+
     def node_state(self) -> NodeState:
-        """What it publishes under ``nodes/<id>``: the material it serves now."""
-        if self.serving is None:
-            return NodeState(self.node_id, self.role)
-        return NodeState(self.node_id, self.role, trust=self.serving.trust,
-                         signer=self.serving.signer, rotation_id=self.installed_from)
+        """What it publishes under ``nodes/<id>``: what its monitor serves (see
+        :func:`published`)."""
+        return published(self.node_id, self.role, self.serving, self.installed,
+                         len(self.backlog), self.acted)
+
+
+@functools.lru_cache(maxsize=1024)
+def desired_material(desired: Desired) -> PhaseMaterial:
+    return PhaseMaterial(frozenset(desired.trust), desired.signer)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def published(node_id: str, role: str, served: Generation | None, installed: Generation | None,
+              newer: int, acted: Desired | None) -> NodeState:
+    """What the coordinator publishes (its own :func:`sidecar.coordinator.published_state`) for
+    a participant whose monitor serves ``served``, with ``newer`` generations installed after it,
+    the latest ``installed``, and whose last decision was ``acted``: manifests numbered so that
+    the served one is the latest exactly when nothing newer is installed."""
+    return published_state(node_id, role, _manifest(served, 1),
+                           _manifest(installed, 1 + newer), acted, 0.0)
+
+
+def _manifest(generation: Generation | None, number: int) -> Manifest | None:
+    if generation is None:
+        return None
+    material = generation.material
+    return Manifest(generation=number, created_at="", signer=material.signer,
+                    trust=tuple(sorted(material.trust)), serial=str(number), subject="",
+                    issuer="", sans=(), not_before="", not_after="", key_type="", files={},
+                    rotation_id=generation.rotation_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +250,9 @@ def initial_world(n: int, policy: Policy, *, from_nothing: bool = False,
         return World(policy, root, None, 0, (), people)
     record = RotationRecord("r0", root, root, MAX_PHASE, 0.0, 0.0, 0.0)
     people = tuple(Participant(_node_id(i), _role(i), session=True,
-                               serving=stable_material(root), installed_from="r0",
-                               installed_epoch=0) for i in range(n))
+                               serving=Generation(stable_material(root), "r0", 0),
+                               acted=Desired(root, (root,), "r0", MAX_PHASE), acted_epoch=0)
+                   for i in range(n))
     registry = tuple(p.node_state() for p in people)
     return World(policy, root, record, 1, registry, people, next_index=2)
 
@@ -200,7 +282,11 @@ def enabled(world: World, config: Config, *,
     for i in range(len(world.participants)):
         for kind in PARTICIPANT_STEPS:
             if can(world, config, kind, i):
-                actions.append((kind, i))
+                if kind == "serve":  # the latest installed generation or an older one
+                    actions.extend(("serve", i, j)
+                                   for j in range(len(world.participants[i].backlog)))
+                else:
+                    actions.append((kind, i))
     if config.allow_join and not config.faults and \
             len(world.participants) < config.max_participants:
         actions.append(("join",))
@@ -211,7 +297,7 @@ def enabled(world: World, config: Config, *,
     return actions
 
 
-PARTICIPANT_STEPS = ("register", "read", "decide", "install", "report",
+PARTICIPANT_STEPS = ("register", "read", "decide", "install", "serve", "report",
                      "crash", "expire", "restart", "expire_live")
 
 
@@ -227,6 +313,8 @@ def can(world: World, config: Config, kind: str, i: int) -> bool:
         return p.alive and p.session and p.snapshot is not None
     if kind == "install":
         return p.alive and p.snapshot is not None and p.snapshot.record is not None
+    if kind == "serve":
+        return p.alive and bool(p.backlog)
     if kind == "report":
         return p.alive and p.session and p.pending_report
     if kind == "crash":
@@ -241,7 +329,8 @@ def can(world: World, config: Config, kind: str, i: int) -> bool:
 
 
 def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Event, ...]]:
-    """The world after ``action`` and the events a participant would log for it."""
+    """The world after ``action`` and the events a participant would log for it.
+    ``("serve", i, j)`` serves ``backlog[j]`` (``("serve", i)``: the latest)."""
     kind = action[0]
     if kind == "join":
         i = len(world.participants)
@@ -264,6 +353,11 @@ def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Ev
         person = evolve(p, session=True, pending_report=False, snapshot=None)
         return _set(world, i, person, registry=_publish(world.registry, person.node_state())), ()
     if kind == "read":
+        old = p.snapshot
+        if old is not None and (old.record, old.index, old.epoch, old.active_root,
+                                old.registry) == (world.record, world.index, world.epoch,
+                                                  world.active_root, world.registry):
+            return world, ()  # the same read again
         plan = decide(world.record, validated_root(world.active_root), world.registry_map(),
                       world.now, world.policy, PLACEHOLDER_ID).record
         snap = Snapshot(world.record, world.index, world.epoch, world.active_root, world.registry,
@@ -273,6 +367,10 @@ def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Ev
         return _decide(world, config, i)
     if kind == "install":
         return _install(world, config, i), ()
+    if kind == "serve":
+        j = action[2] if len(action) > 2 else len(p.backlog) - 1
+        return _reported(world, config, i, evolve(p, serving=p.backlog[j],
+                                                  backlog=p.backlog[j + 1:])), ()
     if kind == "report":
         person = evolve(p, pending_report=False)
         return _set(world, i, person, registry=_publish(world.registry, person.node_state())), ()
@@ -312,67 +410,89 @@ def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, .
 
 
 def _install(world: World, config: Config, i: int) -> World:
+    """Decide the phase of the record read and write a generation if its material differs from
+    the latest installed one (``RotationParticipant._desired`` and ``AuthManager.reconcile``)."""
     p = world.participants[i]
-    assert p.snapshot is not None and p.snapshot.record is not None
-    record = p.snapshot.record
-    own = record.phase_of(p.serving.trust, p.serving.signer) if p.serving else None
-    material = record.material(target_phase(record, own))
-    if (material, record.id, p.snapshot.epoch) == (p.serving, p.installed_from,
-                                                   p.installed_epoch):
+    snap = p.snapshot
+    assert snap is not None and snap.record is not None
+    record = snap.record
+    basis = p.installed if config.decide_from == "installed" else p.serving
+    own = record.phase_of(basis.material.trust, basis.material.signer) if basis else None
+    phase = target_phase(record, own)
+    material = record.material(phase)
+    acted = Desired(material.signer, tuple(material.trust), record.id, phase)
+    serving, backlog = p.serving, p.backlog
+    installed = p.installed
+    if installed is None or installed.material != material:
+        generation = Generation(material, record.id, snap.epoch)
+        if config.lag_monitor:
+            backlog = (*backlog, generation)[-MONITOR_BACKLOG:]
+        else:
+            serving = generation
+    if (acted, snap.epoch, serving, backlog) == (p.acted, p.acted_epoch, p.serving, p.backlog):
         return world
-    person = evolve(p, serving=material, installed_from=record.id,
-                    installed_epoch=p.snapshot.epoch)
-    if config.lag_reports or not p.session:
-        person = evolve(person, pending_report=True)
-        return _set(world, i, person)
-    return _set(world, i, person, registry=_publish(world.registry, person.node_state()))
+    return _reported(world, config, i, evolve(p, serving=serving, backlog=backlog, acted=acted,
+                                              acted_epoch=snap.epoch))
+
+
+def _reported(world: World, config: Config, i: int, person: Participant) -> World:
+    """``person`` replaces participant ``i``; it publishes now, or later (a report step) if
+    that would change what it published."""
+    state = person.node_state()
+    if config.lag_reports or not person.session:
+        return _set(world, i, evolve(person, pending_report=person.pending_report or (
+            state != world.entry(person.node_id))))
+    return _set(world, i, person, registry=_publish(world.registry, state))
 
 
 # -- properties --------------------------------------------------------------------------------
 
 def safety_violations(world: World) -> list[str]:
-    """Every broken safety property: two live participants that cannot talk mTLS, or a live
-    participant that installed since the last data loss and serves material that is not within
-    one phase of the current record (which implies roots outside its {from, to})."""
+    """Every broken safety property of what live participants serve (their monitors
+    acknowledged; what handshakes use): two that cannot talk mTLS, or one whose served material
+    stands for a decision since the last data loss and is not within one phase of the current
+    record (which implies roots outside its {from, to})."""
     problems: list[str] = []
-    live = [p for p in world.participants if p.alive and p.serving is not None]
-    for a_i, a in enumerate(live):
-        for b in live[a_i + 1:]:
-            assert a.serving is not None and b.serving is not None
-            if not compatible(a.serving, b.serving):
-                problems.append(f"{a.node_id} {_show(a.serving)} and {b.node_id} "
-                                f"{_show(b.serving)} are incompatible")
+    live = [(p, p.serving) for p in world.participants if p.alive and p.serving is not None]
+    for a_i, (a, a_served) in enumerate(live):
+        for b, b_served in live[a_i + 1:]:
+            if not compatible(a_served.material, b_served.material):
+                problems.append(f"{a.node_id} {_show(a_served.material)} and {b.node_id} "
+                                f"{_show(b_served.material)} are incompatible")
     record = world.record
     if record is not None:
         allowed = {record.material(q) for q in range(record.phase - 1, record.phase + 2)
                    if 0 <= q <= MAX_PHASE}
-        for p in live:
-            if p.installed_epoch == world.epoch and p.serving not in allowed:
-                assert p.serving is not None
-                problems.append(f"{p.node_id} serves {_show(p.serving)}, not within one phase "
-                                f"of {show_record(record)}")
+        for p, served in live:
+            if served.material not in allowed and p.served_epoch() == world.epoch:
+                problems.append(f"{p.node_id} serves {_show(served.material)}, not within one "
+                                f"phase of {show_record(record)}")
     return problems
 
 
 def converged(world: World, root: str) -> bool:
-    """Rotation complete to ``root`` and every live participant serves ({root}, root)."""
+    """Rotation complete to ``root`` and every live participant serves ({root}, root), with
+    nothing else installed that its monitor could still serve."""
     record = world.record
+    stable = stable_material(root)
     return (record is not None and record.stable and record.to_root == root
-            and all(p.serving == stable_material(root) for p in world.participants if p.alive))
+            and all(p.serving is not None and p.serving.material == stable and not p.backlog
+                    for p in world.participants if p.alive))
 
 
 def fair_round(world: World, config: Config, *,
                keep_dead: frozenset[str] = frozenset()) -> World:
     """One deterministic fair round: sessions of dead (or restarted) processes expire, the dead
     restart (except those in ``keep_dead``), then everyone registers, reports, reads, decides,
-    installs and reports in turn; time passes the minimum dwell."""
+    installs, has its monitor serve the latest generation and reports in turn; time passes the
+    minimum dwell."""
     for i, p in enumerate(world.participants):
         if can(world, config, "expire", i):
             world, _ = apply(world, config, ("expire", i))
         if not p.alive and p.node_id not in keep_dead:
             world, _ = apply(world, config, ("restart", i))
     for i in range(len(world.participants)):
-        for kind in ("register", "report", "read", "decide", "install", "report"):
+        for kind in ("register", "report", "read", "decide", "install", "serve", "report"):
             if can(world, config, kind, i):
                 world, _ = apply(world, config, (kind, i))
     if world.policy.min_dwell > 0:
@@ -393,6 +513,12 @@ def _show(material: PhaseMaterial) -> str:
     return f"({{{','.join(sorted(material.trust))}}},{material.signer})"
 
 
+def _show_generation(generation: Generation | None) -> str:
+    if generation is None:
+        return "None"
+    return f"{_show(generation.material)}/{generation.rotation_id}"
+
+
 def show_record(record: RotationRecord | None) -> str:
     if record is None:
         return "none"
@@ -410,8 +536,11 @@ def describe(world: World) -> str:
             f"{_show(PhaseMaterial(entry.trust, entry.signer))}/{entry.rotation_id}"
             if entry.signer else "registered/empty")
         snap = "-" if p.snapshot is None else show_record(p.snapshot.record)
+        acted = "-" if p.acted is None else (
+            f"{_show(desired_material(p.acted))}/{p.acted.rotation_id}@{p.acted.phase}")
+        backlog = " ".join(_show_generation(g) for g in p.backlog) or "-"
         lines.append(f"  {p.node_id} alive={p.alive} session={p.session} serving="
-                     f"{_show(p.serving) if p.serving else None}/{p.installed_from} "
+                     f"{_show_generation(p.serving)} backlog={backlog} acted={acted} "
                      f"published={published} snapshot={snap}")
     return "\n".join(lines)
 
@@ -424,27 +553,42 @@ def canonical_key(world: World, *, ordered: bool = False) -> tuple[Any, ...]:
     matters). Sound only while time does not advance: a snapshot is summarised by the record it
     would write. Participants' node ids and roles never influence decisions; ``ordered`` keeps
     their order (for runs whose schedule depends on it)."""
+    record = world.record
     ids: set[str] = set()
-    if world.record is not None:
-        ids.add(world.record.id)
+    if record is not None:
+        ids.add(record.id)
     for n in world.registry:
         if n.rotation_id:
             ids.add(n.rotation_id)
     for p in world.participants:
-        if p.installed_from:
-            ids.add(p.installed_from)
+        if p.serving is not None:
+            ids.add(p.serving.rotation_id)
+        for generation in p.backlog:
+            ids.add(generation.rotation_id)
+        if p.acted is not None and p.acted.rotation_id is not None:
+            ids.add(p.acted.rotation_id)
         if p.snapshot is not None and p.snapshot.record is not None:
             ids.add(p.snapshot.record.id)
-    order = {rid: rank for rank, rid in enumerate(sorted(ids, key=_id_number))}
+    order: dict[str | None, int] = {
+        rid: rank for rank, rid in enumerate(sorted(ids, key=_id_number))}
     order[PLACEHOLDER_ID] = -1
     order_get = order.get
     entries = {n.node_id: n for n in world.registry}
+    epoch, index = world.epoch, world.index
+    records: dict[int, tuple[Any, ...]] = {}  # by id(): many snapshots share a record
 
     def rec(record: RotationRecord | None) -> tuple[Any, ...] | None:
         if record is None:
             return None
-        return (order[record.id], record.from_root, record.to_root, record.phase,
+        key = records.get(id(record))
+        if key is None:
+            key = records[id(record)] = (
+                order[record.id], record.from_root, record.to_root, record.phase,
                 record.started_at, record.phase_since, record.completed_at)
+        return key
+
+    def gen(generation: Generation) -> tuple[Any, ...]:
+        return (generation.material, order[generation.rotation_id], generation.epoch == epoch)
 
     people: dict[tuple[Any, ...], int] = {}
     in_order: list[tuple[Any, ...]] = []
@@ -453,19 +597,26 @@ def canonical_key(world: World, *, ordered: bool = False) -> tuple[Any, ...]:
         published = None if entry is None else (entry.trust, entry.signer,
                                                 order_get(entry.rotation_id))
         snap = None
-        if p.snapshot is not None:
+        snapshot = p.snapshot
+        if snapshot is not None:
             # Only a snapshot at the current index can still win a check-and-set: the record
             # it would write matters; otherwise only the record it would install from.
-            same_epoch = p.snapshot.epoch == world.epoch
-            current = same_epoch and p.snapshot.index == world.index
-            snap = (rec(p.snapshot.record), same_epoch, current,
-                    rec(p.snapshot.plan) if current else None)
-        person = (p.alive, p.session, p.serving, order_get(p.installed_from),
-                  p.installed_epoch == world.epoch, p.pending_report, snap, published)
+            same_epoch = snapshot.epoch == epoch
+            current = same_epoch and snapshot.index == index
+            snap = (rec(snapshot.record), same_epoch, current,
+                    rec(snapshot.plan) if current else None)
+        # The phase acted on only shows in the published (informational) phase.
+        acted = p.acted
+        person = (p.alive, p.session, None if p.serving is None else gen(p.serving),
+                  tuple([gen(g) for g in p.backlog]) if p.backlog else (),
+                  None if acted is None else (acted.signer, acted.trust,
+                                              order_get(acted.rotation_id),
+                                              p.acted_epoch == epoch),
+                  p.pending_report, snap, published)
         people[person] = people.get(person, 0) + 1
         in_order.append(person)
     crowd = tuple(in_order) if ordered else frozenset(people.items())
-    return (world.active_root, rec(world.record), world.index != 0, crowd)
+    return (world.active_root, rec(record), index != 0, crowd)
 
 
 def _id_number(rid: str) -> int:

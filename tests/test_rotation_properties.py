@@ -1,15 +1,17 @@
 """Safety and liveness of the root rotation under random interleavings (hypothesis stateful).
 
 The machine drives :mod:`tests.rotation_model`: up to eight participants take the documented
-steps (register, read, decide + check-and-set, install, report) in any order, stall between a
-read and its install, crash, restart, join, lose their sessions; the operator flips
-``active-root`` between A, B, C and invalid values; time passes; with ``expected_members`` =
-participants, partitions and Consul data losses happen too. After every step no two live
-participants are incompatible and none that installed since the last data loss is more than one
-phase from the record. At the end the operator and the faults stop and a fair schedule must
-complete the rotation to the operator's root. Dedicated examples check the deferral and rollback
-events and replay the counterexamples found against the original state machine. The run records
-how many examples, steps and model actions it checked (shown in the pytest summary).
+steps (register, read, decide + check-and-set, install, serve, report) in any order, stall
+between a read and its install, crash, restart, join, lose their sessions; their monitors serve
+installed generations late, skipping some or serving an older one after a newer one was
+installed; the operator flips ``active-root`` between A, B, C and invalid values; time passes;
+with ``expected_members`` = participants, partitions and Consul data losses happen too. After
+every step no two live participants serve incompatible material and none whose served material
+stands for a decision since the last data loss is more than one phase from the record. At the
+end the operator and the faults stop and a fair schedule must complete the rotation to the
+operator's root. Dedicated examples check the deferral and rollback events and replay the
+counterexamples found against earlier versions of the state machine and the coordinator. The run
+records how many examples, steps and model actions it checked (shown in the pytest summary).
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ from tests.rotation_model import (
     ROOTS,
     Action,
     Config,
+    DecideFrom,
     World,
     apply,
     can,
     converged,
     describe,
+    enabled,
     fair_completion,
     initial_world,
     safety_violations,
@@ -59,7 +63,7 @@ from tests.rotation_model import (
 )
 
 FAIR_ROUNDS = 40
-LOOP = ("register", "report", "read", "decide", "install", "report")
+LOOP = ("register", "report", "read", "decide", "install", "serve", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,8 @@ class RotationMachine(RuleBasedStateMachine):
     examples: ClassVar[int] = 0
     steps: ClassVar[int] = 0
     actions: ClassVar[int] = 0
+    #: The coordinator's choice; a subclass puts the bug of ba54e53 back.
+    decide_from: ClassVar[DecideFrom] = "installed"
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,14 +99,17 @@ class RotationMachine(RuleBasedStateMachine):
         self.stalled: set[int] = set()
 
     @initialize(n=st.one_of(st.integers(2, 3), st.integers(2, 8)), from_nothing=st.booleans(),
-                faults=st.booleans(), lag=st.booleans(), dwell=st.sampled_from([0.0, 0.0, 3.0]),
+                faults=st.booleans(), lag=st.booleans(),
+                lag_monitor=st.sampled_from([True, True, False]),
+                dwell=st.sampled_from([0.0, 0.0, 3.0]),
                 swarm=st.builds(Swarm, st.booleans(), st.booleans(), st.booleans(),
                                 st.booleans()))
-    def start(self, n: int, from_nothing: bool, faults: bool, lag: bool, dwell: float,
-              swarm: Swarm) -> None:
+    def start(self, n: int, from_nothing: bool, faults: bool, lag: bool, lag_monitor: bool,
+              dwell: float, swarm: Swarm) -> None:
         policy = Policy(min_dwell=dwell, expected_members=n if faults else 0)
-        self.config = Config(max_participants=8, lag_reports=lag, faults=faults,
-                             allow_crash=swarm.crashes, allow_join=swarm.joins and not faults)
+        self.config = Config(max_participants=8, lag_reports=lag, lag_monitor=lag_monitor,
+                             faults=faults, allow_crash=swarm.crashes,
+                             allow_join=swarm.joins and not faults, decide_from=self.decide_from)
         self.swarm = swarm
         self.world = initial_world(n, policy, from_nothing=from_nothing)
 
@@ -130,9 +139,11 @@ class RotationMachine(RuleBasedStateMachine):
             if can(self._w(), self.config, kind, i):
                 self._do((kind, i))
 
-    def _iterate(self, i: int) -> None:
+    def _iterate(self, i: int, *, serve: bool = True) -> None:
+        """One pass of participant ``i``; its monitor serves the latest generation during it,
+        or (``serve=False``) lags behind."""
         for kind in LOOP:
-            if can(self._w(), self.config, kind, i):
+            if (serve or kind != "serve") and can(self._w(), self.config, kind, i):
                 self._do((kind, i))
 
     # -- participant steps -----------------------------------------------------------------------
@@ -157,6 +168,15 @@ class RotationMachine(RuleBasedStateMachine):
     def install(self, data: st.DataObject) -> None:
         self._step(data, "install")
 
+    @precondition(lambda self: bool(self._able("serve", stalled_too=True)))
+    @rule(data=st.data())
+    def serve(self, data: st.DataObject) -> None:
+        """A monitor serves one of the generations installed since the one it serves: the
+        latest, or an older one (it was applying that one when the newer one arrived)."""
+        i = data.draw(st.sampled_from(self._able("serve", stalled_too=True)), label="monitor")
+        backlog = len(self._w().participants[i].backlog)
+        self._do(("serve", i, data.draw(st.integers(0, backlog - 1), label="generation")))
+
     @precondition(lambda self: bool(self._able("report")))
     @rule(data=st.data())
     def report(self, data: st.DataObject) -> None:
@@ -166,10 +186,12 @@ class RotationMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def loop_iteration(self, data: st.DataObject) -> None:
         """One participant runs its whole loop once: register if needed, report, read, decide,
-        install, report (random runs get deep into rotations; single steps interleave)."""
+        install, its monitor serves (or lags), report (random runs get deep into rotations;
+        single steps interleave)."""
         who = [i for i in range(len(self._w().participants)) if i not in self.stalled]
         if who:
-            self._iterate(data.draw(st.sampled_from(who), label="who"))
+            self._iterate(data.draw(st.sampled_from(who), label="who"),
+                          serve=data.draw(st.booleans(), label="monitor keeps up"))
 
     @precondition(lambda self: bool(self._able("read")))
     @rule(data=st.data())
@@ -237,7 +259,7 @@ class RotationMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.world is not None)
     @rule(data=st.data())
     def flip(self, data: st.DataObject) -> None:
-        values = ROOTS if self.swarm.third_root else ROOTS[:2]
+        values: tuple[str | None, ...] = ROOTS if self.swarm.third_root else ROOTS[:2]
         values += INVALID_ROOTS if self.swarm.invalid_flips else ()
         raw = data.draw(st.sampled_from([v for v in values if v != self._w().active_root]),
                         label="active_root")
@@ -284,8 +306,8 @@ class RotationMachine(RuleBasedStateMachine):
         if self.world is None or self.violated:
             return
         world = apply(self.world, self.config, ("flip", self.wanted))[0]
-        config = Config(max_participants=self.config.max_participants,
-                        lag_reports=self.config.lag_reports, allow_crash=False, allow_join=False)
+        config = dataclasses.replace(self.config, faults=False, allow_crash=False,
+                                     allow_join=False)
         keep_dead = frozenset() if world.policy.expected_members else frozenset(
             p.node_id for p in world.participants[1::2])
         last = world
@@ -342,7 +364,7 @@ def _settle(world: World, config: Config, root: str) -> World:
 
 
 def test_third_root_mid_rotation_is_deferred_then_reached() -> None:
-    config = Config(max_participants=3, lag_reports=False)
+    config = Config(max_participants=3, lag_reports=False, lag_monitor=False)
     world = initial_world(3, Policy())
     events: collections.Counter[str] = collections.Counter()
     world = _run(world, config, [("flip", "B"), ("read", 0), ("decide", 0), ("flip", "C"),
@@ -362,7 +384,7 @@ def test_third_root_mid_rotation_is_deferred_then_reached() -> None:
 
 
 def test_rollback_reverses_the_rotation() -> None:
-    config = Config(max_participants=2, lag_reports=False)
+    config = Config(max_participants=2, lag_reports=False, lag_monitor=False)
     world = initial_world(2, Policy())
     events: collections.Counter[str] = collections.Counter()
     world = _run(world, config, [("flip", "B"), *_everyone(world, "read", "decide", "install"),
@@ -380,7 +402,7 @@ def test_slow_install_across_a_rollback_cannot_break_mtls() -> None:
     to @2 and @3, each time counting n1's published ({A,B},A) (B->A phase 2) although n1 still
     acts on A->B; n0 ends on ({A},A), then n1 installs A->B@2, ({A,B},B): n0 does not trust B.
     Now the barrier waits until n1 reports material installed from the rollback record."""
-    config = Config(max_participants=2, lag_reports=False)
+    config = Config(max_participants=2, lag_reports=False, lag_monitor=False)
     loop: list[Action] = [("read", 0), ("decide", 0), ("install", 0)]
     world = _run(initial_world(2, Policy()), config, [
         ("flip", "B"), *loop, ("read", 1), ("decide", 1), ("install", 1), *loop, ("read", 1),
@@ -406,7 +428,7 @@ def test_rebuilding_a_lost_record_waits_for_every_expected_member() -> None:
     """The counterexample the search found: after Consul lost its data, n0 (restarted, serving
     nothing) was alone in the registry and rebuilt B->B@3 from it, then installed ({B},B) while
     n1, not registered again yet, still served ({A},A)."""
-    config = Config(max_participants=2, faults=True, lag_reports=False)
+    config = Config(max_participants=2, faults=True, lag_reports=False, lag_monitor=False)
     world = initial_world(2, Policy(expected_members=2))
     world = _run(world, config, [("crash", 0), ("restart", 0), ("flip", "B"), ("wipe", True),
                                  ("register", 0), ("read", 0), ("decide", 0)])
@@ -422,7 +444,8 @@ def test_deciding_again_on_the_registry_read_before_a_write_is_unsafe() -> None:
     """Pins a contract for the coordinator: after a successful check-and-set, read again before
     the next decision. Reusing the old registry view misses a participant that registered in
     between, here n0 installing B->A@1 while n1 writes B->A@2 and B->A@3."""
-    config = Config(max_participants=2, lag_reports=True, decide_again_after_cas=True)
+    config = Config(max_participants=2, lag_reports=True, lag_monitor=False,
+                    decide_again_after_cas=True)
     world = initial_world(2, Policy())
     schedule: list[Action] = [
         ("crash", 0), ("expire", 0), ("restart", 0), ("flip", "B"), ("read", 1), ("decide", 1),
@@ -432,7 +455,86 @@ def test_deciding_again_on_the_registry_read_before_a_write_is_unsafe() -> None:
     for action in schedule:
         world = apply(world, config, action)[0]
     assert safety_violations(world)
-    assert world.participants[1].serving == stable_material("A")
+    served = world.participants[1].serving
+    assert served is not None and served.material == stable_material("A")
+
+
+def test_deciding_from_the_served_generation_is_unsafe() -> None:
+    """The bug fixed in ba54e53 (``Config.decide_from``), as the exhaustive search finds it
+    again. n0's monitor still serves A->B@1 ({A,B},A) when the operator flips back during A->B@2
+    (installed, ({A,B},B)). Deciding from what is served, n0 installs B->A@2 ({A,B},A), then,
+    once its monitor served the ({A,B},B) generation, B->A@1 ({A,B},B): a lower phase of the
+    same record after a higher one. Its monitor serves the B->A@2 generation late (the newer
+    one waits), n0 publishes it, the barrier counts it and moves B->A to @3 while the monitor
+    is about to serve B->A@1, two phases behind. Deciding from the installed generation, the
+    same steps are safe."""
+    schedule: list[Action] = [
+        ("flip", "B"), ("read", 0), ("decide", 0), ("install", 0), ("serve", 0, 0),
+        ("report", 0), ("read", 1), ("install", 1), ("serve", 1, 0), ("report", 1),
+        ("read", 0), ("decide", 0), ("install", 0), ("flip", "A"), ("read", 0), ("decide", 0),
+        ("install", 0), ("serve", 0, 0), ("install", 0), ("serve", 0, 0), ("report", 0),
+        ("serve", 0, 0), ("read", 1), ("install", 1), ("report", 1), ("read", 0), ("decide", 0),
+        ("read", 0), ("decide", 0)]
+    served = Config(max_participants=2, decide_from="served")
+    world = initial_world(2, Policy())
+    for action in schedule:
+        world = apply(world, served, action)[0]
+    assert safety_violations(world) == ["n0 serves ({A,B},B), not within one phase of "
+                                        "r2:B->A@3"], describe(world)
+    installed = dataclasses.replace(served, decide_from="installed")
+    world = initial_world(2, Policy())
+    for action in schedule:
+        if action[0] == "flip" or action in enabled(world, installed):
+            world = _run(world, installed, [action])
+    record = world.record
+    assert record is not None and (record.to_root, record.phase) == ("A", 2), describe(world)
+    assert converged(_settle(world, installed, "A"), "A")
+
+
+def test_a_generation_the_monitor_has_not_served_yet_keeps_the_barrier_waiting() -> None:
+    """A counterexample the refined model found against the coordinator's publication rule.
+    Consul loses its data during A->B@2: n0's monitor serves ({A,B},A), ({A,B},B) is installed.
+    The record rebuilt for the operator's A is B->A@2, whose material n0 serves and now installs
+    again, after the ({A,B},B) generation (B->A@1). n0 published the rebuilt record's id for
+    what it served, since that was what the record asked; n1 then moved B->A to @3, installed
+    ({A},A), and n0's monitor served ({A,B},B). Now a participant publishes the record it acted
+    on only when the generation served is the latest installed: the barrier waits for n0."""
+    config = Config(max_participants=2, faults=True)
+    world = _run(initial_world(2, Policy(expected_members=2)), config, [
+        ("flip", "B"), ("read", 0), ("decide", 0), ("install", 0), ("serve", 0, 0),
+        ("report", 0), ("read", 1), ("install", 1), ("serve", 1, 0), ("report", 1),
+        ("read", 0), ("decide", 0), ("install", 0), ("flip", "A"), ("wipe", True),
+        ("register", 0), ("register", 1), ("read", 0), ("decide", 0), ("install", 0),
+        ("report", 0), ("serve", 0, 0), ("read", 1), ("install", 1), ("report", 1),
+        ("read", 1), ("decide", 1)])
+    record, n0 = world.record, world.participants[0]
+    assert record is not None and (record.from_root, record.to_root, record.phase) == (
+        "B", "A", 2), describe(world)
+    assert n0.acted is not None and n0.acted.rotation_id == record.id
+    published = world.entry("n0")
+    assert published is not None and published.rotation_id != record.id, describe(world)
+    assert barrier(record, world.registry_map(), world.now, world.policy).waiting_on == ("n0",)
+    assert converged(_settle(world, config, "A"), "A")
+
+
+def test_a_lost_record_is_rebuilt_around_material_not_served_yet() -> None:
+    """A counterexample the refined model found against the coordinator. Starting from nothing,
+    n0 rebuilt A->A@3 and installed ({A},A), not served yet; Consul lost its data while the
+    operator asked for B. n0 registered again publishing nothing served, n1 (nothing installed)
+    rebuilt B->B@3 from the empty registry and served ({B},B); n0's monitor served ({A},A).
+    Now a participant whose monitor served nothing yet publishes its installed material
+    (without a rotation id: the barrier does not count it), and the rebuilt record is A->B."""
+    config = Config(max_participants=2, faults=True)
+    world = _run(initial_world(2, Policy(expected_members=2), from_nothing=True), config, [
+        ("register", 0), ("register", 1), ("read", 0), ("decide", 0), ("install", 0),
+        ("flip", "B"), ("wipe", True), ("register", 0), ("serve", 0, 0), ("register", 1),
+        ("read", 1), ("decide", 1)])
+    published = world.entry("n0")
+    assert published is not None and published.signer == "A" and published.rotation_id is None
+    record = world.record
+    assert record is not None and (record.from_root, record.to_root, record.phase) == (
+        "A", "B", 0), describe(world)
+    assert converged(_settle(world, config, "B"), "B")
 
 
 def _published(node_id: str, material: PhaseMaterial | None,
