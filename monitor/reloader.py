@@ -202,7 +202,11 @@ class Reloader:
             self.metrics.mark_verified(manifest.generation, acked_at, served=False)
         else:
             self.metrics.served_matches.set(0)
-        self.log.warning("served_mismatch", generation=manifest.generation, error=last)
+        # The ack is not backed by what is served (the broker restarted on other stores, or
+        # is not up yet): apply the generation again on the next pass, as a new one.
+        self.applied = None
+        self.log.warning("served_mismatch", generation=manifest.generation, error=last,
+                         action="applying it again")
         return False
 
     def _step_seconds(self) -> dict[str, float]:

@@ -187,6 +187,9 @@ def test_restarted_monitor_sets_the_gauges_from_what_is_served(vault: VaultTarge
         assert metric(metrics, "tls_monitor_served_matches_disk") == 0
         assert metric(metrics, "tls_monitor_last_verified_timestamp_seconds") == \
             dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp()
+        assert stale.handle(), log.events  # the next pass applies it again
+        assert log.named("reload_verified")[-1]["generation"] == manifest.generation
+        assert metric(metrics, "tls_monitor_served_matches_disk") == 1
 
 
 def test_entry_count_is_compared_with_the_served_keystore(vault: VaultTarget,
