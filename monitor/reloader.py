@@ -234,7 +234,7 @@ class Reloader:
         new = load_stores(directory, config.keystore_type, password)
         check_material(new, self.now())
         context = client_context(directory, config.admin_hostname_verification)
-        restart_only = {name.upper() for name in config.restart_listeners}
+        restart_only = self._restart_only()
         reload = self._reload_listeners()
         settings: dict[str, str] = {}
         known: dict[str, tuple[Path | None, int | None]] = {}  # served serial -> its stores
@@ -275,9 +275,13 @@ class Reloader:
             targets += [f"{name}:{done}" for name in sorted(restart_only)]
         return targets, "handshake"
 
+    def _restart_only(self) -> set[str]:
+        """Listeners that cannot reload dynamically (the action restarts them)."""
+        return {name.upper() for name in self.config.restart_listeners}
+
     def _reload_listeners(self) -> dict[str, tuple[str, int]]:
         """Listeners reloaded dynamically (all but ``restart_listeners``): name -> address."""
-        restart_only = {name.upper() for name in self.config.restart_listeners}
+        restart_only = self._restart_only()
         return {name: addr for name, addr in self.config.listener_addresses().items()
                 if name not in restart_only}
 

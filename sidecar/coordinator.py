@@ -452,7 +452,6 @@ class RotationParticipant:
         m.rotation_waiting.set(len(gate.waiting_on))
         m.rotation_stable.set(1 if record.stable else 0)
 
-
     def _seconds_in_phase(self) -> float:
         record = self._record
         return 0.0 if record is None else max(0.0, self.clock() - record.phase_since)

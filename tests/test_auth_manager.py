@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import ssl
@@ -31,6 +30,7 @@ from sidecar.material import certificate_pem, parse_certificates
 from sidecar.renewal import Desired
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
 from tests.doubles.vault import VaultDouble
+from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
 from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager, metric
 from tests.pki import LocalRoot
@@ -209,8 +209,7 @@ def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_
     assert manager.readiness()[0]
 
 
-@pytest.mark.parametrize(("err", "message"), [(errno.ENOSPC, "volume is full"),
-                                              (errno.EROFS, "volume is read-only")])
+@pytest.mark.parametrize(("err", "message"), VOLUME_WRITE_ERRORS)
 def test_volume_write_failure_keeps_previous_generation(
         vault_double: VaultDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         err: int, message: str) -> None:
@@ -219,16 +218,7 @@ def test_volume_write_failure_keeps_previous_generation(
     manager, metrics, log = make_manager(config)
     first = manager.reconcile(DESIRED_A)
     before = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
-    real_write = os.write
-    written = {"n": 0}
-
-    def write_then_fail(fd: int, data: bytes) -> int:
-        written["n"] += 1
-        if written["n"] > 2:  # part-way through the new generation
-            raise OSError(err, os.strerror(err))
-        return real_write(fd, data)
-
-    monkeypatch.setattr("sidecar.volume.os.write", write_then_fail)
+    fail_volume_writes(monkeypatch, after=2, err=err)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
     manager.step(source)
     monkeypatch.undo()

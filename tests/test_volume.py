@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import errno
 import os
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from sidecar import layout
 from sidecar.bundle import Bundle, render_bundle
 from sidecar.manifest import Acknowledgement
 from sidecar.volume import Volume, VolumeError, read_generation
+from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.pki import LocalRoot, leaf_material
 
 ROOT_A = LocalRoot("pki_root_a")
@@ -63,8 +63,7 @@ def test_pruning_keeps_the_generation_the_monitor_acknowledged(tmp_path: Path) -
     assert volume.generations() == [4, 5], "without a readable ack, only the newest"
 
 
-@pytest.mark.parametrize(("err", "message"), [(errno.ENOSPC, "volume is full"),
-                                              (errno.EROFS, "volume is read-only")])
+@pytest.mark.parametrize(("err", "message"), VOLUME_WRITE_ERRORS)
 def test_write_failure_keeps_previous_generation(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  err: int, message: str) -> None:
@@ -72,16 +71,7 @@ def test_write_failure_keeps_previous_generation(tmp_path: Path,
     first = volume.write_generation(make_bundle(volume))
     before = {p.name: p.read_bytes() for p in first.iterdir()}
     bundle = make_bundle(volume)
-    real_write = os.write
-    calls = {"n": 0}
-
-    def failing_write(fd: int, data: bytes) -> int:
-        calls["n"] += 1
-        if calls["n"] > 3:  # fail part-way through the generation
-            raise OSError(err, os.strerror(err))
-        return real_write(fd, data)
-
-    monkeypatch.setattr("sidecar.volume.os.write", failing_write)
+    fail_volume_writes(monkeypatch, after=3, err=err)
     with pytest.raises(VolumeError, match=message):
         volume.write_generation(bundle)
     monkeypatch.undo()
