@@ -7,6 +7,7 @@ CONSUL_HTTP_ADDR is set; those taking ``consul_double`` inject faults only the d
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -535,3 +536,165 @@ def test_go_durations() -> None:
     assert format_go_duration(10_000_000_000) == "10s"
     assert format_go_duration(24 * 3600 * 1_000_000_000) == "24h0m0s"
     assert format_go_duration(1_500_000) == "1.5ms"
+
+
+# ------------------------------------------------- scoped wake-ups (memdb watch channels)
+
+
+def _returned_within(watcher: _Background, seconds: float) -> bool:
+    watcher._thread.join(seconds)
+    return not watcher._thread.is_alive()
+
+
+def test_single_key_watch_ignores_other_keys_and_wakes_on_its_own(consul: ConsulTarget) -> None:
+    """A found key's watch is its radix leaf's channel (kvsGetTxn -> GetWatch): only a write
+    to that key closes it."""
+    c = consul.client()
+    key, other = consul.key("rotation"), consul.key("nodes/n1")
+    c.kv.put(key, "r0")
+    c.kv.put(other, "n0")
+    index, _ = c.kv.get(key)
+    watcher = _Background(lambda: c.kv.get(key, index=index, wait="5s"))
+    time.sleep(0.2)
+    writer = consul.client()
+    for n in range(5):
+        writer.kv.put(other, f"n{n + 1}")
+        writer.kv.put(consul.key(f"nodes/new-{n}"), "x")
+    assert not _returned_within(watcher, 0.5), "a write to another key woke the key's watcher"
+    changed_at = time.monotonic()
+    writer.kv.put(key, "r1")
+    new_index, entry = watcher.join()
+    assert watcher.finished_at - changed_at < 0.5
+    assert entry["Value"] == b"r1"
+    assert int(new_index) == entry["ModifyIndex"]
+
+
+def test_prefix_watch_wakes_only_for_writes_under_the_prefix(consul: ConsulTarget) -> None:
+    c = consul.client()
+    prefix = consul.key("nodes/")
+    c.kv.put(prefix + "n1", "x")
+    c.kv.put(consul.key("rotation"), "r0")
+    index, _ = c.kv.get(prefix, recurse=True)
+    watcher = _Background(lambda: c.kv.get(prefix, recurse=True, index=index, wait="5s"))
+    time.sleep(0.2)
+    writer = consul.client()
+    writer.kv.put(consul.key("rotation"), "r1")
+    writer.kv.put(consul.key("nodesX"), "outside, shares the text of the prefix")
+    writer.kv.put(consul.key("keeper"), "k")
+    assert not _returned_within(watcher, 0.5), "a write outside the prefix woke the list"
+    changed_at = time.monotonic()
+    writer.kv.put(prefix + "n2", "y")
+    new_index, items = watcher.join()
+    assert watcher.finished_at - changed_at < 0.5
+    assert [i["Key"] for i in items] == [prefix + "n1", prefix + "n2"]
+    assert int(new_index) == items[1]["ModifyIndex"]
+
+
+def test_missing_key_watch_is_scoped_to_its_radix_node(consul: ConsulTarget) -> None:
+    """GetWatch on a missing key returns the channel of the last radix node visited: here the
+    leaf node of ``a/x`` (the only key sharing ``a/``), so writes under ``b/`` leave it alone,
+    while rewriting ``a/x`` wakes it with the (higher) table index and no entry."""
+    c = consul.client()
+    c.kv.put(consul.key("a/x"), "1")
+    c.kv.put(consul.key("b/y"), "1")
+    index, value = c.kv.get(consul.key("a/keeper"))
+    assert value is None
+    watcher = _Background(lambda: c.kv.get(consul.key("a/keeper"), index=index, wait="5s"))
+    time.sleep(0.2)
+    writer = consul.client()
+    writer.kv.put(consul.key("b/y"), "2")
+    writer.kv.put(consul.key("b/z"), "1")
+    assert not _returned_within(watcher, 0.5), "a write in another radix subtree woke it"
+    writer.kv.put(consul.key("a/x"), "2")
+    new_index, value = watcher.join()
+    assert value is None
+    assert int(new_index) > int(index)
+
+
+def test_double_counts_no_reruns_for_unrelated_writes(consul_double: ConsulDouble) -> None:
+    c = _client_for(consul_double)
+    c.kv.put("p/rotation", "r0")
+    index, _ = c.kv.get("p/rotation")
+    list_index, _ = c.kv.get("p/", recurse=True)
+    one = _Background(lambda: c.kv.get("p/rotation", index=index, wait="5s"))
+    c2 = _client_for(consul_double)
+    listing = _Background(lambda: c2.kv.get("p/", recurse=True, index=list_index, wait="5s"))
+    _wait_blocked(consul_double, 2)
+    before = consul_double.compute_reruns
+    writer = _client_for(consul_double)
+    writer.kv.put("elsewhere/k", "v")
+    time.sleep(0.1)
+    assert consul_double.compute_reruns == before
+    writer.kv.put("p/nodes/n1", "v")  # wakes the list (it returns), not the single key
+    listing.join()
+    assert consul_double.compute_reruns == before + 1
+    assert consul_double.blocked_queries == 1
+    writer.kv.put("p/rotation", "r1")
+    assert one.join()[1]["Value"] == b"r1"
+    assert consul_double.compute_reruns == before + 2
+
+
+def _wait_blocked(double: ConsulDouble, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while double.blocked_queries < count:
+        assert time.monotonic() < deadline, f"only {double.blocked_queries} of {count} blocked"
+        time.sleep(0.02)
+
+
+def _read_response(sock: Any) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_thousand_blocked_key_watchers_cost_nothing_per_unrelated_write(
+    consul_double: ConsulDouble,
+) -> None:
+    """1,000 blocked single-key GETs (500 on distinct keys, 500 on one key) stay asleep through
+    1,000 writes to other keys: zero compute re-runs (one shared condition used to re-run all
+    1,000 on every write, 1,000,000 re-runs); writing their keys then returns every one."""
+    c = _client_for(consul_double)
+    for n in range(500):
+        c.kv.put(f"fleet/watch/{n}", "v0")
+    c.kv.put("fleet/rotation", "v0")
+    indexes = {n: int(c.kv.get(f"fleet/watch/{n}")[0]) for n in range(500)}
+    rotation_index = int(c.kv.get("fleet/rotation")[0])
+    socks = []
+    try:
+        for n in range(1000):
+            path, idx = (
+                (f"fleet/watch/{n}", indexes[n]) if n < 500 else ("fleet/rotation", rotation_index)
+            )
+            sock = socket.create_connection((consul_double.host, consul_double.port), timeout=30)
+            sock.sendall(
+                f"GET /v1/kv/{path}?index={idx}&wait=60s HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            socks.append(sock)
+        _wait_blocked(consul_double, 1000)
+        before = consul_double.compute_reruns
+        for n in range(1000):
+            c.kv.put(f"fleet/nodes/{n}", "up")
+        assert consul_double.compute_reruns == before
+        assert consul_double.blocked_queries == 1000
+        for n in range(500):
+            c.kv.put(f"fleet/watch/{n}", "v1")
+        c.kv.put("fleet/rotation", "v1")
+        for sock in socks:
+            status, _, body = _read_response(sock)
+            assert status == 200
+            assert json.loads(body)[0]["Value"] is not None
+        assert consul_double.compute_reruns == before + 1000
+    finally:
+        for sock in socks:
+            sock.close()

@@ -13,12 +13,18 @@ docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`
   anywhere, never below 1).  A ``recurse``/``keys`` read reports the highest ModifyIndex or
   tombstone under the prefix.  Writing an identical value changes nothing (Consul >= 1.6).
 * Blocking queries (``index`` + ``wait``): wait defaults to 5m, is capped at 10m (``0s`` means
-  the default) and gets up to wait/16 of jitter; the query re-runs on every state change and
-  returns once its index exceeds ``index`` or the wait expires.  A client whose index is AHEAD
-  of the server (after an agent restart wiped the data) therefore blocks for the whole wait and
-  then gets a LOWER index: real Consul does not return early, the client must reset to 0.
-  A missing key is answered with the table index, so any KV write wakes it (the data is
-  unchanged: a spurious wakeup as real Consul gives).
+  the default) and gets up to wait/16 of jitter; the query re-runs when a state change fires
+  one of its watches and returns once its index exceeds ``index`` or the wait expires.
+  Watches are scoped like memdb's per-radix-node watch channels (see :class:`_Waiter`): a GET
+  of an existing key is woken only by writes to that key, a ``recurse``/``keys`` list by
+  writes under its prefix, a missing key by writes under the radix node its lookup stopped
+  at; session queries by any change.  :attr:`ConsulDouble.compute_reruns` counts re-runs.
+  A client whose index is AHEAD of the server (after an agent restart wiped the data)
+  therefore blocks for the whole wait and then gets a LOWER index: real Consul does not
+  return early, the client must reset to 0.  A missing key is answered with the table index,
+  so a write that fires its watch (any write under the radix node its lookup stopped at,
+  e.g. ``<prefix>/nodes/x`` for a missing ``<prefix>/keeper``) returns it with no change to
+  the key, a spurious wakeup as Consul 1.10 gives.
 * Sessions: create (TTL 10s..24h unless ``session_ttl_min`` is lowered, Behavior
   release|delete, LockDelay default 15s, numbers below 1000 are seconds), renew (404
   ``Session id '<id>' not found``), destroy (idempotent ``true``), info (``[]`` if unknown),
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import json
 import random
@@ -226,6 +233,40 @@ class _InFlight:
     aborted: bool = False
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """One blocked query: its own condition (on the double's lock) and its watch set.
+
+    Consul's ``blockingQuery`` (agent/consul/rpc.go) builds a fresh ``memdb.WatchSet`` on each
+    run of the query function and sleeps until one channel in it closes (or the state store is
+    abandoned by a snapshot restore, or the wait ends).  The channels come from go-memdb's
+    radix tree (go-immutable-radix ``Node.GetWatch``/``SeekPrefixWatch``): a found key gives
+    its leaf's channel, closed only when that key is rewritten or deleted; a missing key or a
+    prefix gives the channel of the radix node the lookup stopped at, closed whenever the
+    transaction copies that node (``Txn.writeNode``: every node on the path of a written key,
+    the child split by an insert, the child merged by a delete).  ``registrations`` holds the
+    double's equivalent of those channels: (registry, key) pairs, dropped once fired.
+    """
+
+    cond: threading.Condition
+    registrations: list[tuple[dict[bytes, set[_Waiter]] | None, bytes]] = field(
+        default_factory=list
+    )
+
+
+def _radix_key(key: str) -> bytes:
+    """The bytes memdb indexes a KV key under: UTF-8 plus the NUL that StringFieldIndex adds."""
+    return key.encode("utf-8", "surrogatepass") + b"\0"
+
+
+def _lcp(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 class _Aborted(Exception):
     """The connection was dropped on purpose: answer nothing."""
 
@@ -251,7 +292,11 @@ def _first(query: dict[str, list[str]], name: str) -> str:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False
     allow_reuse_address = True
+    # A fleet simulation opens thousands of long-poll connections at once: a deep listen
+    # backlog (capped by net.core.somaxconn) keeps a connect burst from being refused.
+    request_queue_size = 4096
 
     def __init__(self, addr: tuple[str, int], double: ConsulDouble) -> None:
         self.double = double
@@ -375,7 +420,14 @@ class ConsulDouble:
         self.node_name = node_name
         self.initial_index = initial_index
         self.session_ttl_min_ns = int(session_ttl_min * NS_PER_S)
-        self._cond = threading.Condition(threading.RLock())
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # the session reaper waits on it
+        self._waiters: set[_Waiter] = set()
+        self._leaf_watch: dict[bytes, set[_Waiter]] = {}
+        self._node_watch: dict[bytes, set[_Waiter]] = {}
+        self._any_watch: set[_Waiter] = set()
+        self._compute_runs = 0
+        self._compute_reruns = 0
         self._server_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -422,6 +474,24 @@ class ConsulDouble:
         with self._cond:
             self._log_entries.clear()
 
+    @property
+    def compute_runs(self) -> int:
+        """How many times a blocking query's state read ran (first runs and re-runs)."""
+        with self._lock:
+            return self._compute_runs
+
+    @property
+    def compute_reruns(self) -> int:
+        """How many times a blocked query re-ran its state read after a wake-up or timeout."""
+        with self._lock:
+            return self._compute_reruns
+
+    @property
+    def blocked_queries(self) -> int:
+        """How many blocking queries are waiting right now."""
+        with self._lock:
+            return len(self._waiters)
+
     def kv_snapshot(self) -> dict[str, bytes | None]:
         """The KV store as ``{key: value}``, for assertions."""
         with self._cond:
@@ -451,7 +521,7 @@ class ConsulDouble:
             else:
                 self._wipe()
             self._epoch += 1
-            self._cond.notify_all()
+            self._broadcast()
         self.set_down(False)
 
     def reset_index(self, value: int) -> None:
@@ -474,7 +544,7 @@ class ConsulDouble:
             self._kvs_index = min(self._kvs_index, value)
             self._sessions_index = min(self._sessions_index, value)
             self._epoch += 1
-            self._cond.notify_all()
+            self._broadcast()
 
     def reap_tombstones(self) -> None:
         """Forget delete tombstones (Consul reaps them after tombstone_ttl): list indexes of a
@@ -492,7 +562,7 @@ class ConsulDouble:
             for item in victims:
                 item.aborted = True
                 _shutdown(item.conn)
-            self._cond.notify_all()
+            self._broadcast()
             return len(victims)
 
     def set_down(self, down: bool) -> None:
@@ -530,14 +600,14 @@ class ConsulDouble:
         with self._cond:
             self._spurious = enabled
             self._spurious_after = after
-            self._cond.notify_all()
+            self._broadcast()
 
     def close(self) -> None:
         """Stop serving and drop every connection."""
         self.set_down(True)
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._broadcast()
         self._reaper.join(timeout=5)
 
     def __enter__(self) -> ConsulDouble:
@@ -579,7 +649,7 @@ class ConsulDouble:
                 item.aborted = True
             for conn in list(self._conns):
                 _shutdown(conn)
-            self._cond.notify_all()
+            self._broadcast()
 
     def _log(self, record: RequestRecord) -> None:
         with self._cond:
@@ -590,6 +660,7 @@ class ConsulDouble:
     def _wipe(self) -> None:
         self._raft_index = self.initial_index
         self._kv = {}
+        self._keys: list[bytes] = []  # sorted _radix_key of every key: the memdb radix tree
         self._tombstones = {}
         self._kvs_index = 0
         self._sessions = {}
@@ -601,7 +672,168 @@ class ConsulDouble:
         return self._raft_index
 
     def _changed(self) -> None:
+        """A session change: wake the reaper and the queries watching everything."""
         self._cond.notify_all()
+        self._fire(set(self._any_watch))
+
+    # ------------------------------------------------- watches (memdb channels)
+
+    def _broadcast(self) -> None:
+        """Wake every blocked query (restart, restore, dropped connections, test controls)."""
+        for waiter in self._waiters:
+            waiter.cond.notify()
+        self._cond.notify_all()
+
+    def _fire(self, waiters: set[_Waiter]) -> None:
+        """Close these waiters' channels: memdb channels fire once, the query re-registers."""
+        for waiter in waiters:
+            self._unwatch(waiter)
+            waiter.cond.notify()
+
+    def _unwatch(self, waiter: _Waiter) -> None:
+        for registry, key in waiter.registrations:
+            if registry is None:
+                self._any_watch.discard(waiter)
+                continue
+            bucket = registry.get(key)
+            if bucket is not None:
+                bucket.discard(waiter)
+                if not bucket:
+                    del registry[key]
+        waiter.registrations.clear()
+
+    def _add_watch(
+        self, ws: _Waiter | None, registry: dict[bytes, set[_Waiter]] | None, key: bytes = b""
+    ) -> None:
+        if ws is None:  # not a blocking query: memdb is given no WatchSet
+            return
+        if registry is None:
+            self._any_watch.add(ws)
+        else:
+            registry.setdefault(key, set()).add(ws)
+        ws.registrations.append((registry, key))
+
+    def _watch_key(self, ws: _Waiter | None, key: str) -> None:
+        """kvsGetTxn's ``firstWatchWithTxn`` -> go-immutable-radix ``Node.GetWatch``.
+
+        A found key gives its leaf's channel.  A missing key gives the channel of the last
+        radix node the search visited (``watch = n.mutateCh`` as it descends).
+        """
+        kb = _radix_key(key)
+        if key in self._kv:
+            self._add_watch(ws, self._leaf_watch, kb)
+        else:
+            self._add_watch(ws, self._node_watch, self._radix_watch(kb, exact=True))
+
+    def _watch_prefix(self, ws: _Waiter | None, prefix: str) -> None:
+        """kvsListEntriesTxn / KVSListKeys: ``tx.Get(kvs, id_prefix)`` + ``ws.Add(WatchCh())``,
+        i.e. go-immutable-radix ``Node.SeekPrefixWatch``."""
+        pb = prefix.encode("utf-8", "surrogatepass")
+        self._add_watch(ws, self._node_watch, self._radix_watch(pb, exact=False))
+
+    def _radix_watch(self, q: bytes, *, exact: bool) -> bytes:
+        """The path of the radix node whose channel GetWatch/SeekPrefixWatch returns for q.
+
+        The tree's nodes are the root, one leaf node per key and one node at each branch
+        point (the common prefix of two neighbouring keys).  A prefix search that reaches
+        keys stops at the node of their common prefix (or the root for an empty prefix).
+        Otherwise the search stops, having matched m bytes at most: at the root if m == 0,
+        else at the node covering the keys that share those m bytes (the node at q[:m] when
+        it is a branch point, else the child whose edge label diverges from q).
+        """
+        keys = self._keys
+        if not exact:
+            if not q:
+                return b""
+            found = self._subtree_root(q)
+            if found is not None:
+                return found
+        m = self._neighbour_lcp(q, bisect.bisect_left(keys, q))
+        if m == 0:
+            return b""
+        root = self._subtree_root(q[:m])
+        assert root is not None
+        return root
+
+    def _subtree_root(self, prefix: bytes) -> bytes | None:
+        """The path of the node whose subtree is exactly the keys starting with prefix."""
+        keys = self._keys
+        lo = bisect.bisect_left(keys, prefix)
+        if lo == len(keys) or not keys[lo].startswith(prefix):
+            return None
+        hi = bisect.bisect_left(keys, prefix + b"\xff", lo)  # no UTF-8 byte is 0xff
+        first, last = keys[lo], keys[hi - 1]
+        return first[: _lcp(first, last)]
+
+    def _neighbour_lcp(self, q: bytes, pos: int) -> int:
+        """Longest common prefix of q with any key, q being absent and sorting at pos."""
+        keys = self._keys
+        m = _lcp(q, keys[pos - 1]) if pos > 0 else 0
+        if pos < len(keys):
+            m = max(m, _lcp(q, keys[pos]))
+        return m
+
+    def _path_watchers(self, kb: bytes, into: set[_Waiter]) -> None:
+        """Watchers of nodes on kb's path: ``writeNode`` copies each of them."""
+        watch = self._node_watch
+        if not watch:
+            return
+        for i in range(len(kb) + 1):
+            bucket = watch.get(kb[:i])
+            if bucket:
+                into |= bucket
+
+    def _kv_set_key(self, key: str) -> None:
+        """Insert or update key in the radix tree and fire the channels memdb would close."""
+        kb = _radix_key(key)
+        keys = self._keys
+        fired = set(self._any_watch)
+        self._path_watchers(kb, fired)
+        fired |= self._leaf_watch.get(kb, set())
+        pos = bisect.bisect_left(keys, kb)
+        if pos == len(keys) or keys[pos] != kb:
+            # iradix insert: a new key whose path leaves an edge part-way splits that edge's
+            # child node, which writeNode copies (its channel closes).
+            m = self._neighbour_lcp(kb, pos)
+            if m:
+                child = self._subtree_root(kb[:m])
+                if child is not None and len(child) > m:
+                    fired |= self._node_watch.get(child, set())
+            keys.insert(pos, kb)
+        self._fire(fired)
+
+    def _kv_delete_keys(self, prefix: bytes, exact: bool) -> None:
+        """Remove one key (exact) or every key under prefix, firing what memdb would close.
+
+        iradix delete/deletePrefix copy the nodes on the path and the whole deleted subtree;
+        a parent left with one child and no leaf is merged with that child (``mergeChild``),
+        which the double counts as a change of the child as well.
+        """
+        keys = self._keys
+        fired = set(self._any_watch)
+        self._path_watchers(prefix, fired)
+        lo = bisect.bisect_left(keys, prefix)
+        if exact:
+            hi = lo + 1 if lo < len(keys) and keys[lo] == prefix else lo
+            fired |= self._leaf_watch.get(prefix, set())
+            fired |= self._node_watch.get(prefix, set())
+        else:
+            hi = bisect.bisect_left(keys, prefix + b"\xff", lo)
+            for registry in (self._node_watch, self._leaf_watch):
+                for path, bucket in registry.items():
+                    if path.startswith(prefix):
+                        fired |= bucket
+        if hi == lo:
+            return
+        del keys[lo:hi]
+        m = self._neighbour_lcp(prefix, lo)
+        if m:
+            child = self._subtree_root(prefix[:m])
+            if child is not None and len(child) > m:
+                fired |= self._node_watch.get(child, set())
+        self._fire(fired)
+
+    # ------------------------------------------------------------------- KV writes
 
     def _write_entry(self, new: _Entry, idx: int) -> None:
         """kvsSetTxn: keep CreateIndex, skip identical writes, bump the table index."""
@@ -616,14 +848,14 @@ class ConsulDouble:
         new.modify_index = idx
         self._kv[new.key] = new
         self._kvs_index = idx
-        self._changed()
+        self._kv_set_key(new.key)
 
     def _delete_entry(self, key: str, idx: int) -> bool:
         if self._kv.pop(key, None) is None:
             return False
         self._tombstones[key] = idx
         self._kvs_index = idx
-        self._changed()
+        self._kv_delete_keys(_radix_key(key), exact=True)
         return True
 
     def _invalidate(self, sess: _Session, idx: int) -> None:
@@ -664,7 +896,11 @@ class ConsulDouble:
         return max(lindex or self._kvs_index, 1)
 
     def _prefixed(self, prefix: str) -> list[_Entry]:
-        return [self._kv[k] for k in sorted(self._kv) if k.startswith(prefix)]
+        pb = prefix.encode("utf-8", "surrogatepass")
+        keys = self._keys
+        lo = bisect.bisect_left(keys, pb)
+        hi = bisect.bisect_left(keys, pb + b"\xff", lo)
+        return [self._kv[kb[:-1].decode("utf-8", "surrogatepass")] for kb in keys[lo:hi]]
 
     # ------------------------------------------------------------------- requests
 
@@ -756,26 +992,36 @@ class ConsulDouble:
         self,
         min_index: int,
         wait_s: float,
-        compute: Callable[[], tuple[int, Any]],
+        compute: Callable[[_Waiter | None], tuple[int, Any]],
         handler: _Handler,
     ) -> tuple[int, Any]:
-        """blockingQuery: re-run ``compute`` on every change until its index > min_index."""
+        """blockingQuery: re-run ``compute`` when a watch it set fires, until its index >
+        min_index.  ``compute(ws)`` reads the state and registers its watches on ``ws`` (None
+        for a non-blocking read), like the ``fn(ws, state)`` of Consul's blockingQuery."""
         if min_index == 0:
-            with self._cond:
-                return compute()
+            with self._lock:
+                return compute(None)
         timeout = min(wait_s, MAX_QUERY_TIME_S) if wait_s > 0 else DEFAULT_QUERY_TIME_S
         timeout += random.uniform(0, timeout / JITTER_FRACTION)
         deadline = time.monotonic() + timeout
         token = _InFlight(handler.connection)
-        with self._cond:
+        waiter = _Waiter(threading.Condition(self._lock))
+        with self._lock:
             self._inflight.add(token)
+            self._waiters.add(waiter)
             epoch = self._epoch
             spurious_at: float | None = None
+            first = True
             try:
                 while True:
                     if token.aborted:
                         raise _Aborted
-                    index, payload = compute()
+                    self._unwatch(waiter)  # a fresh WatchSet for every run
+                    self._compute_runs += 1
+                    if not first:
+                        self._compute_reruns += 1
+                    first = False
+                    index, payload = compute(waiter)
                     if index > min_index or self._epoch != epoch:
                         return index, payload
                     now = time.monotonic()
@@ -788,8 +1034,10 @@ class ConsulDouble:
                         if now >= spurious_at:
                             return index, payload
                         wake = min(wake, spurious_at)
-                    self._cond.wait(wake - now)
+                    waiter.cond.wait(wake - now)
             finally:
+                self._unwatch(waiter)
+                self._waiters.discard(waiter)
                 self._inflight.discard(token)
 
     # ------------------------------------------------------------------------- KV
@@ -818,7 +1066,8 @@ class ConsulDouble:
         if "keys" in query:
             sep = _first(query, "separator") or _first(query, "seperator")
 
-            def compute_keys() -> tuple[int, Any]:
+            def compute_keys(ws: _Waiter | None) -> tuple[int, Any]:
+                self._watch_prefix(ws, key)
                 entries = self._prefixed(key)
                 keys: dict[str, None] = {}  # ordered set
                 for e in entries:
@@ -832,7 +1081,8 @@ class ConsulDouble:
             return _json_response(keys, headers=self._meta(index))
         if "recurse" in query:
 
-            def compute_list() -> tuple[int, Any]:
+            def compute_list(ws: _Waiter | None) -> tuple[int, Any]:
+                self._watch_prefix(ws, key)
                 entries = self._prefixed(key)
                 return self._list_index(key, entries), [e.to_json() for e in entries]
 
@@ -843,7 +1093,8 @@ class ConsulDouble:
         if not key:
             return _text(400, "Missing key name")
 
-        def compute_one() -> tuple[int, Any]:
+        def compute_one(ws: _Waiter | None) -> tuple[int, Any]:
+            self._watch_key(ws, key)
             entry = self._kv.get(key)
             if entry is None:
                 return max(self._kvs_index, 1), None
@@ -955,7 +1206,8 @@ class ConsulDouble:
                 if victims:
                     self._tombstones[key] = idx
                     self._kvs_index = idx
-                    self._changed()
+                    # kvsDeleteTreeTxn: one memdb DeletePrefix on the id index
+                    self._kv_delete_keys(key.encode("utf-8", "surrogatepass"), exact=False)
                 return _json_response(True)
             if "cas" in query:
                 cas = _parse_uint(_first(query, "cas"))
@@ -1022,7 +1274,8 @@ class ConsulDouble:
         if isinstance(opts, _Response):
             return opts
 
-        def compute() -> tuple[int, Any]:
+        def compute(ws: _Waiter | None) -> tuple[int, Any]:
+            self._add_watch(ws, None)  # session queries: woken by any change
             found = [s.to_json() for s in self._sessions.values() if keep(s)]
             return max(self._sessions_index, 1), found
 
