@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import consul
 import requests
@@ -61,6 +61,18 @@ class Snapshot:
 
     def content(self) -> dict[str, bytes | None]:
         return {key: entry.value for key, entry in self.entries.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRead:
+    """One key at a Consul index (``entry`` None: the key is absent)."""
+
+    index: int
+    entry: Entry | None
+
+    def content(self) -> tuple[bytes | None, str | None] | None:
+        """What a watcher compares: value and lock holder."""
+        return None if self.entry is None else (self.entry.value, self.entry.session)
 
 
 def next_index(previous: int, returned: int) -> int:
@@ -137,28 +149,54 @@ class ConsulStore:
             raise ConsulError(f"Consul {what}: {exc}", "unavailable") from None
 
     def read(self, index: int = 0, wait_seconds: float | None = None) -> Snapshot:
-        """Every entry under the prefix; blocks until the index passes ``index`` when > 0."""
-        wait = f"{int(wait_seconds)}s" if (index > 0 and wait_seconds) else None
-        timeout = ((wait_seconds or 0) * 17 / 16 + TIMEOUT_MARGIN) if wait else None
+        """Every entry under the prefix; blocks until the index passes ``index`` when > 0.
+
+        O(entries under the prefix) per call: only the barrier keeper and ``kafka-pki status``
+        read the whole prefix; participants read single keys (:meth:`get`).
+        """
+        wait, timeout = self._blocking(index, wait_seconds)
         new_index, items = self._call(
             "watch" if wait else "read",
             lambda: self._client.kv.get(self.prefix, index=index or None, recurse=True,
                                         wait=wait), timeout)
-        entries: dict[str, Entry] = {}
-        for item in items or []:
-            key = str(item["Key"])[len(self.prefix):]
-            value = item.get("Value")
-            entries[key] = Entry(key=key, value=value if value is None else bytes(value),
-                                 modify_index=int(item["ModifyIndex"]),
-                                 session=item.get("Session"))
+        entries = {entry.key: entry for entry in map(self._entry, items or [])}
         return Snapshot(index=int(new_index or 0), entries=entries)
 
+    def get(self, key: str, index: int = 0, wait_seconds: float | None = None) -> KeyRead:
+        """One key (None if absent); blocks until the key changes past ``index`` when > 0.
+
+        Consul answers a single-key blocking query with the key's own ModifyIndex and wakes it
+        only when that key changes (kvs_endpoint.go ``Get``), so writes elsewhere under the
+        prefix cost its watchers nothing.
+        """
+        wait, timeout = self._blocking(index, wait_seconds)
+        new_index, item = self._call(
+            f"watch {key}" if wait else f"read {key}",
+            lambda: self._client.kv.get(self.prefix + key, index=index or None, wait=wait),
+            timeout)
+        return KeyRead(index=int(new_index or 0), entry=self._entry(item) if item else None)
+
+    @staticmethod
+    def _blocking(index: int, wait_seconds: float | None) -> tuple[str | None, float | None]:
+        """Consul's ``wait`` parameter and the client timeout for a (blocking) read."""
+        if not (index > 0 and wait_seconds):
+            return None, None
+        return f"{int(wait_seconds)}s", wait_seconds * 17 / 16 + TIMEOUT_MARGIN
+
+    def _entry(self, item: Mapping[str, Any]) -> Entry:
+        value = item.get("Value")
+        return Entry(key=str(item["Key"])[len(self.prefix):],
+                     value=value if value is None else bytes(value),
+                     modify_index=int(item["ModifyIndex"]), session=item.get("Session"))
+
     def put(self, key: str, value: bytes, *, cas: int | None = None,
-            acquire: str | None = None) -> bool:
-        """Write; with ``cas`` only if ModifyIndex matches (0: only if absent)."""
+            acquire: str | None = None, release: str | None = None) -> bool:
+        """Write; with ``cas`` only if ModifyIndex matches (0: only if absent); with
+        ``acquire``/``release`` as a session lock (False: another session holds it)."""
         return bool(self._call(
             f"write {key}",
-            lambda: self._client.kv.put(self.prefix + key, value, cas=cas, acquire=acquire)))
+            lambda: self._client.kv.put(self.prefix + key, value, cas=cas, acquire=acquire,
+                                        release=release)))
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self._client.kv.delete(self.prefix + key))
@@ -183,11 +221,25 @@ class ConsulStore:
         self._call("destroy session", lambda: self._client.session.destroy(session_id))
 
 
-def watch_loop(store: ConsulStore, wait_seconds: float, on_snapshot: Callable[[Snapshot], None],
-               on_error: Callable[[ConsulError, float], None],
-               stopped: Callable[[], bool], rng: random.Random | None = None,
-               sleep: Callable[[float], Any] = time.sleep) -> None:
-    """Long-poll the prefix until ``stopped()``; call ``on_snapshot`` with each new content.
+class Read(Protocol):
+    """What a blocking read returns: the index to pass next and something to compare."""
+
+    @property
+    def index(self) -> int: ...
+
+    def content(self) -> object: ...
+
+
+R = TypeVar("R", bound=Read)
+
+
+def watch(fetch: Callable[[int, float | None], R], wait_seconds: float,
+          on_change: Callable[[R], None], on_error: Callable[[ConsulError, float], None],
+          stopped: Callable[[], bool], rng: random.Random | None = None,
+          sleep: Callable[[float], Any] = time.sleep,
+          on_wake: Callable[[], None] | None = None) -> None:
+    """Long-poll ``fetch(index, wait)`` until ``stopped()``; call ``on_change`` with each new
+    content (``on_wake`` on every blocking return, changed or not).
 
     Same index or same content counts as no change; backs off (capped at 30 s, jittered)
     after errors and reports each one with the delay it will wait.
@@ -196,7 +248,7 @@ def watch_loop(store: ConsulStore, wait_seconds: float, on_snapshot: Callable[[S
     index, last_content, failures = 0, None, 0
     while not stopped():
         try:
-            snapshot = store.read(index, jittered_wait(wait_seconds, rng) if index else None)
+            result = fetch(index, jittered_wait(wait_seconds, rng) if index else None)
         except ConsulError as exc:
             index = 0  # continuity is unknown after a failure (restart?): plain read next
             failures += 1
@@ -204,9 +256,19 @@ def watch_loop(store: ConsulStore, wait_seconds: float, on_snapshot: Callable[[S
             on_error(exc, delay)
             sleep(delay)
             continue
+        if index and on_wake is not None:
+            on_wake()
         failures = 0
-        index = next_index(index, snapshot.index)
-        content = snapshot.content()
+        index = next_index(index, result.index)
+        content = result.content()
         if content != last_content:
             last_content = content
-            on_snapshot(snapshot)
+            on_change(result)
+
+
+def watch_loop(store: ConsulStore, wait_seconds: float, on_snapshot: Callable[[Snapshot], None],
+               on_error: Callable[[ConsulError, float], None],
+               stopped: Callable[[], bool], rng: random.Random | None = None,
+               sleep: Callable[[float], Any] = time.sleep) -> None:
+    """Long-poll the whole prefix (see :func:`watch`)."""
+    watch(store.read, wait_seconds, on_snapshot, on_error, stopped, rng, sleep)

@@ -1,8 +1,10 @@
 """A participant in the Consul-coordinated root rotation (the auth manager's desired source).
 
-Protocol per pass: register (session + ``nodes/<id>``), read the prefix, let the pure state
-machine decide, check-and-set the record if it says so (losers re-read), then install the
-phase's material and report what the broker or app verifiably serves.
+Protocol per pass: register (session + ``nodes/<id>``), read the ``rotation`` record (one key),
+install that phase's material and report what the broker or app verifiably serves. The
+participant watches only the ``rotation`` key, so other participants' reports never wake it;
+the barrier is evaluated by the keeper (:mod:`sidecar.keeper`), a role any participant may
+take, which this participant contends for in the background.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import dataclasses
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sidecar import layout
 from sidecar.config import AuthManagerConfig
-from sidecar.consul_store import ConsulError, ConsulStore, Snapshot, watch_loop
+from sidecar.consul_store import ConsulError, ConsulStore, KeyRead, watch
+from sidecar.keeper import ACTIVE_ROOT, KEEPER, NODES, ROTATION, BarrierKeeper
 from sidecar.manager import AuthManager
 from sidecar.manifest import Acknowledgement, Manifest, ManifestError
 from sidecar.metrics import AuthManagerMetrics
@@ -29,19 +31,12 @@ from sidecar.rotation import (
     Policy,
     RotationInputError,
     RotationRecord,
-    barrier,
-    decide,
-    parse_node,
     parse_record,
-    parse_root_name,
     target_phase,
 )
 from sidecar.vault import VaultError
 from sidecar.volume import Volume
 
-ACTIVE_ROOT = "active-root"
-ROTATION = "rotation"
-NODES = "nodes/"
 SESSION_FILE = ".consul-session"
 
 
@@ -116,6 +111,12 @@ class Registration:
     @property
     def key(self) -> str:
         return NODES + self.node_id
+
+    def current_session(self) -> str | None:
+        """The live session once this participant's report is published under it (None while
+        unregistered): the keeper lock is taken with it, so a keeper always counts itself."""
+        with self._lock:
+            return self.session_id if self.published is not None else None
 
     def ensure(self, state: NodeState) -> None:
         """Hold a live session and the node key; (re)register if either was lost."""
@@ -198,13 +199,15 @@ class Registration:
 
 
 class RotationParticipant:
-    """DesiredSource for coordinated mode: the rotation decides signer and trust set."""
+    """DesiredSource for coordinated mode: the rotation record decides signer and trust set."""
 
     def __init__(self, *, store: ConsulStore, watch_store: ConsulStore, manager: AuthManager,
                  metrics: AuthManagerMetrics, log: Any, node_id: str, role: str,
                  policy: Policy, session_ttl: int, watch_wait: float,
                  require_ack: bool, stop: threading.Event,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 keeper_store: ConsulStore | None = None,
+                 record_wait: float = 10.0, keeper_thread: bool = True) -> None:
         self.store = store
         self.watch_store = watch_store
         self.manager = manager
@@ -217,16 +220,22 @@ class RotationParticipant:
         self.require_ack = require_ack
         self.stop = stop
         self.clock = clock
+        self.record_wait = record_wait
+        self.keeper_thread = keeper_thread
         self.changed = threading.Event()
-        self.snapshot: Snapshot | None = None
-        self._snapshot_lock = threading.Lock()
         self.registration = Registration(store, node_id, session_ttl,
                                          manager.volume.root / SESSION_FILE, log,
                                          on_lost=self.changed.set)
+        self.keeper = BarrierKeeper(
+            store=keeper_store or store.clone(), session=self.registration.current_session,
+            node_id=node_id, role=role, policy=policy, watch_wait=watch_wait, metrics=metrics,
+            log=log, stop=stop, check_root=self._check_root_exists,
+            on_bad_input=self._bad_input, clock=clock)
         self._watcher: threading.Thread | None = None
+        self._watched: KeyRead | None = None
+        self._watched_lock = threading.Lock()
         self._known_roots: set[str] = set()
         self._reported_bad: set[str] = set()
-        self._deferred_logged: set[tuple[str, str]] = set()
         self._record: RotationRecord | None = None
         self._ack_stamp: float | None = None
         self._acted: Desired | None = None  # what the last record read asked of us
@@ -246,30 +255,36 @@ class RotationParticipant:
 
     # -- watching ---------------------------------------------------------------------------
 
-    def _start_watcher(self) -> None:
+    def _start_background(self) -> None:
         if self._watcher is not None:
             return
 
-        def on_snapshot(snapshot: Snapshot) -> None:
-            with self._snapshot_lock:
-                self.snapshot = snapshot
+        def on_change(read: KeyRead) -> None:
+            with self._watched_lock:
+                self._watched = read
             self.changed.set()
 
         def on_error(exc: ConsulError, delay: float) -> None:
             self.metrics.consul_errors.labels(reason=exc.reason).inc()
             self.log.warning("consul_watch_failed", error=str(exc), retry_in=round(delay, 2))
 
-        self._watcher = threading.Thread(
-            target=watch_loop, name="consul-watch", daemon=True,
-            args=(self.watch_store, self.watch_wait, on_snapshot, on_error, self.stop.is_set))
-        self._watcher.start()
+        def fetch(index: int, wait: float | None) -> KeyRead:
+            return self.watch_store.get(ROTATION, index, wait)
 
-    def _read_now(self) -> Snapshot:
-        snapshot = self.store.read()
-        with self._snapshot_lock:
-            if self.snapshot is None or snapshot.index >= self.snapshot.index:
-                self.snapshot = snapshot
-        return snapshot
+        self._watcher = threading.Thread(
+            target=watch, name="consul-watch", daemon=True,
+            args=(fetch, self.watch_wait, on_change, on_error, self.stop.is_set),
+            kwargs={"on_wake": self.metrics.watch_wakeups.labels(key=ROTATION).inc})
+        self._watcher.start()
+        if self.keeper_thread:
+            self.keeper.start()
+
+    def _read_record(self) -> KeyRead:
+        read = self.store.get(ROTATION)
+        with self._watched_lock:
+            if self._watched is None or read.index >= self._watched.index:
+                self._watched = read
+            return self._watched
 
     # -- DesiredSource ----------------------------------------------------------------------
 
@@ -282,7 +297,7 @@ class RotationParticipant:
                                self.clock())
 
     def desired(self) -> Desired:
-        """Register, read, decide (CAS), and return this participant's target material."""
+        """Register, read the record, and return this participant's target material."""
         try:
             return self._desired()
         except ConsulError as exc:
@@ -293,29 +308,14 @@ class RotationParticipant:
         installed = self.manager.current_manifest()
         me = self.node_state(installed, self.manager.volume.read_ack())
         self.registration.ensure(me)
-        self._start_watcher()
-        snapshot = self._read_now()
-        for _ in range(8):
-            record = self._parse_record(snapshot)
-            desired_root = self._desired_root(snapshot)
-            nodes = self._parse_nodes(snapshot, me)
-            now = self.clock()
-            decision = decide(record, desired_root, nodes, now, self.policy,
-                              new_id=uuid.uuid4().hex[:12])
-            if decision.record is None:
-                self._log_events(decision.events, record)
-                break
-            if self.store.put(ROTATION, decision.record.to_json(),
-                              cas=snapshot.modify_index(ROTATION)):
-                self._log_events(decision.events, record)
-                record = decision.record
-                break
-            self.metrics.cas_conflicts.inc()
-            snapshot = self._read_now()  # lost the race: re-read and decide again
+        self._start_background()
+        record = self._parse_record(self._await_record())
         if record is None:
-            raise RotationInputError("no rotation record and no valid active-root: "
-                                     f"set {self.store.prefix}{ACTIVE_ROOT}")
-        self._observe(record, nodes)
+            raise RotationInputError(
+                f"no rotation record at {self.store.prefix}{ROTATION} yet: the barrier keeper "
+                f"creates it from {self.store.prefix}{ACTIVE_ROOT} (is that key set to a root "
+                "with a Vault PKI mount? `kafka-pki status` shows the keeper)")
+        self._observe(record)
         # Decide from what is installed, which the monitor serves next, not from what it has
         # acknowledged so far: deciding from an older acknowledged generation could install a
         # lower phase of this record after a higher one, which the barrier may already count.
@@ -328,6 +328,21 @@ class RotationParticipant:
                               rotation_id=record.id, phase=phase)
         return self._acted
 
+    def _await_record(self) -> KeyRead:
+        """The record; when there is none yet (a new cluster), wait a little for the keeper
+        (perhaps this very participant) to create it."""
+        read = self._read_record()
+        deadline = time.monotonic() + self.record_wait
+        while read.entry is None and not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.changed.wait(min(left, 0.25))
+            self.changed.clear()
+            with self._watched_lock:
+                read = self._watched or read
+        return read
+
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
         """Publish what is served now (after the monitor acknowledged it)."""
         try:
@@ -337,8 +352,8 @@ class RotationParticipant:
             self.log.warning("report_failed", error=str(exc))
 
     def wait(self, timeout: float) -> None:
-        """Sleep until Consul changes, the monitor acknowledges, a dwell ends, or timeout."""
-        deadline = time.monotonic() + min(timeout, self._dwell_left() or timeout)
+        """Sleep until the record changes, the monitor acknowledges, or timeout."""
+        deadline = time.monotonic() + timeout
         while not self.stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -350,6 +365,10 @@ class RotationParticipant:
                 return
 
     def close(self, destroy: bool = True) -> None:
+        """Stop; destroy the session (its keys and the keeper lock go at once) or keep it for
+        the next process (``--once``), giving the keeper lock up either way."""
+        if not destroy:
+            self.keeper.release()
         self.stop.set()
         self.registration.close(destroy=destroy)
 
@@ -364,27 +383,12 @@ class RotationParticipant:
         self._ack_stamp = stamp
         return changed
 
-    def _dwell_left(self) -> float | None:
-        record = self._record
-        if record is None or self.policy.min_dwell <= 0 or record.stable:
-            return None
-        return max(0.5, record.phase_since + self.policy.min_dwell - self.clock() + 0.05)
-
     def _bad_input(self, key: str, message: str) -> None:
         self.metrics.rotation_input_errors.labels(key=key).inc()
         if message not in self._reported_bad:
             self._reported_bad.add(message)
             self.log.error("rotation_input_invalid", key=key, error=message,
                            action="ignored; nothing rotates on this value")
-
-    def _desired_root(self, snapshot: Snapshot) -> str | None:
-        try:
-            root = parse_root_name(snapshot.value(ACTIVE_ROOT))
-            self._check_root_exists(root)
-        except RotationInputError as exc:
-            self._bad_input(ACTIVE_ROOT, str(exc))
-            return None
-        return root
 
     def _check_root_exists(self, root: str) -> None:
         if root in self._known_roots:
@@ -398,42 +402,16 @@ class RotationParticipant:
             raise
         self._known_roots.add(root)
 
-    def _parse_record(self, snapshot: Snapshot) -> RotationRecord | None:
-        raw = snapshot.value(ROTATION)
-        if raw is None:
+    def _parse_record(self, read: KeyRead) -> RotationRecord | None:
+        if read.entry is None or read.entry.value is None:
             return None
         try:
-            return parse_record(raw)
+            return parse_record(read.entry.value)
         except RotationInputError as exc:
             self._bad_input(ROTATION, str(exc))
             raise RotationInputError(f"{exc}; keeping the current material") from exc
 
-    def _parse_nodes(self, snapshot: Snapshot, me: NodeState) -> dict[str, NodeState]:
-        nodes: dict[str, NodeState] = {}
-        for key, entry in snapshot.entries.items():
-            if not key.startswith(NODES) or entry.session is None:
-                continue  # only registered (session-held) participants count
-            node_id = key[len(NODES):]
-            try:
-                nodes[node_id] = parse_node(node_id, entry.value)
-            except RotationInputError as exc:
-                self._bad_input("nodes", str(exc))
-                nodes[node_id] = NodeState(node_id)  # counts, but serves nothing known
-        nodes[self.node_id] = me
-        return nodes
-
-    def _log_events(self, events: tuple[Any, ...], record: RotationRecord | None) -> None:
-        for event in events:
-            if event.name == "rotation_deferred":
-                key = (str(event.fields.get("requested")), record.id if record else "")
-                if key in self._deferred_logged:
-                    continue
-                self._deferred_logged.add(key)
-                self.log.warning(event.name, **dict(event.fields))
-            else:
-                self.log.info(event.name, **dict(event.fields))
-
-    def _observe(self, record: RotationRecord, nodes: dict[str, NodeState]) -> None:
+    def _observe(self, record: RotationRecord) -> None:
         previous = self._record
         self._record = record
         now = self.clock()
@@ -448,8 +426,6 @@ class RotationParticipant:
             # Computed at scrape time: a participant stuck at the barrier runs no pass for
             # hours, and the "stuck in phase" alert must still see the time grow.
             m.rotation_phase_seconds.set_function(self._seconds_in_phase)
-        gate = barrier(record, nodes, now, self.policy)
-        m.rotation_waiting.set(len(gate.waiting_on))
         m.rotation_stable.set(1 if record.stable else 0)
 
     def _seconds_in_phase(self) -> float:
@@ -464,4 +440,5 @@ class RotationConsulError(ConsulError):
         super().__init__(message, "consul")
 
 
-__all__ = ["RotationConsulError", "RotationParticipant", "published_state"]
+__all__ = ["ACTIVE_ROOT", "KEEPER", "NODES", "ROTATION", "RotationConsulError",
+           "RotationParticipant", "published_state"]

@@ -42,10 +42,24 @@ class AuthManagerMetrics:
         self.rotation_phase_seconds = Gauge("pki_rotation_phase_seconds",
                                             "Seconds the record has been in its phase",
                                             registry=r)
-        self.rotation_waiting = Gauge("pki_rotation_waiting_participants",
-                                      "Participants the barrier waits on", registry=r)
+        self.rotation_waiting = Gauge(
+            "pki_rotation_waiting_participants",
+            "Participants the barrier waits on (keeper only; 0 on the others)", registry=r)
         self.rotation_stable = Gauge("pki_rotation_stable",
                                      "1 when the rotation has completed", registry=r)
+        self.keeper = Gauge("pki_rotation_keeper",
+                            "1 while this participant holds the cluster's barrier-keeper lock",
+                            registry=r)
+        self.keeper_acquisitions = Counter(
+            "pki_rotation_keeper_acquisitions_total",
+            "Times this participant became the barrier keeper", registry=r)
+        self.keeper_participants = Gauge(
+            "pki_rotation_registered_participants",
+            "Registered participants the keeper sees (0 on the others)", registry=r)
+        self.watch_wakeups = Counter(
+            "pki_consul_watch_wakeups_total",
+            "Consul blocking queries that returned (changed or not), by watched key",
+            ["key"], registry=r)
         self.errors = Counter("pki_errors_total", "Errors by kind", ["kind"], registry=r)
 
     def observe_vault(self, operation: str, seconds: float, outcome: str) -> None:

@@ -16,14 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sidecar.consul_store import ConsulError, ConsulStore, Snapshot
-from sidecar.coordinator import ACTIVE_ROOT, NODES, ROTATION
+from sidecar.keeper import ACTIVE_ROOT, KEEPER, ROTATION, keeper_holder, registered_nodes
 from sidecar.rotation import (
-    NodeState,
     Policy,
     RotationInputError,
     RotationRecord,
     barrier,
-    parse_node,
     parse_record,
     parse_root_name,
 )
@@ -56,14 +54,7 @@ def status_data(snapshot: Snapshot, now: float) -> dict[str, Any]:
             record = parse_record(snapshot.value(ROTATION) or b"")
         except RotationInputError as exc:
             record_error = str(exc)
-    nodes: dict[str, NodeState] = {}
-    for key, entry in snapshot.entries.items():
-        if key.startswith(NODES) and entry.session is not None:
-            node_id = key[len(NODES):]
-            try:
-                nodes[node_id] = parse_node(node_id, entry.value)
-            except RotationInputError:
-                nodes[node_id] = NodeState(node_id)
+    nodes = registered_nodes(snapshot, lambda message: None)
     waiting: set[str] = set()
     if record is not None:
         waiting = set(barrier(record, nodes, now, Policy()).waiting_on)
@@ -83,6 +74,7 @@ def status_data(snapshot: Snapshot, now: float) -> dict[str, Any]:
                     "started_at": record.started_at, "completed_at": record.completed_at}
     return {"active_root": desired, "active_root_error": desired_error,
             "rotation": rotation, "rotation_error": record_error,
+            "keeper": keeper_holder(snapshot.entries.get(KEEPER)),
             "participants": participants}
 
 
@@ -100,6 +92,15 @@ def render_status(data: Mapping[str, Any]) -> str:
         lines.append(f"rotation     : {rotation['id']} {rotation['from']} -> {rotation['to']} "
                      f"phase {rotation['phase']} ({state}, {rotation['seconds_in_phase']}s "
                      "in phase)")
+    keeper = data["keeper"]
+    if keeper is None:
+        lines.append("keeper       : none (the barrier is not evaluated until a participant "
+                     "takes the lock)")
+    else:
+        since = "" if keeper["since"] is None else time.strftime(
+            " since %Y-%m-%dT%H:%M:%SZ", time.gmtime(keeper["since"]))
+        lines.append(f"keeper       : {keeper['node_id'] or '?'} ({keeper['role'] or '?'})"
+                     f"{since}")
     header = ("", "participant", "role", "phase", "serial", "issuer", "not after")
     rows = [header]
     for p in data["participants"]:

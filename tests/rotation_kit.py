@@ -22,7 +22,7 @@ from sidecar.rotation import parse_record
 from sidecar.volume import Volume, VolumeError, read_generation
 from tests.consul_setup import ConsulTarget
 from tests.doubles.consul import ConsulDouble
-from tests.manager_kit import RecordingLog, make_config, make_manager
+from tests.manager_kit import RecordingLog, make_config, make_manager, metric
 from tests.vault_setup import VaultTarget
 
 
@@ -74,6 +74,27 @@ class Node:
         found = Volume(self.volume).read_current()
         return (found[1].trust, found[1].signer) if found else None
 
+    def step(self, ack: int | None = None) -> None:
+        """One stepped round: acknowledge generation ``ack``, publish what is served, let this
+        participant's keeper decide on a fresh read (if it holds or can take the lock), then run
+        one reconcile pass."""
+        if ack is not None:
+            acknowledge_generation(self.volume, ack)
+        state = self.source.node_state(self.manager.current_manifest(),
+                                       self.manager.volume.read_ack())
+        self.source.registration.ensure(state)
+        self.source.keeper.pass_once()
+        self.manager.step(self.source)
+
+    def crash(self) -> None:
+        """Stop every thread without a word to Consul (kill -9): its session, and the keeper
+        lock if it held it, live on until the session's TTL runs out."""
+        self.stop.set()
+        self.source.registration.close(destroy=False)
+        self.source.changed.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
     def halt(self, destroy: bool = True) -> None:
         self.stop.set()
         self.source.changed.set()
@@ -116,6 +137,7 @@ class Cluster:
         manager, metrics, log = make_manager(config)
         stop = threading.Event()
         source = RotationParticipant.from_config(config, manager, metrics, log, stop)
+        source.keeper_thread = run  # stepped by hand: the test runs the keeper's passes too
         enabled = threading.Event()
         if monitor:
             enabled.set()
@@ -132,6 +154,14 @@ class Cluster:
         node = Node(name, volume, manager, source, log, stop, threads, enabled)
         self.nodes[name] = node
         return node
+
+    def keepers(self) -> list[Node]:
+        """The participants that believe they hold the keeper lock now."""
+        return [n for n in self.nodes.values() if n.source.keeper.holding]
+
+    def keeper_metric(self, name: str) -> float:
+        """A metric the keeper alone exports (0 on the others): the largest value."""
+        return max((metric(n.manager.metrics, name) for n in self.nodes.values()), default=0.0)
 
     def record(self) -> Any:
         raw = self.store.read().value("rotation")

@@ -13,6 +13,7 @@ import pytest
 from sidecar import layout
 from sidecar.coordinator import published_state
 from sidecar.manifest import Manifest
+from sidecar.operator_cli import status_data
 from sidecar.renewal import Desired
 from sidecar.rotation import NodeState, parse_node, phase_material
 from sidecar.volume import Volume, read_generation
@@ -20,7 +21,7 @@ from tests.consul_setup import ConsulTarget
 from tests.doubles.consul import ConsulDouble
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import metric
-from tests.rotation_kit import Cluster, Node, acknowledge_generation, target_for
+from tests.rotation_kit import Cluster, Node, target_for
 from tests.vault_setup import VaultTarget
 
 
@@ -67,6 +68,62 @@ def test_rotation_a_to_b_through_three_phases(cluster: Cluster) -> None:
         assert (published["rotation_id"], published["phase"]) == (record.id, 3)
 
 
+def test_one_keeper_and_participants_not_woken_by_reports(cluster: Cluster) -> None:
+    """Participants watch the record only: reports (every participant's, several each) wake
+    nobody but the keeper, which is one of them and shows in ``kafka-pki status``."""
+    cluster.set_root("pki_root_a")
+    for i in range(4):
+        cluster.start(f"broker-{i}", role="broker" if i < 3 else "client")
+    cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable on A")
+    cluster.wait_until(lambda: len(cluster.keepers()) == 1, "one keeper")
+    (keeper,) = cluster.keepers()
+    assert metric(keeper.manager.metrics, "pki_rotation_keeper") == 1
+    others = [n for n in cluster.nodes.values() if n is not keeper]
+
+    def wakeups(node: Node) -> float:
+        return metric(node.manager.metrics, "pki_consul_watch_wakeups_total", key="rotation")
+
+    before = {n.name: wakeups(n) for n in others}
+    for round_ in range(5):  # reports change (as renewals do) without the record changing
+        for node in cluster.nodes.values():
+            cluster.store.put(f"nodes/{node.name}-extra-{round_}", b"{}")
+    time.sleep(0.5)
+    assert {n.name: wakeups(n) for n in others} == before
+    data = status_data(cluster.store.read(), time.time())
+    assert data["keeper"]["node_id"] == keeper.name
+
+
+def test_keeper_crash_mid_rotation_is_replaced(consul_double: ConsulDouble, vault: VaultTarget,
+                                               tmp_path: Path) -> None:
+    """kill -9 of the keeper while the barrier waits: its session expires (TTL), another
+    participant takes the lock and the rotation completes."""
+    cluster = Cluster(target_for(consul_double), vault, tmp_path, session_ttl=10)
+    try:
+        cluster.set_root("pki_root_a")
+        for i in range(3):
+            cluster.start(f"broker-{i}")
+        cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable on A")
+        cluster.wait_until(lambda: len(cluster.keepers()) == 1, "one keeper")
+        (keeper,) = cluster.keepers()
+        lagging = next(n for n in cluster.nodes.values() if n is not keeper)
+        lagging.monitor_enabled.clear()  # the barrier will wait on it in phase 1
+        cluster.set_root("pki_root_b")
+        cluster.wait_until(lambda: (r := cluster.record()) is not None
+                           and r.to_root == "pki_root_b", "phase 1")
+        keeper.crash()
+        del cluster.nodes[keeper.name]
+        crashed_at = time.monotonic()
+        lagging.monitor_enabled.set()
+        cluster.wait_until(lambda: len(cluster.keepers()) == 1, "a new keeper", timeout=40)
+        handover = time.monotonic() - crashed_at
+        assert handover < 2 * 10 + 5, f"hand-over took {handover:.1f}s (TTL 10 s)"
+        cluster.wait_until(lambda: cluster.converged("pki_root_b"), "stable on B", timeout=60)
+        new_keeper = cluster.keepers()[0]
+        assert new_keeper.log.named("keeper_acquired")
+    finally:
+        cluster.stop()
+
+
 def test_barrier_waits_for_unacknowledged_participant(cluster: Cluster) -> None:
     cluster.set_root("pki_root_a")
     cluster.start("broker-1")
@@ -74,9 +131,9 @@ def test_barrier_waits_for_unacknowledged_participant(cluster: Cluster) -> None:
     cluster.wait_until(lambda: lagging.served() is not None, "material written")
     record = cluster.record()
     assert record is not None and not record.stable, "no acknowledgement: not completed"
+    cluster.wait_until(lambda: cluster.keeper_metric("pki_rotation_waiting_participants") == 1,
+                       "the keeper's barrier to wait on broker-2")
     metrics = cluster.nodes["broker-1"].manager.metrics
-    cluster.wait_until(lambda: metric(metrics, "pki_rotation_waiting_participants") == 1,
-                       "the barrier to wait on broker-2")
     # Nothing wakes a participant stuck at the barrier: the gauge must still grow.
     before = metric(metrics, "pki_rotation_phase_seconds")
     time.sleep(0.3)
@@ -99,9 +156,7 @@ def test_phases_installed_never_go_down_while_the_monitor_lags(cluster: Cluster)
     node = cluster.start("broker-1", run=False, keep_generations=20)
 
     def step(ack: int | None = None) -> None:
-        if ack is not None:
-            acknowledge_generation(node.volume, ack)
-        node.manager.step(node.source)
+        node.step(ack)
         phases: dict[str, int] = {}
         for rotation_id, phase in installed_phases(node.volume):
             if rotation_id is not None and phase is not None:
@@ -154,13 +209,7 @@ def test_published_state_counts_the_record_acted_on_only_for_the_latest_generati
 
 def _stepper(cluster: Cluster, name: str) -> tuple[Node, Callable[..., None]]:
     node = cluster.start(name, run=False, keep_generations=20)
-
-    def step(ack: int | None = None) -> None:
-        if ack is not None:
-            acknowledge_generation(node.volume, ack)
-        node.manager.step(node.source)
-
-    return node, step
+    return node, node.step
 
 
 def _published(cluster: Cluster, name: str) -> NodeState:
@@ -369,7 +418,8 @@ def test_vault_outage_during_a_phase_resumes(consul: ConsulTarget, vault_double:
         cluster.set_root("pki_root_a")
         node = cluster.start("broker-1")
         cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable on A")
-        vault_double.fail_next(1000, 503, ["Vault is sealed"])
+        # Signing fails (the keeper could still check that pki_root_b exists).
+        vault_double.fail_next(1000, 503, ["Vault is sealed"], path="/sign/")
         cluster.set_root("pki_root_b")
         cluster.wait_until(lambda: len(node.log.named("renewal_failed")) >= 2, "failures")
         assert node.served() == (("pki_root_a",), "pki_root_a"), "old material kept"
