@@ -101,8 +101,9 @@ def stable_material(root: str) -> PhaseMaterial:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Which steps the model offers, and two contracts of the coordinator that can be broken
-    on purpose to show that the proofs catch it (``decide_again_after_cas``, ``decide_from``)."""
+    """Which steps the model offers, and contracts of the coordinator that can be broken on
+    purpose to show that the proofs catch it (``decide_again_after_cas``, ``decide_from``) or
+    that safety does not need them (``survey_checks_lock``)."""
 
     max_participants: int = 8
     lag_reports: bool = True
@@ -114,6 +115,16 @@ class Config:
     decide_again_after_cas: bool = False
     #: Which generation the phase is decided from: the coordinator's is "installed".
     decide_from: DecideFrom = "installed"
+    #: A keeper decides only on a read of the prefix that shows the lock held by its own
+    #: session (False: on any read while it believes it is keeper).
+    survey_checks_lock: bool = True
+    #: A stale keeper with no read it could still win a check-and-set with steps down at once
+    #: (it could do nothing else: merges states that behave the same; False: only in a
+    #: step_down step, deciding in vain before).
+    merge_stale_keepers: bool = True
+    #: The record is written in a Consul transaction that also checks the lock is held by the
+    #: writer's session (``check-session``): a stale keeper's write fails.
+    fenced_writes: bool = False
 
     def __post_init__(self) -> None:
         if self.decide_from not in get_args(DecideFrom):
@@ -121,8 +132,19 @@ class Config:
 
 
 @dataclasses.dataclass(frozen=True)
+class RecordRead:
+    """A participant's read of the ``rotation`` key (the only key it watches): the record, its
+    ModifyIndex and the Consul epoch it was read in. What it installs from."""
+
+    record: RotationRecord | None
+    index: int
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """One participant's read of Consul: record (with its ModifyIndex), active-root, registry."""
+    """A keeper's read of the whole prefix: record (with its ModifyIndex), active-root, registry.
+    What it decides on."""
 
     record: RotationRecord | None
     index: int
@@ -160,7 +182,13 @@ class Participant:
     acted: Desired | None = None
     acted_epoch: int = -1
     pending_report: bool = False
-    snapshot: Snapshot | None = None
+    #: Its last read of the ``rotation`` key (what it installs from).
+    snapshot: RecordRead | None = None
+    #: Whether it believes it holds the ``keeper`` lock (it may be wrong: its session expired
+    #: and it has not noticed yet; it notices in a ``step_down`` step).
+    keeper: bool = False
+    #: Its last read of the whole prefix as keeper (what it decides on).
+    view: Snapshot | None = None
 
     @property
     def installed(self) -> Generation | None:
@@ -222,6 +250,8 @@ class World:
     epoch: int = 0
     next_index: int = 1
     next_id: int = 1
+    #: The node whose session holds the ``keeper`` lock key (None: nobody's).
+    keeper: str | None = None
 
     def entry(self, node_id: str) -> NodeState | None:
         for node in self.registry:
@@ -242,19 +272,22 @@ def _node_id(i: int) -> str:
 
 
 def initial_world(n: int, policy: Policy, *, from_nothing: bool = False,
-                  root: str = "A") -> World:
-    """Either everyone registered and serving ``root`` under a stable record, or nothing at all:
-    no record, no registration, nobody serving, ``active-root`` set to ``root``."""
+                  root: str = "A", keeper: int | None = 0) -> World:
+    """Either everyone registered and serving ``root`` under a stable record, participant
+    ``keeper`` holding the lock (None: nobody yet), or nothing at all: no record, no
+    registration, no keeper, nobody serving, ``active-root`` set to ``root``."""
     if from_nothing:
         people = tuple(Participant(_node_id(i), _role(i)) for i in range(n))
         return World(policy, root, None, 0, (), people)
     record = RotationRecord("r0", root, root, MAX_PHASE, 0.0, 0.0, 0.0)
     people = tuple(Participant(_node_id(i), _role(i), session=True,
                                serving=Generation(stable_material(root), "r0", 0),
-                               acted=Desired(root, (root,), "r0", MAX_PHASE), acted_epoch=0)
+                               acted=Desired(root, (root,), "r0", MAX_PHASE), acted_epoch=0,
+                               keeper=i == keeper)
                    for i in range(n))
     registry = tuple(p.node_state() for p in people)
-    return World(policy, root, record, 1, registry, people, next_index=2)
+    return World(policy, root, record, 1, registry, people, next_index=2,
+                 keeper=None if keeper is None else _node_id(keeper))
 
 
 def _publish(registry: tuple[NodeState, ...], node: NodeState) -> tuple[NodeState, ...]:
@@ -297,8 +330,8 @@ def enabled(world: World, config: Config, *,
     return actions
 
 
-PARTICIPANT_STEPS = ("register", "read", "decide", "install", "serve", "report",
-                     "crash", "expire", "restart", "expire_live")
+PARTICIPANT_STEPS = ("register", "acquire", "step_down", "read", "survey", "decide", "install",
+                     "serve", "report", "crash", "expire", "restart", "expire_live")
 
 
 def can(world: World, config: Config, kind: str, i: int) -> bool:
@@ -307,10 +340,21 @@ def can(world: World, config: Config, kind: str, i: int) -> bool:
     entry = world.entry(p.node_id)
     if kind == "register":
         return p.alive and not p.session and entry is None
+    if kind == "acquire":
+        return p.alive and p.session and not p.keeper and world.keeper is None
+    if kind == "step_down":
+        return p.alive and p.keeper and world.keeper != p.node_id
     if kind == "read":
         return p.alive and p.session
+    if kind == "survey":
+        # The keeper's read shows the lock key: held by another session or by none, it steps
+        # down instead of deciding on it (Config.survey_checks_lock).
+        return p.alive and p.session and p.keeper and (
+            world.keeper == p.node_id or not config.survey_checks_lock)
     if kind == "decide":
-        return p.alive and p.session and p.snapshot is not None
+        # Only a participant that believes it holds the lock, rightly or not (its session may
+        # have expired, or another one may hold the lock since): safety must not depend on it.
+        return p.alive and p.keeper and p.view is not None
     if kind == "install":
         return p.alive and p.snapshot is not None and p.snapshot.record is not None
     if kind == "serve":
@@ -341,28 +385,39 @@ def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Ev
     if kind == "tick":
         return evolve(world, now=world.now + action[1]), ()
     if kind == "wipe":
+        # Every session (and with them the lock) is lost; nobody notices yet.
         people = tuple(evolve(p, session=False) for p in world.participants)
-        return evolve(
+        return _notice(evolve(
             world, record=None, index=0, registry=(), participants=people,
-            epoch=world.epoch + 1,
-            active_root=world.active_root if action[1] else None), ()
+            epoch=world.epoch + 1, keeper=None,
+            active_root=world.active_root if action[1] else None), config), ()
     i = action[1]
     p = world.participants[i]
     if kind == "register":
-        # A (re)registered participant reads afresh before acting: its old snapshot is gone.
+        # A (re)registered participant reads the record afresh before installing. A keeper's
+        # read of the prefix is not discarded: its keeper thread may have checked the lock in
+        # it just before, and its check-and-set may still be on its way.
         person = evolve(p, session=True, pending_report=False, snapshot=None)
-        return _set(world, i, person, registry=_publish(world.registry, person.node_state())), ()
+        return _notice(_set(world, i, person, registry=_publish(
+            world.registry, person.node_state())), config), ()
+    if kind == "acquire":
+        return _set(world, i, evolve(p, keeper=True), keeper=p.node_id), ()
+    if kind == "step_down":
+        return _set(world, i, evolve(p, keeper=False, view=None)), ()
     if kind == "read":
         old = p.snapshot
+        if old is not None and (old.record, old.index, old.epoch) == (
+                world.record, world.index, world.epoch):
+            return world, ()  # the same read again
+        return _set(world, i, evolve(p, snapshot=RecordRead(world.record, world.index,
+                                                            world.epoch))), ()
+    if kind == "survey":
+        old = p.view
         if old is not None and (old.record, old.index, old.epoch, old.active_root,
                                 old.registry) == (world.record, world.index, world.epoch,
                                                   world.active_root, world.registry):
             return world, ()  # the same read again
-        plan = decide(world.record, validated_root(world.active_root), world.registry_map(),
-                      world.now, world.policy, PLACEHOLDER_ID).record
-        snap = Snapshot(world.record, world.index, world.epoch, world.active_root, world.registry,
-                        plan)
-        return _set(world, i, evolve(p, snapshot=snap)), ()
+        return _set(world, i, evolve(p, view=_survey(world))), ()
     if kind == "decide":
         return _decide(world, config, i)
     if kind == "install":
@@ -377,36 +432,78 @@ def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Ev
     if kind == "crash":
         person = Participant(p.node_id, p.role, alive=False)
         return _set(world, i, person), ()
+    # The session behind the lock is gone: Consul frees the lock (behavior=delete); a live
+    # holder still believes it is keeper until it notices (step_down).
+    keeper = None if world.keeper == p.node_id else world.keeper
     if kind == "expire":
-        return evolve(world, registry=_unpublish(world.registry, p.node_id)), ()
+        return _notice(evolve(world, registry=_unpublish(world.registry, p.node_id),
+                              keeper=keeper), config), ()
     if kind == "restart":
         return _set(world, i, Participant(p.node_id, p.role)), ()
     if kind == "expire_live":
         person = evolve(p, session=False)
-        return _set(world, i, person, registry=_unpublish(world.registry, p.node_id)), ()
+        return _notice(_set(world, i, person, registry=_unpublish(world.registry, p.node_id),
+                            keeper=keeper), config), ()
     raise ValueError(action)
+
+
+def usable(view: Snapshot | None, index: int) -> bool:
+    """Whether a check-and-set on ``view`` can still succeed: it was read at the current
+    ModifyIndex, or while the key was absent (0: once Consul lost its data the key is absent
+    again; other indices are never reused)."""
+    return view is not None and view.index in (index, 0)
+
+
+def _notice(world: World, config: Config) -> World:
+    """A stale keeper (it believes it holds the lock, no session does or another one does) that
+    has no read it could still win a check-and-set with can do nothing but step down (it may not
+    read the prefix: Config.survey_checks_lock): the model lets it step down at once, which
+    merges states that behave the same. One holding such a read stays a stale keeper until its
+    step_down step, and may decide on it first."""
+    if not (config.survey_checks_lock and config.merge_stale_keepers):
+        return world
+    people = world.participants
+    for i, p in enumerate(people):
+        if p.keeper and world.keeper != p.node_id and not usable(p.view, world.index):
+            people = (*people[:i], evolve(p, keeper=False, view=None), *people[i + 1:])
+    return world if people is world.participants else evolve(world, participants=people)
+
+
+def _survey(world: World) -> Snapshot:
+    # The record deciding on it would write, computed now: only the state key uses it.
+    plan = decide(world.record, validated_root(world.active_root), world.registry_map(),
+                  world.now, world.policy, PLACEHOLDER_ID).record
+    return Snapshot(world.record, world.index, world.epoch, world.active_root, world.registry,
+                    plan)
 
 
 def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, ...]]:
     p = world.participants[i]
-    snap = p.snapshot
-    assert snap is not None
+    view = p.view
+    assert view is not None
     new_id = f"r{world.next_id}"
-    decision = decide(snap.record, validated_root(snap.active_root), dict(
-        (n.node_id, n) for n in snap.registry), world.now, world.policy, new_id)
+    decision = decide(view.record, validated_root(view.active_root), dict(
+        (n.node_id, n) for n in view.registry), world.now, world.policy, new_id)
     if decision.record is None:
         return world, decision.events
     # Check-and-set on the ModifyIndex read (0: create only if the key is absent).
-    if snap.index != world.index:
+    if view.index != world.index or (config.fenced_writes and world.keeper != p.node_id):
         return world, decision.events
     index = world.next_index
-    # It may install what it wrote, but its registry view predates the write: deciding again
-    # needs a fresh read (see Config.decide_again_after_cas).
-    mine = evolve(snap, record=decision.record,
-                  index=index if config.decide_again_after_cas else STALE_INDEX)
-    return _set(world, i, evolve(p, snapshot=mine), record=decision.record,
-                index=index, next_index=index + 1,
-                next_id=world.next_id + (decision.record.id == new_id)), decision.events
+    # Its registry view predates the write: deciding again needs a fresh read of the prefix
+    # (see Config.decide_again_after_cas). Installing what it wrote takes a read of the record
+    # like everyone else's (the participant's loop watches the key).
+    if config.decide_again_after_cas:
+        mine = evolve(view, record=decision.record, index=index)
+        mine = evolve(mine, plan=decide(decision.record, validated_root(view.active_root),
+                                        dict((n.node_id, n) for n in view.registry), world.now,
+                                        world.policy, PLACEHOLDER_ID).record)
+    else:
+        mine = evolve(view, index=STALE_INDEX)
+    return _notice(_set(world, i, evolve(p, view=mine), record=decision.record,
+                        index=index, next_index=index + 1,
+                        next_id=world.next_id + (decision.record.id == new_id)),
+                   config), decision.events
 
 
 def _install(world: World, config: Config, i: int) -> World:
@@ -480,19 +577,26 @@ def converged(world: World, root: str) -> bool:
                     for p in world.participants if p.alive))
 
 
+#: One participant's turn in a fair round (and one loop iteration of the hypothesis machine).
+FAIR_LOOP = ("register", "step_down", "acquire", "report", "survey", "decide", "read", "install",
+             "serve", "report")
+
+
 def fair_round(world: World, config: Config, *,
                keep_dead: frozenset[str] = frozenset()) -> World:
-    """One deterministic fair round: sessions of dead (or restarted) processes expire, the dead
-    restart (except those in ``keep_dead``), then everyone registers, reports, reads, decides,
-    installs, has its monitor serve the latest generation and reports in turn; time passes the
-    minimum dwell."""
+    """One deterministic fair round: sessions of dead (or restarted) processes expire (freeing
+    the lock if one held it), the dead restart (except those in ``keep_dead``), then everyone in
+    turn registers, steps down if it believes it is keeper but the lock is not its own, takes the
+    lock if it is free (the first one able to), reports, reads the prefix and decides if it is
+    keeper, reads the record, installs, has its monitor serve the latest generation and reports;
+    time passes the minimum dwell."""
     for i, p in enumerate(world.participants):
         if can(world, config, "expire", i):
             world, _ = apply(world, config, ("expire", i))
         if not p.alive and p.node_id not in keep_dead:
             world, _ = apply(world, config, ("restart", i))
     for i in range(len(world.participants)):
-        for kind in ("register", "report", "read", "decide", "install", "serve", "report"):
+        for kind in FAIR_LOOP:
             if can(world, config, kind, i):
                 world, _ = apply(world, config, (kind, i))
     if world.policy.min_dwell > 0:
@@ -529,19 +633,23 @@ def show_record(record: RotationRecord | None) -> str:
 def describe(world: World) -> str:
     """A compact, one-line-per-participant picture of a world for failure messages."""
     lines = [f"active_root={world.active_root!r} record={show_record(world.record)} "
-             f"index={world.index} epoch={world.epoch} now={world.now}"]
+             f"index={world.index} epoch={world.epoch} now={world.now} keeper={world.keeper}"]
     for p in world.participants:
         entry = world.entry(p.node_id)
         published = "-" if entry is None else (
             f"{_show(PhaseMaterial(entry.trust, entry.signer))}/{entry.rotation_id}"
             if entry.signer else "registered/empty")
         snap = "-" if p.snapshot is None else show_record(p.snapshot.record)
+        keeper = "no" if not p.keeper else "yes" if world.keeper == p.node_id else "stale"
+        view = "-" if p.view is None else (
+            f"{show_record(p.view.record)}@index={p.view.index}"
+            f"{'(current)' if p.view.index == world.index else ''}")
         acted = "-" if p.acted is None else (
             f"{_show(desired_material(p.acted))}/{p.acted.rotation_id}@{p.acted.phase}")
         backlog = " ".join(_show_generation(g) for g in p.backlog) or "-"
         lines.append(f"  {p.node_id} alive={p.alive} session={p.session} serving="
                      f"{_show_generation(p.serving)} backlog={backlog} acted={acted} "
-                     f"published={published} snapshot={snap}")
+                     f"published={published} snapshot={snap} keeper={keeper} view={view}")
     return "\n".join(lines)
 
 
@@ -550,9 +658,11 @@ def describe(world: World) -> str:
 def canonical_key(world: World, *, ordered: bool = False) -> tuple[Any, ...]:
     """A hashable key equal for worlds that behave the same up to participant order, rotation
     ids (kept in creation order) and ModifyIndex values (only equality with the current one
-    matters). Sound only while time does not advance: a snapshot is summarised by the record it
-    would write. Participants' node ids and roles never influence decisions; ``ordered`` keeps
-    their order (for runs whose schedule depends on it)."""
+    matters) and the lock holder (a flag on the participant holding it). Sound only while time
+    does not advance: a keeper's read of the prefix is summarised by the record deciding on it
+    would write, while its check-and-set can still succeed. Participants' node ids and roles
+    never influence decisions; ``ordered`` keeps their order (for runs whose schedule depends on
+    it)."""
     record = world.record
     ids: set[str] = set()
     if record is not None:
@@ -569,6 +679,8 @@ def canonical_key(world: World, *, ordered: bool = False) -> tuple[Any, ...]:
             ids.add(p.acted.rotation_id)
         if p.snapshot is not None and p.snapshot.record is not None:
             ids.add(p.snapshot.record.id)
+        if p.view is not None and p.view.record is not None:
+            ids.add(p.view.record.id)
     order: dict[str | None, int] = {
         rid: rank for rank, rid in enumerate(sorted(ids, key=_id_number))}
     order[PLACEHOLDER_ID] = -1
@@ -596,23 +708,25 @@ def canonical_key(world: World, *, ordered: bool = False) -> tuple[Any, ...]:
         entry = entries.get(p.node_id)
         published = None if entry is None else (entry.trust, entry.signer,
                                                 order_get(entry.rotation_id))
-        snap = None
         snapshot = p.snapshot
-        if snapshot is not None:
-            # Only a snapshot at the current index can still win a check-and-set: the record
-            # it would write matters; otherwise only the record it would install from.
-            same_epoch = snapshot.epoch == epoch
-            current = same_epoch and snapshot.index == index
-            snap = (rec(snapshot.record), same_epoch, current,
-                    rec(snapshot.plan) if current else None)
+        snap = None if snapshot is None else (rec(snapshot.record), snapshot.epoch == epoch)
+        view = p.view
+        seen: tuple[Any, ...] | None = None
+        # Only a read at the current index can still win a check-and-set (or at index 0,
+        # "absent", once Consul lost its data: indices are never reused otherwise): the record
+        # it would write matters; any other read decides nothing any more (as if there were
+        # none: deciding on it changes nothing).
+        if view is not None and usable(view, index):
+            seen = (view.index == index, rec(view.plan))
         # The phase acted on only shows in the published (informational) phase.
         acted = p.acted
-        person = (p.alive, p.session, None if p.serving is None else gen(p.serving),
+        person = (p.alive, p.session, p.keeper, world.keeper == p.node_id,
+                  None if p.serving is None else gen(p.serving),
                   tuple([gen(g) for g in p.backlog]) if p.backlog else (),
                   None if acted is None else (acted.signer, acted.trust,
                                               order_get(acted.rotation_id),
                                               p.acted_epoch == epoch),
-                  p.pending_report, snap, published)
+                  p.pending_report, snap, seen, published)
         people[person] = people.get(person, 0) + 1
         in_order.append(person)
     crowd = tuple(in_order) if ordered else frozenset(people.items())

@@ -44,7 +44,9 @@ from sidecar.rotation import (
     decide,
 )
 from tests.rotation_model import (
+    FAIR_LOOP,
     INVALID_ROOTS,
+    PARTICIPANT_STEPS,
     ROOTS,
     Action,
     Config,
@@ -56,6 +58,7 @@ from tests.rotation_model import (
     describe,
     enabled,
     fair_completion,
+    fair_round,
     initial_world,
     safety_violations,
     stable_material,
@@ -63,7 +66,7 @@ from tests.rotation_model import (
 )
 
 FAIR_ROUNDS = 40
-LOOP = ("register", "report", "read", "decide", "install", "serve", "report")
+LOOP = FAIR_LOOP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,17 +104,17 @@ class RotationMachine(RuleBasedStateMachine):
     @initialize(n=st.one_of(st.integers(2, 3), st.integers(2, 8)), from_nothing=st.booleans(),
                 faults=st.booleans(), lag=st.booleans(),
                 lag_monitor=st.sampled_from([True, True, False]),
-                dwell=st.sampled_from([0.0, 0.0, 3.0]),
+                dwell=st.sampled_from([0.0, 0.0, 3.0]), keeper=st.sampled_from([0, 0, None]),
                 swarm=st.builds(Swarm, st.booleans(), st.booleans(), st.booleans(),
                                 st.booleans()))
     def start(self, n: int, from_nothing: bool, faults: bool, lag: bool, lag_monitor: bool,
-              dwell: float, swarm: Swarm) -> None:
+              dwell: float, keeper: int | None, swarm: Swarm) -> None:
         policy = Policy(min_dwell=dwell, expected_members=n if faults else 0)
         self.config = Config(max_participants=8, lag_reports=lag, lag_monitor=lag_monitor,
                              faults=faults, allow_crash=swarm.crashes,
                              allow_join=swarm.joins and not faults, decide_from=self.decide_from)
         self.swarm = swarm
-        self.world = initial_world(n, policy, from_nothing=from_nothing)
+        self.world = initial_world(n, policy, from_nothing=from_nothing, keeper=keeper)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -153,15 +156,38 @@ class RotationMachine(RuleBasedStateMachine):
     def register(self, data: st.DataObject) -> None:
         self._step(data, "register")
 
+    @precondition(lambda self: bool(self._able("acquire")))
+    @rule(data=st.data())
+    def acquire(self, data: st.DataObject) -> None:
+        """A participant takes the free ``keeper`` lock with its session."""
+        self._step(data, "acquire")
+
+    @precondition(lambda self: bool(self._able("step_down", stalled_too=True)))
+    @rule(data=st.data())
+    def step_down(self, data: st.DataObject) -> None:
+        """A stale keeper notices that the lock is not its own any more."""
+        i = data.draw(st.sampled_from(self._able("step_down", stalled_too=True)),
+                      label="steps down")
+        self._do(("step_down", i))
+
     @precondition(lambda self: bool(self._able("read")))
     @rule(data=st.data())
     def read(self, data: st.DataObject) -> None:
         self._step(data, "read")
 
-    @precondition(lambda self: bool(self._able("decide")))
+    @precondition(lambda self: bool(self._able("survey")))
+    @rule(data=st.data())
+    def survey(self, data: st.DataObject) -> None:
+        """The keeper reads the whole prefix (the reports in it may be late already)."""
+        self._step(data, "survey")
+
+    @precondition(lambda self: bool(self._able("decide", stalled_too=True)))
     @rule(data=st.data())
     def decide(self, data: st.DataObject) -> None:
-        self._step(data, "decide")
+        """A keeper (possibly a stale one, possibly stalled in its installs: the keeper runs in
+        a thread of its own) decides on its last read of the prefix and check-and-sets."""
+        i = data.draw(st.sampled_from(self._able("decide", stalled_too=True)), label="decide")
+        self._do(("decide", i))
 
     @precondition(lambda self: bool(self._able("install")))
     @rule(data=st.data())
@@ -185,7 +211,8 @@ class RotationMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.world is not None)
     @rule(data=st.data())
     def loop_iteration(self, data: st.DataObject) -> None:
-        """One participant runs its whole loop once: register if needed, report, read, decide,
+        """One participant runs its whole loop once: register if needed, notice it lost the
+        lock or take a free one, report, read the prefix and decide if keeper, read the record,
         install, its monitor serves (or lags), report (random runs get deep into rotations;
         single steps interleave)."""
         who = [i for i in range(len(self._w().participants)) if i not in self.stalled]
@@ -210,13 +237,14 @@ class RotationMachine(RuleBasedStateMachine):
         self.stalled.discard(i)
         self._finish_install(i)
 
-    @precondition(lambda self: bool(self._able("read")))
+    @precondition(lambda self: bool(self._able("survey")))
     @rule(data=st.data())
     def race(self, data: st.DataObject) -> None:
-        """A tight race: one participant reads, a stalled one (if any) resumes and installs
-        from its old read, then the first decides on its now stale read."""
-        i = data.draw(st.sampled_from(self._able("read")), label="reader")
-        self._do(("read", i))
+        """A tight race: the keeper reads the prefix, a stalled participant (if any) resumes
+        and installs from its old read of the record, then the keeper decides on its now
+        stale read."""
+        i = data.draw(st.sampled_from(self._able("survey")), label="keeper")
+        self._do(("survey", i))
         if self.stalled:
             j = data.draw(st.sampled_from(sorted(self.stalled)), label="resumes")
             self.stalled.discard(j)
@@ -295,6 +323,9 @@ class RotationMachine(RuleBasedStateMachine):
         if self.world is None:
             return
         problems = safety_violations(self.world)
+        holder = self.world.keeper
+        if holder is not None and self.world.entry(holder) is None:
+            problems.append(f"the lock is held by {holder}, whose session is gone")
         if problems:
             self.violated = True
             raise AssertionError("; ".join(problems) + "\n" + describe(self.world))
@@ -343,7 +374,11 @@ def test_rotation_properties(record_property: Callable[[str, object], None]) -> 
 
 def _run(world: World, config: Config, actions: list[Action],
          events: collections.Counter[str] | None = None) -> World:
+    """Apply ``actions`` in turn (each participant step must be enabled), checking safety."""
     for action in actions:
+        if action[0] in PARTICIPANT_STEPS:
+            assert can(world, config, action[0], action[1]), \
+                f"{action} is not enabled in\n{describe(world)}"
         world, happened = apply(world, config, action)
         assert not safety_violations(world), f"after {action}:\n{describe(world)}"
         if events is not None:
@@ -353,6 +388,11 @@ def _run(world: World, config: Config, actions: list[Action],
 
 def _everyone(world: World, *kinds: str) -> list[Action]:
     return [(kind, i) for i in range(len(world.participants)) for kind in kinds]
+
+
+def _keep(i: int = 0) -> list[Action]:
+    """Keeper ``i`` reads the prefix, decides, reads the record and installs it."""
+    return [("survey", i), ("decide", i), ("read", i), ("install", i)]
 
 
 def _settle(world: World, config: Config, root: str) -> World:
@@ -367,12 +407,13 @@ def test_third_root_mid_rotation_is_deferred_then_reached() -> None:
     config = Config(max_participants=3, lag_reports=False, lag_monitor=False)
     world = initial_world(3, Policy())
     events: collections.Counter[str] = collections.Counter()
-    world = _run(world, config, [("flip", "B"), ("read", 0), ("decide", 0), ("flip", "C"),
-                                 ("read", 1), ("decide", 1)], events)
+    world = _run(world, config, [("flip", "B"), ("survey", 0), ("decide", 0), ("flip", "C"),
+                                 ("survey", 0), ("decide", 0)], events)
     assert events["rotation_started"] == 1 and events["rotation_deferred"] == 1
     assert world.record is not None and world.record.to_root == "B"
-    for _ in range(MAX_PHASE + 1):
-        world = _run(world, config, _everyone(world, "read", "decide", "install"), events)
+    for _ in range(2 * (MAX_PHASE + 1)):
+        world = _run(world, config, [*_everyone(world, "read", "install"), ("survey", 0),
+                                     ("decide", 0)], events)
         record = world.record
         assert record is not None
         if record.to_root == "C":
@@ -387,9 +428,10 @@ def test_rollback_reverses_the_rotation() -> None:
     config = Config(max_participants=2, lag_reports=False, lag_monitor=False)
     world = initial_world(2, Policy())
     events: collections.Counter[str] = collections.Counter()
-    world = _run(world, config, [("flip", "B"), *_everyone(world, "read", "decide", "install"),
-                                 ("read", 0), ("decide", 0), ("flip", "A"), ("read", 1),
-                                 ("decide", 1)], events)
+    world = _run(world, config, [("flip", "B"), ("survey", 0), ("decide", 0),
+                                 *_everyone(world, "read", "install"), ("survey", 0),
+                                 ("decide", 0), ("flip", "A"), ("survey", 0), ("decide", 0)],
+                 events)
     assert events["rotation_rolled_back"] == 1
     record = world.record
     assert record is not None and (record.from_root, record.to_root, record.phase) == ("B", "A", 1)
@@ -398,20 +440,27 @@ def test_rollback_reverses_the_rotation() -> None:
 
 def test_slow_install_across_a_rollback_cannot_break_mtls() -> None:
     """The counterexample both searches found against the original barrier. n1 read A->B@2 and
-    is slow to install it; the operator flips back; n0 alone rolls back to B->A@1 and advances
-    to @2 and @3, each time counting n1's published ({A,B},A) (B->A phase 2) although n1 still
-    acts on A->B; n0 ends on ({A},A), then n1 installs A->B@2, ({A,B},B): n0 does not trust B.
-    Now the barrier waits until n1 reports material installed from the rollback record."""
+    is slow to install it; the operator flips back; the keeper n0 rolls back to B->A@1 and
+    advances to @2 and @3, each time counting n1's published ({A,B},A) (B->A phase 2) although
+    n1 still acts on A->B; n0 ends on ({A},A), then n1 installs A->B@2, ({A,B},B): n0 does not
+    trust B. Now the barrier waits until n1 reports material installed from the rollback
+    record."""
     config = Config(max_participants=2, lag_reports=False, lag_monitor=False)
-    loop: list[Action] = [("read", 0), ("decide", 0), ("install", 0)]
     world = _run(initial_world(2, Policy()), config, [
-        ("flip", "B"), *loop, ("read", 1), ("decide", 1), ("install", 1), *loop, ("read", 1),
-        ("flip", "A"), *loop, *loop, *loop])
+        ("flip", "B"), *_keep(), ("read", 1), ("install", 1), *_keep(), ("read", 1)])
+    assert n1_reads(world) == ("A", "B", 2)
+    world = _run(world, config, [("flip", "A"), *_keep(), *_keep(), *_keep()])
     record = world.record
     assert record is not None and (record.from_root, record.to_root, record.phase) == ("B", "A", 1)
     assert barrier(record, world.registry_map(), world.now, world.policy).waiting_on == ("n1",)
-    world = _run(world, config, [("install", 1), *loop])
+    world = _run(world, config, [("install", 1), *_keep()])
     assert converged(_settle(world, config, "A"), "A")
+
+
+def n1_reads(world: World) -> tuple[str, str, int] | None:
+    snapshot = world.participants[1].snapshot
+    record = None if snapshot is None else snapshot.record
+    return None if record is None else (record.from_root, record.to_root, record.phase)
 
 
 def test_barrier_counts_only_participants_reporting_this_rotation() -> None:
@@ -431,7 +480,7 @@ def test_rebuilding_a_lost_record_waits_for_every_expected_member() -> None:
     config = Config(max_participants=2, faults=True, lag_reports=False, lag_monitor=False)
     world = initial_world(2, Policy(expected_members=2))
     world = _run(world, config, [("crash", 0), ("restart", 0), ("flip", "B"), ("wipe", True),
-                                 ("register", 0), ("read", 0), ("decide", 0)])
+                                 ("register", 0), ("acquire", 0), ("survey", 0), ("decide", 0)])
     assert world.record is None, "must wait for n1 to register"
     assert converged(_settle(world, config, "B"), "B")
     registered = {"n0": _published("n0", None, None)}
@@ -448,11 +497,13 @@ def test_deciding_again_on_the_registry_read_before_a_write_is_unsafe() -> None:
                     decide_again_after_cas=True)
     world = initial_world(2, Policy())
     schedule: list[Action] = [
-        ("crash", 0), ("expire", 0), ("restart", 0), ("flip", "B"), ("read", 1), ("decide", 1),
-        ("install", 1), ("report", 1), ("read", 1), ("decide", 1), ("flip", "A"), ("read", 1),
-        ("decide", 1), ("install", 1), ("report", 1), ("read", 1), ("register", 0), ("read", 0),
-        ("install", 0), ("decide", 1), ("decide", 1), ("install", 1)]
+        ("crash", 0), ("expire", 0), ("restart", 0), ("acquire", 1), ("flip", "B"),
+        ("survey", 1), ("decide", 1), ("read", 1), ("install", 1), ("report", 1), ("survey", 1),
+        ("decide", 1), ("flip", "A"), ("survey", 1), ("decide", 1), ("read", 1), ("install", 1),
+        ("report", 1), ("survey", 1), ("register", 0), ("read", 0), ("install", 0), ("decide", 1),
+        ("decide", 1), ("read", 1), ("install", 1)]
     for action in schedule:
+        assert action[0] == "flip" or can(world, config, action[0], action[1]), action
         world = apply(world, config, action)[0]
     assert safety_violations(world)
     served = world.participants[1].serving
@@ -469,12 +520,11 @@ def test_deciding_from_the_served_generation_is_unsafe() -> None:
     is about to serve B->A@1, two phases behind. Deciding from the installed generation, the
     same steps are safe."""
     schedule: list[Action] = [
-        ("flip", "B"), ("read", 0), ("decide", 0), ("install", 0), ("serve", 0, 0),
-        ("report", 0), ("read", 1), ("install", 1), ("serve", 1, 0), ("report", 1),
-        ("read", 0), ("decide", 0), ("install", 0), ("flip", "A"), ("read", 0), ("decide", 0),
-        ("install", 0), ("serve", 0, 0), ("install", 0), ("serve", 0, 0), ("report", 0),
-        ("serve", 0, 0), ("read", 1), ("install", 1), ("report", 1), ("read", 0), ("decide", 0),
-        ("read", 0), ("decide", 0)]
+        ("flip", "B"), *_keep(), ("serve", 0, 0), ("report", 0), ("read", 1), ("install", 1),
+        ("serve", 1, 0), ("report", 1), *_keep(), ("flip", "A"), *_keep(), ("serve", 0, 0),
+        ("install", 0), ("serve", 0, 0), ("report", 0), ("serve", 0, 0), ("read", 1),
+        ("install", 1), ("report", 1), ("survey", 0), ("decide", 0), ("survey", 0),
+        ("decide", 0)]
     served = Config(max_participants=2, decide_from="served")
     world = initial_world(2, Policy())
     for action in schedule:
@@ -501,12 +551,11 @@ def test_a_generation_the_monitor_has_not_served_yet_keeps_the_barrier_waiting()
     on only when the generation served is the latest installed: the barrier waits for n0."""
     config = Config(max_participants=2, faults=True)
     world = _run(initial_world(2, Policy(expected_members=2)), config, [
-        ("flip", "B"), ("read", 0), ("decide", 0), ("install", 0), ("serve", 0, 0),
-        ("report", 0), ("read", 1), ("install", 1), ("serve", 1, 0), ("report", 1),
-        ("read", 0), ("decide", 0), ("install", 0), ("flip", "A"), ("wipe", True),
-        ("register", 0), ("register", 1), ("read", 0), ("decide", 0), ("install", 0),
-        ("report", 0), ("serve", 0, 0), ("read", 1), ("install", 1), ("report", 1),
-        ("read", 1), ("decide", 1)])
+        ("flip", "B"), *_keep(), ("serve", 0, 0), ("report", 0), ("read", 1), ("install", 1),
+        ("serve", 1, 0), ("report", 1), *_keep(), ("flip", "A"), ("wipe", True),
+        ("register", 0), ("register", 1), ("acquire", 1), ("survey", 1), ("decide", 1),
+        ("read", 0), ("install", 0), ("serve", 0, 0), ("read", 1), ("install", 1), ("report", 1),
+        ("survey", 1), ("decide", 1)])
     record, n0 = world.record, world.participants[0]
     assert record is not None and (record.from_root, record.to_root, record.phase) == (
         "B", "A", 2), describe(world)
@@ -526,9 +575,9 @@ def test_a_lost_record_is_rebuilt_around_material_not_served_yet() -> None:
     (without a rotation id: the barrier does not count it), and the rebuilt record is A->B."""
     config = Config(max_participants=2, faults=True)
     world = _run(initial_world(2, Policy(expected_members=2), from_nothing=True), config, [
-        ("register", 0), ("register", 1), ("read", 0), ("decide", 0), ("install", 0),
-        ("flip", "B"), ("wipe", True), ("register", 0), ("serve", 0, 0), ("register", 1),
-        ("read", 1), ("decide", 1)])
+        ("register", 0), ("register", 1), ("acquire", 0), ("survey", 0), ("decide", 0),
+        ("read", 0), ("install", 0), ("flip", "B"), ("wipe", True), ("register", 0),
+        ("serve", 0, 0), ("register", 1), ("acquire", 1), ("survey", 1), ("decide", 1)])
     published = world.entry("n0")
     assert published is not None and published.signer == "A" and published.rotation_id is None
     record = world.record
@@ -543,3 +592,132 @@ def _published(node_id: str, material: PhaseMaterial | None,
         return NodeState(node_id)
     return NodeState(node_id, trust=material.trust, signer=material.signer,
                      rotation_id=rotation_id)
+
+
+# -- the barrier keeper --------------------------------------------------------------------------
+
+def test_a_keeper_crash_mid_rotation_hands_over_and_the_rotation_completes() -> None:
+    """The keeper n0 crashes right after moving A->B to phase 2, before anyone installed it.
+    Until its session expires the lock stays with it and nobody decides (the rotation waits);
+    then n1 takes the lock and completes the same rotation, n0 restarted serving nothing."""
+    config = Config(max_participants=3)
+    world = _run(initial_world(3, Policy()), config, [
+        ("flip", "B"), *_keep(), ("serve", 0), ("report", 0),
+        *_everyone(initial_world(3, Policy()), "read", "install", "serve", "report")[4:],
+        ("survey", 0), ("decide", 0)])
+    record = world.record
+    assert record is not None and (record.to_root, record.phase) == ("B", 2), describe(world)
+    world = _run(world, config, [("crash", 0)])
+    assert world.keeper == "n0" and not any(p.keeper for p in world.participants)
+    assert not [a for a in enabled(world, config) if a[0] in ("acquire", "survey", "decide")]
+    world = _run(world, config, [("restart", 0), ("expire", 0)])
+    assert world.keeper is None
+    assert [a for a in enabled(world, config) if a[0] == "acquire"] == [
+        ("acquire", 1), ("acquire", 2)], "n0 must register again first"
+    world = _run(world, config, [("acquire", 1), *_everyone(world, "read", "install", "serve",
+                                                            "report")[4:], *_keep(1)])
+    assert world.record is not None and world.record.id == record.id
+    assert world.record.phase == 3, describe(world)
+    settled = _settle(world, config, "B")
+    assert settled.keeper == "n1" and [p.keeper for p in settled.participants] == [
+        False, True, False]
+    assert settled.record is not None and settled.record.id == record.id
+
+
+def test_a_stale_keeper_loses_its_check_and_set_and_nothing_unsafe_happens() -> None:
+    """The keeper n0 reads the prefix during A->B (the operator wants B), then its session
+    expires (a partition); it does not notice. n1 takes the free lock: both believe they are
+    keeper. The operator flips back to A, n1 rolls the rotation back. n0 then decides on its
+    old read: it would move A->B on, but its check-and-set on the old ModifyIndex fails and
+    nothing changes. It steps down once it notices, registers again and the rollback
+    completes. With no write in between, the stale keeper's check-and-set wins instead, and
+    that is safe too (the barrier counted only what was reported for that very record). (The
+    searches merge a stale keeper whose read can no longer win with one that stepped down:
+    here it keeps believing, to show the failed check-and-set.)"""
+    config = Config(max_participants=3, faults=True, merge_stale_keepers=False)
+    start = _run(initial_world(3, Policy()), config, [
+        ("flip", "B"), *_keep(), *_everyone(initial_world(3, Policy()), "read", "install",
+                                             "serve", "report"), ("survey", 0)])
+    stale = start.participants[0].view
+    assert stale is not None and stale.plan is not None and stale.index == start.index
+    assert stale.plan.to_root == "B" and stale.plan.phase == 2, describe(start)
+    world = _run(start, config, [("expire_live", 0), ("acquire", 1)])
+    assert world.keeper == "n1" and [p.keeper for p in world.participants] == [
+        True, True, False], "a stale keeper and the keeper"
+    assert can(world, config, "step_down", 0) and not can(world, config, "survey", 0)
+    world = _run(world, config, [("flip", "A"), ("survey", 1), ("decide", 1)])
+    rolled_back = world.record
+    assert rolled_back is not None and rolled_back.to_root == "A", describe(world)
+    after, _ = apply(world, config, ("decide", 0))
+    assert after is world, "the stale keeper's check-and-set must fail"
+    world = _run(world, config, [("step_down", 0), ("register", 0)])
+    assert not world.participants[0].keeper
+    assert converged(_settle(world, config, "A"), "A")
+    # Nobody wrote since n0's read: its check-and-set wins, and the rotation goes on safely.
+    world = _run(start, config, [("expire_live", 0), ("acquire", 1), ("decide", 0)])
+    assert world.record is not None and world.record.phase == 2
+    world = _run(world, config, [("survey", 1), ("decide", 1), ("read", 1), ("install", 1)])
+    assert converged(_settle(world, config, "B"), "B")
+
+
+def test_only_a_keeper_decides() -> None:
+    """Whoever does not believe it holds the lock never reads the prefix nor decides, however
+    current its read of the record; a keeper decides only on its own read of the prefix."""
+    config = Config(max_participants=3)
+    world = _run(initial_world(3, Policy(), keeper=None), config,
+                 [("flip", "B"), *_everyone(initial_world(3, Policy()), "read")])
+    for step in ("survey", "decide"):
+        assert not [a for a in enabled(world, config) if a[0] == step]
+    world = _run(world, config, [("acquire", 2)])
+    assert not [a for a in enabled(world, config) if a[0] == "acquire"], "one lock"
+    assert not can(world, config, "decide", 2), "not before it read the prefix"
+    world = _run(world, config, [*_keep(2)])
+    assert [a for a in enabled(world, config) if a[0] in ("survey", "decide")] == [
+        ("survey", 2), ("decide", 2)]
+    world = _run(world, config, [*_everyone(world, "read", "install", "serve", "report")])
+    for _ in range(FAIR_ROUNDS):
+        world = fair_round(world, config)
+        for i, p in enumerate(world.participants):
+            assert can(world, config, "decide", i) == (p.keeper and p.view is not None)
+            assert p.keeper == (i == 2)
+    assert converged(world, "B")
+
+
+def test_a_stale_keepers_write_across_a_consul_data_loss_needs_a_fence() -> None:
+    """A counterexample to the keeper scheme with check-and-set alone. From nothing, the keeper
+    n0 reads the prefix while the ``rotation`` key is absent (ModifyIndex 0, both registered,
+    nothing served, operator on A: it would create A stable), and pauses before its write (a GC
+    or VM pause right after checking the lock in that read). Its session expires; n1 takes the
+    lock, creates A stable and rotates A->B to phase 2 (n0 registered again meanwhile, its
+    keeper thread still paused: the barrier counts it). Consul loses its data: the key is
+    absent again, so n0's check-and-set on index 0 succeeds and writes A stable from a read
+    made before the rotation; n1 installs ({A},A) while n0 serves ({A,B},B). A write in a
+    transaction that also checks the lock is held by the writer's session (``fenced_writes``)
+    fails instead: sessions do not survive the data loss."""
+    schedule: list[Action] = [
+        ("register", 0), ("register", 1), ("acquire", 0), ("survey", 0), ("expire_live", 0),
+        ("acquire", 1), ("register", 0), ("survey", 1), ("decide", 1),
+        *_everyone(initial_world(2, Policy()), "read", "install"), ("flip", "B"),
+        *[step for _ in range(3) for step in (
+            ("survey", 1), ("decide", 1), *_everyone(initial_world(2, Policy()), "read",
+                                                      "install"))],
+        ("wipe", True), ("decide", 0), ("register", 0), ("register", 1), ("read", 1)]
+    for fenced in (False, True):
+        config = Config(max_participants=2, faults=True, lag_reports=False, lag_monitor=False,
+                        fenced_writes=fenced)
+        world = _run(initial_world(2, Policy(expected_members=2), from_nothing=True), config,
+                     schedule)
+        n0, n1 = world.participants
+        assert n0.serving is not None and n0.serving.material == PhaseMaterial(
+            frozenset({"A", "B"}), "B"), describe(world)
+        if fenced:
+            assert world.record is None and n1.snapshot is not None
+            assert n1.snapshot.record is None, "the stale write failed"
+            assert converged(_settle(world, config, "B"), "B")
+        else:
+            record = world.record
+            assert record is not None and (record.from_root, record.to_root, record.phase) == (
+                "A", "A", MAX_PHASE), describe(world)
+            world, _ = apply(world, config, ("install", 1))
+            assert safety_violations(world) == [
+                "n0 ({A,B},B) and n1 ({A},A) are incompatible"], describe(world)

@@ -1,0 +1,651 @@
+"""Fleet simulator: N participants built from the product's coordination code rotate A->B->A.
+
+    python -m tests.fleet --participants N [--brokers B] [--seed S] [--kill-keeper]
+
+Every participant is the product's own ``AuthManager.run`` loop with a
+:class:`~sidecar.coordinator.RotationParticipant` (``Registration``, ``ConsulStore``, the keeper)
+on a volume of its own (a real :class:`~sidecar.volume.Volume` under /dev/shm). Only Vault and
+the TLS monitor are simulated: a fake issuer hands out tiny material (no signing, no
+keystores), and a simulated monitor serves each new generation after a random 50-500 ms and
+acknowledges it as the real one does. All participants share this process; Consul is the double
+in a process of its own, or a real agent when ``CONSUL_HTTP_ADDR`` is set, and a counting proxy
+(:mod:`tests.consul_proxy`, a third process) sits in front of it so the traffic is counted the
+same way for both. The simulator's own observation (phase timeline, flips) goes to Consul
+directly and is not counted.
+
+It flips ``active-root`` A->B, waits until every live participant serves ({B}, B) under a
+completed record, then flips back, and prints per direction: time to stable, each phase's
+duration, Consul requests, KV entries and bytes returned, blocking-query wakeups per participant
+(mean and max), flip-seen reaction percentiles and keeper hand-overs. The last line is
+``participants=<N> rotation_seconds=<s> entries_per_participant=<x>
+wakeups_per_participant=<y>`` for A->B.
+
+The previous scheme (every participant watches the whole prefix and decides) is measured by
+running this same file against that revision's product code: ``--product DIR`` puts a checkout
+of it first on ``sys.path`` (see the README's fleet table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import heapq
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT_A, ROOT_B = "pki_root_a", "pki_root_b"
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- the simulated world around each participant ------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FakeMaterial:
+    """What the fake issuer hands out: enough for the fake renderer to write a generation."""
+
+    signer: str
+    trust: tuple[str, ...]
+    subject: str
+    serial: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    vault_warnings: tuple[str, ...] = ()
+
+
+class FakeVault:
+    """The few Vault calls the loop and the coordinator make besides signing."""
+
+    def login(self) -> None:
+        return None
+
+    def keep_token_alive(self) -> None:
+        return None
+
+    def token_seconds_left(self) -> float | None:
+        return None
+
+    def ca_certificates(self, mount: str) -> tuple[Any, ...]:
+        return ()
+
+
+class FakeIssuer:
+    """Issuer stand-in: no key, no CSR, no Vault; a unique serial per certificate."""
+
+    def __init__(self, identity: Any) -> None:
+        self.identity = identity
+        self.vault = FakeVault()
+
+    def obtain(self, desired: Any, now: dt.datetime) -> FakeMaterial:
+        return FakeMaterial(desired.signer, tuple(desired.trust), self.identity.subject,
+                            uuid.uuid4().hex[:16], now, now + dt.timedelta(days=1))
+
+
+def install_fake_renderer(manager_module: ModuleType, bundle_module: ModuleType,
+                          manifest_module: ModuleType) -> None:
+    """Replace the auth manager's renderer (PKCS12/JKS: ~28 ms a bundle) by one that writes a
+    single small file with a manifest as the real one would describe it."""
+
+    def render(material: FakeMaterial, *, password: str, current: Any, generation: int,
+               created_at: dt.datetime, rotation_id: str | None = None,
+               phase: int | None = None) -> Any:
+        data = f"{material.signer} {','.join(material.trust)} {material.serial}\n".encode()
+        files = {"cert.pem": bundle_module.FileContent(data, 0o644)}
+        manifest = manifest_module.Manifest(
+            generation=generation, created_at=created_at.isoformat(), signer=material.signer,
+            trust=tuple(sorted(material.trust)), serial=material.serial,
+            subject=material.subject, issuer=f"CN=fleet {material.signer}", sans=(),
+            not_before=material.not_before.isoformat(), not_after=material.not_after.isoformat(),
+            key_type="ec-p256", files={"cert.pem": hashlib.sha256(data).hexdigest()},
+            rotation_id=rotation_id, phase=phase)
+        return bundle_module.Bundle(files=files, manifest=manifest)
+
+    manager_module.render_bundle = render  # type: ignore[attr-defined]
+
+
+class SimMonitor:
+    """Every participant's TLS monitor, in one thread: a generation written is served and
+    acknowledged after a random 50-500 ms (the latest one at that time)."""
+
+    def __init__(self, rng: random.Random, write_ack: Callable[..., None],
+                 ack_type: type) -> None:
+        self.rng = rng
+        self.write_ack = write_ack
+        self.ack_type = ack_type
+        self.served: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.dead: set[str] = set()
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="sim-monitor", daemon=True)
+        self._thread.start()
+
+    def written(self, name: str, volume: Any) -> None:
+        with self._cond:
+            self._seq += 1
+            due = time.monotonic() + self.rng.uniform(0.05, 0.5)
+            heapq.heappush(self._heap, (due, self._seq, name, volume))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(None if not self._heap
+                                    else max(0.0, self._heap[0][0] - time.monotonic()))
+                if self._stop:
+                    return
+                _, _, name, volume = heapq.heappop(self._heap)
+            if name in self.dead:
+                continue
+            with contextlib.suppress(Exception):  # a volume torn down at the end
+                found = volume.read_current()
+                if found is None:
+                    continue
+                manifest = found[1]
+                ack = volume.read_ack()
+                if ack is not None and ack.generation >= manifest.generation:
+                    continue
+                self.write_ack(volume.root, self.ack_type(
+                    generation=manifest.generation, serial=manifest.serial,
+                    applied_at=dt.datetime.now(dt.UTC).isoformat(), verified_by="fleet-sim"))
+                self.served[name] = (manifest.signer, tuple(manifest.trust))
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+
+class SimLog:
+    """The participants' logger: keeps keeper and rotation events and errors, drops the rest."""
+
+    KEPT = frozenset({"keeper_acquired", "keeper_lost", "rotation_started",
+                      "rotation_phase_advanced", "rotation_completed", "rotation_rolled_back"})
+
+    def __init__(self, name: str, sink: list[tuple[float, str, str, dict[str, Any]]],
+                 lock: threading.Lock) -> None:
+        self.name, self.sink, self.lock = name, sink, lock
+
+    def _keep(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if event in self.KEPT or level in ("error", "exception"):
+            with self.lock:
+                self.sink.append((time.monotonic(), self.name, event, fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._keep("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._keep("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._keep("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._keep("exception", event, fields)
+
+
+@dataclasses.dataclass
+class Traffic:
+    """What one participant's Consul clients did (counted in the client, per participant)."""
+
+    requests: int = 0
+    entries: int = 0
+    wakeups: int = 0
+    first_seen: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def counting_store_class(base: type) -> type:
+    """A ConsulStore that counts its participant's requests, entries and blocking returns,
+    and notes when it first saw a rotation record towards each root."""
+
+    class CountingStore(base):  # type: ignore[valid-type,misc]
+        traffic: Traffic
+
+        def clone(self) -> Any:
+            twin = super().clone()
+            twin.__class__ = type(self)
+            twin.traffic = self.traffic
+            return twin
+
+        def _call(self, what: str, call: Callable[[], Any], timeout: float | None = None) -> Any:
+            self.traffic.requests += 1
+            return super()._call(what, call, timeout)
+
+        def _seen(self, value: bytes | None) -> None:
+            if value and b'"to": ' in value:
+                with contextlib.suppress(ValueError):
+                    target = json.loads(value)["to"]
+                    self.traffic.first_seen.setdefault(target, time.monotonic())
+
+        def read(self, index: int = 0, wait_seconds: float | None = None) -> Any:
+            snapshot = super().read(index, wait_seconds)
+            self.traffic.entries += len(snapshot.entries)
+            self.traffic.wakeups += 1 if index else 0
+            self._seen(snapshot.value("rotation"))
+            return snapshot
+
+        def get(self, key: str, index: int = 0, wait_seconds: float | None = None) -> Any:
+            result = super().get(key, index, wait_seconds)
+            self.traffic.entries += 1 if result.entry is not None else 0
+            self.traffic.wakeups += 1 if index else 0
+            if key == "rotation" and result.entry is not None:
+                self._seen(result.entry.value)
+            return result
+
+    return CountingStore
+
+
+# -- processes: Consul (double or real) and the counting proxy ------------------------------------
+
+def start_json_process(args: Sequence[str], env: dict[str, str] | None = None
+                       ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start a helper process that prints one JSON line when it is ready."""
+    proc = subprocess.Popen(list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=REPO, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{args} exited before it was ready")
+    return proc, json.loads(line)
+
+
+def serve_proxy(upstream: str) -> int:
+    """``--serve-proxy``: a CountingProxy that answers "stats"/"reset" lines on stdin."""
+    from tests.consul_proxy import CountingProxy
+
+    proxy = CountingProxy(upstream)
+    print(json.dumps({"url": proxy.start()}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "reset":
+            proxy.reset()
+            print("{}", flush=True)
+        elif line.strip() == "stats":
+            stats = proxy.stats()
+            print(json.dumps({k: (dict(v) if hasattr(v, "items") else v)
+                              for k, v in vars(stats).items()}, default=str), flush=True)
+    proxy.stop()
+    return 0
+
+
+class ProxyControl:
+    def __init__(self, upstream: str) -> None:
+        self.proc, info = start_json_process(
+            [sys.executable, "-m", "tests.fleet", "--serve-proxy", upstream])
+        self.url = str(info["url"])
+
+    def command(self, word: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# -- the fleet ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    role: str
+    traffic: Traffic
+    manager: Any
+    source: Any
+    stop: threading.Event
+    thread: threading.Thread
+    alive: bool = True
+
+
+@dataclasses.dataclass
+class Direction:
+    """Figures of one flip."""
+
+    target: str
+    seconds: float
+    phases: list[tuple[int, float]]
+    requests: int
+    kv_entries: int
+    body_bytes: int
+    entries_mean: float
+    entries_max: int
+    wakeups_mean: float
+    wakeups_max: int
+    reaction_p50: float
+    reaction_p99: float
+    reaction_max: float
+    unseen: int
+
+
+class Fleet:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        from monitor.reloader import write_ack
+        from sidecar import bundle, manager, manifest
+        from sidecar.consul_store import ConsulStore
+        from sidecar.coordinator import RotationParticipant
+        from sidecar.metrics import AuthManagerMetrics
+        from sidecar.renewal import Identity
+        from sidecar.rotation import Policy
+        from sidecar.volume import Volume
+
+        install_fake_renderer(manager, bundle, manifest)
+        self.api = dict(AuthManager=manager.AuthManager, Participant=RotationParticipant,
+                        Metrics=AuthManagerMetrics, Identity=Identity, Policy=Policy,
+                        Volume=Volume, Store=counting_store_class(ConsulStore))
+        self.monitor = SimMonitor(self.rng, write_ack, manifest.Acknowledgement)
+        self.events: list[tuple[float, str, str, dict[str, Any]]] = []
+        self.events_lock = threading.Lock()
+        self.members: list[Member] = []
+        base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        self.base = Path(tempfile.mkdtemp(prefix="kafka-pki-fleet-", dir=base))
+        self.password = self.base / "store-password"
+        self.password.write_text("fleet-store-password\n")
+        self.password.chmod(0o600)
+        self.prefix = f"kafka-pki-fleet/{uuid.uuid4().hex[:8]}/"
+        self.consul_proc: subprocess.Popen[str] | None = None
+        consul_addr = os.environ.get("CONSUL_HTTP_ADDR")
+        if not consul_addr:
+            self.consul_proc, info = start_json_process(
+                [sys.executable, "-m", "tests.doubles.consul", "--port", "0"])
+            consul_addr = str(info["url"])
+        self.consul_addr = consul_addr if "://" in consul_addr else "http://" + consul_addr
+        self.proxy = ProxyControl(self.consul_addr)
+        import consul
+
+        self.direct = consul.Consul(**_consul_kwargs(self.consul_addr))
+        self.token = os.environ.get("CONSUL_HTTP_TOKEN")
+
+    # -- participants ---------------------------------------------------------------------------
+
+    def start_member(self, i: int) -> Member:
+        api, args = self.api, self.args
+        name = f"broker-{i}" if i < args.brokers else f"client-{i}"
+        role = "broker" if i < args.brokers else "client"
+        traffic = Traffic()
+        store = api["Store"](self.proxy.url, self.prefix, self.token)
+        store.traffic = traffic
+        volume_dir = self.base / name
+        volume = api["Volume"](volume_dir, keep=3)
+        monitor = self.monitor
+        original_write = volume.write_generation
+
+        def write_generation(bundle: Any) -> Path:
+            directory: Path = original_write(bundle)
+            monitor.written(name, volume)
+            return directory
+
+        volume.write_generation = write_generation
+        metrics = api["Metrics"]()
+        log = SimLog(name, self.events, self.events_lock)
+        identity = api["Identity"](subject=f"CN={name}.fleet.test", dns_sans=(), ip_sans=(),
+                                   key_type="ec-p256")
+        manager = api["AuthManager"](
+            issuer=FakeIssuer(identity), volume=volume, password_file=self.password,
+            metrics=metrics, log=log, renew_fraction=0.6667, renew_jitter=0.05,
+            backoff_initial=0.5, backoff_max=5.0, rng=random.Random(self.rng.random()))
+        stop = threading.Event()
+        source = api["Participant"](
+            store=store, watch_store=store.clone(), manager=manager, metrics=metrics, log=log,
+            node_id=name, role=role, policy=api["Policy"](), session_ttl=args.session_ttl,
+            watch_wait=args.watch_wait, require_ack=True, stop=stop)
+        thread = threading.Thread(target=manager.run, args=(source, stop), daemon=True,
+                                  name=f"manager-{name}")
+        thread.start()
+        return Member(name, role, traffic, manager, source, stop, thread)
+
+    def kill(self, member: Member) -> None:
+        """kill -9: no session destroyed, no lock released; the TTL must run out."""
+        member.alive = False
+        self.monitor.dead.add(member.name)
+        member.stop.set()
+        member.source.registration.close(destroy=False)
+        member.source.changed.set()
+
+    def keepers(self) -> list[Member]:
+        return [m for m in self.members if m.alive and getattr(
+            getattr(m.source, "keeper", None), "holding", False)]
+
+    # -- observing (direct, uncounted) ----------------------------------------------------------
+
+    def record(self) -> dict[str, Any] | None:
+        _, item = self.direct.kv.get(self.prefix + "rotation", token=self.token)
+        return json.loads(item["Value"]) if item and item.get("Value") else None
+
+    def put(self, key: str, value: str) -> None:
+        self.direct.kv.put(self.prefix + key, value, token=self.token)
+
+    def converged(self, root: str) -> bool:
+        record = self.record()
+        if not record or record.get("to") != root or record.get("completed_at") is None:
+            return False
+        return all(self.monitor.served.get(m.name) == (root, (root,))
+                   for m in self.members if m.alive)
+
+    def timeline(self, root: str, deadline: float, on_phase: Callable[[int], None]
+                 ) -> tuple[list[tuple[int, float]], bool]:
+        """Phases (and when each began, from the flip) until converged on ``root``."""
+        started = time.monotonic()
+        phases: list[tuple[int, float]] = []
+        while time.monotonic() < deadline:
+            record = self.record()
+            if record and record.get("to") == root:
+                mark = 4 if record.get("completed_at") is not None else int(record["phase"])
+                if not phases or phases[-1][0] != mark:
+                    phases.append((mark, time.monotonic() - started))
+                    on_phase(mark)
+            if self.converged(root):
+                return phases, True
+            time.sleep(0.02)
+        return phases, False
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def bring_up(self) -> None:
+        self.put("active-root", ROOT_A)
+        for i in range(self.args.participants):
+            self.members.append(self.start_member(i))
+            if i % 50 == 49:
+                time.sleep(0.2)  # a fleet does not start in one instant either
+        deadline = time.monotonic() + max(120.0, self.args.participants * 0.3)
+        while not self.converged(ROOT_A):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"fleet did not come up on {ROOT_A}: record={self.record()}")
+            time.sleep(0.1)
+
+    def flip(self, root: str, kill_keeper: bool) -> tuple[Direction, list[str]]:
+        for m in self.members:
+            m.traffic.requests = m.traffic.entries = m.traffic.wakeups = 0
+            m.traffic.first_seen.clear()
+        self.proxy.command("reset")
+        notes: list[str] = []
+        flipped = time.monotonic()
+
+        def on_phase(phase: int) -> None:
+            if kill_keeper and phase == 2 and not notes:
+                keepers = self.keepers()
+                if keepers:
+                    self.kill(keepers[0])
+                    notes.append(f"killed keeper {keepers[0].name} at phase 2, "
+                                 f"{time.monotonic() - flipped:.2f}s after the flip")
+                else:
+                    notes.append("no keeper to kill (previous scheme?)")
+
+        self.put("active-root", root)
+        phases, done = self.timeline(root, flipped + self.args.deadline, on_phase)
+        seconds = time.monotonic() - flipped
+        if not done:
+            raise SystemExit(f"no convergence on {root} within {self.args.deadline}s: "
+                             f"phases={phases} record={self.record()}")
+        stats = self.proxy.command("stats")
+        live = [m for m in self.members if m.alive]
+        reactions = sorted(m.traffic.first_seen[root] - flipped for m in live
+                           if root in m.traffic.first_seen)
+        durations = [(phase, (phases[k + 1][1] if k + 1 < len(phases) else seconds) - at)
+                     for k, (phase, at) in enumerate(phases)]
+        n = len(self.members)
+        direction = Direction(
+            target=root, seconds=seconds, phases=durations, requests=int(stats["requests"]),
+            kv_entries=int(stats["kv_entries"]), body_bytes=int(stats["response_body_bytes"]),
+            entries_mean=int(stats["kv_entries"]) / n,
+            entries_max=max(m.traffic.entries for m in self.members),
+            wakeups_mean=statistics.fmean(m.traffic.wakeups for m in self.members),
+            wakeups_max=max(m.traffic.wakeups for m in self.members),
+            reaction_p50=percentile(reactions, 0.5), reaction_p99=percentile(reactions, 0.99),
+            reaction_max=reactions[-1] if reactions else float("nan"),
+            unseen=len(live) - len(reactions))
+        return direction, notes
+
+    def close(self) -> None:
+        for m in self.members:
+            m.stop.set()
+            m.source.changed.set()
+        for m in self.members:
+            m.thread.join(timeout=5)
+        for m in self.members:
+            if m.alive:
+                with contextlib.suppress(Exception):
+                    m.source.close(destroy=True)
+        self.monitor.close()
+        self.proxy.close()
+        if self.consul_proc is not None:
+            self.consul_proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.consul_proc.wait(timeout=10)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _consul_kwargs(addr: str) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(addr)
+    return {"host": parts.hostname, "port": parts.port or 8500, "scheme": parts.scheme}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def handovers(events: list[tuple[float, str, str, dict[str, Any]]]) -> list[str]:
+    out, first = [], None
+    for at, name, event, fields in events:
+        if event == "keeper_acquired":
+            first = first if first is not None else at
+            out.append(f"+{at - first:7.2f}s {name} took the keeper lock ({fields.get('how')})")
+        elif event == "keeper_lost":
+            out.append(f"+{at - (first or at):7.2f}s {name} lost the keeper lock "
+                       f"({fields.get('reason')})")
+    return out
+
+
+def report(direction: Direction, label: str) -> list[str]:
+    d = direction
+    names = {1: "phase 1", 2: "phase 2", 3: "phase 3", 4: "completed"}
+    lines = [f"== {label}: flip to {d.target} ==",
+             f"  time to stable        {d.seconds:.2f} s",
+             "  phases                " + ", ".join(f"{names.get(p, p)} {s:.2f} s"
+                                                    for p, s in d.phases if p != 4),
+             f"  Consul HTTP requests  {d.requests} ({d.requests / d.seconds:.0f}/s)",
+             f"  KV entries returned   {d.kv_entries} ({d.entries_mean:.1f} per participant; "
+             f"max {d.entries_max} for one participant)",
+             f"  bytes returned        {d.body_bytes} ({d.body_bytes / 1e6:.2f} MB)",
+             f"  blocking wakeups      {d.wakeups_mean:.1f} per participant (max {d.wakeups_max})",
+             f"  flip seen             p50 {d.reaction_p50 * 1000:.0f} ms, "
+             f"p99 {d.reaction_p99 * 1000:.0f} ms, max {d.reaction_max * 1000:.0f} ms"
+             + (f" ({d.unseen} never saw it)" if d.unseen else "")]
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.fleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, default=100)
+    parser.add_argument("--brokers", type=int, default=None,
+                        help="how many are brokers (default: a tenth); the rest are clients")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-keeper", action="store_true",
+                        help="kill -9 the keeper when A->B reaches phase 2")
+    parser.add_argument("--session-ttl", type=int, default=15)
+    parser.add_argument("--watch-wait", type=float, default=60)
+    parser.add_argument("--deadline", type=float, default=600,
+                        help="seconds a direction may take before the run fails")
+    parser.add_argument("--product", type=Path, default=None,
+                        help="a checkout whose sidecar/ and monitor/ packages to run instead")
+    parser.add_argument("--serve-proxy", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.brokers is None:
+        args.brokers = max(1, args.participants // 10)
+    return args
+
+
+@contextlib.contextmanager
+def fleet(args: argparse.Namespace) -> Iterator[Fleet]:
+    sim = Fleet(args)
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_proxy:
+        return serve_proxy(args.serve_proxy)
+    if args.product is not None:
+        sys.path.insert(0, str(args.product.resolve()))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    threading.stack_size(512 * 1024)  # thousands of threads: keep their reservations small
+    started = time.monotonic()
+    with fleet(args) as sim:
+        import sidecar
+
+        print(f"fleet: {args.participants} participants ({args.brokers} brokers), consul "
+              f"{'double' if sim.consul_proc else sim.consul_addr} via counting proxy, product "
+              f"{Path(sidecar.__file__).parent.parent}", flush=True)
+        sim.bring_up()
+        print(f"up: stable on {ROOT_A} after {time.monotonic() - started:.1f}s", flush=True)
+        there, notes = sim.flip(ROOT_B, args.kill_keeper)
+        back, _ = sim.flip(ROOT_A, False)
+        lines = report(there, "A->B") + [f"  {n}" for n in notes] + report(back, "B->A")
+        moves = handovers(sim.events)
+        lines.append("== keeper ==")
+        lines += [f"  {m}" for m in moves] or ["  (no keeper events: previous scheme)"]
+        errors = [e for e in sim.events if e[2] not in SimLog.KEPT]
+        lines.append(f"== errors logged: {len(errors)} ==")
+        lines += [f"  {name} {event} {fields}" for _, name, event, fields in errors[:10]]
+        print("\n".join(lines))
+        print(f"participants={args.participants} rotation_seconds={there.seconds:.2f} "
+              f"entries_per_participant={there.entries_mean:.1f} "
+              f"wakeups_per_participant={there.wakeups_mean:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
