@@ -1,21 +1,34 @@
 """A model of the coordinated root rotation around :mod:`sidecar.rotation`'s pure state machine.
 
 Consul holds the operator's ``active-root`` value, the ``rotation`` record (with a ModifyIndex
-for check-and-set) and the registry ``nodes/<id>`` of participants holding a live session.
-Each participant (a broker or a client with its sidecars) runs the loop of
-:class:`sidecar.coordinator.RotationParticipant` as separate, arbitrarily interleaved steps:
-register, read (a snapshot that goes stale as others move), decide + check-and-set, install (the
-auth manager writes a generation to the volume), serve (the TLS monitor makes the broker/app
-serve an installed generation, verifies and acknowledges it) and report (publishing what is
-served; it may lag). Crashes, session expiry, restarts, joins, operator flips, time, and (only
-with ``expected_members`` = participants) partitions and a Consul data loss are steps too.
-Everything is immutable and deterministic so that the hypothesis machine and the exhaustive
-search share it and states can be hashed. Safety is checked on what the monitors serve (what
-handshakes use), never on what is merely installed.
+for check-and-set), the registry ``nodes/<id>`` of participants holding a live session and the
+``keeper`` lock (``World.keeper``: whose session holds it; freed when that session ends: expiry
+after a crash, a partition, a data loss). Each participant (a broker or a client with its
+sidecars) runs the loop of :class:`sidecar.coordinator.RotationParticipant` as separate,
+arbitrarily interleaved steps: register, read the record (a read that goes stale as others
+move), install (the auth manager writes a generation to the volume), serve (the TLS monitor
+makes the broker/app serve an installed generation, verifies and acknowledges it) and report
+(publishing what is served; it may lag). The barrier keeper (:mod:`sidecar.keeper`) adds acquire
+(a participant with a session takes the free lock and believes it is keeper), survey (the keeper
+reads the whole prefix: record, ModifyIndex, active-root, reports that may be late by the time
+it decides), decide + check-and-set on that read (only a participant that believes it is keeper;
+a stale one too) and step_down (a believer notices the lock is not its own). Session loss frees
+the lock without the holder noticing, so two participants may believe they are keeper; a crash
+or restart ends the belief (a new process). Crashes, session expiry, restarts, joins, operator
+flips, time, and (only with ``expected_members`` = participants) partitions and a Consul data
+loss are steps too. Everything is immutable and deterministic so that the hypothesis machine and
+the exhaustive search share it and states can be hashed. Safety is checked on what the monitors
+serve (what handshakes use), never on what is merely installed.
 
 What the model takes from the coordinator, each the weakest safe choice where it abstracts:
 
-- it registers before it reads, and a (re)registration discards any earlier read;
+- it registers before it reads, and a (re)registration discards any earlier read of the record
+  (not a keeper's read of the prefix: its check-and-set may be in flight across it);
+- a keeper decides only on a read of the prefix that shows the lock held by its session
+  (``Config.survey_checks_lock``), but may decide on it after losing the lock; the record's
+  check-and-set is on the ModifyIndex alone (``Config.fenced_writes``: also checking the lock
+  in the same transaction, which a test shows is needed across a Consul data loss:
+  ``test_a_stale_keepers_write_across_a_consul_data_loss_needs_a_fence``);
 - a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
   a successful one it may install the record it wrote but reads again before deciding again
   (``Config.decide_again_after_cas`` shows why);

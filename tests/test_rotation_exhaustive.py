@@ -2,14 +2,15 @@
 
 Breadth-first search over :mod:`tests.rotation_model` worlds, deduplicated by a canonical key
 (participant symmetry, rotation ids by creation order, ModifyIndex values by whether they are
-current). The operator makes each flip of a short script at any point of the interleaving; crashes
-and faults have small budgets; every monitor may lag its auth manager (serve an older installed
-generation after a newer one was installed). In every reachable state: no two live participants
-serve incompatible material and everyone whose served material stands for a decision since the
-last data loss is within one phase of the record. From every reachable state, a fair schedule
-with the operator and faults stopped converges; every state in which no participant can make
-progress is converged. A coordinator that decides from the served generation instead of the
-installed one is caught (``test_deciding_from_the_served_generation_is_caught``).
+current, the keeper lock as a flag on its holder). The operator makes each flip of a short
+script at any point of the interleaving; crashes and faults have small budgets; every monitor
+may lag its auth manager (serve an older installed generation after a newer one was installed).
+In every reachable state: no two live participants serve incompatible material and everyone
+whose served material stands for a decision since the last data loss is within one phase of the
+record. From every reachable state, a fair schedule with the operator and faults stopped
+converges; every state in which no participant can make progress is converged. A coordinator
+that decides from the served generation instead of the installed one is caught
+(``test_deciding_from_the_served_generation_is_caught``).
 
 A schedule is a sequence of state-changing steps from the initial state until no step can change
 the state (steps without effect are left out, or every schedule could be stretched forever). The

@@ -1,7 +1,9 @@
 """Safety and liveness of the root rotation under random interleavings (hypothesis stateful).
 
 The machine drives :mod:`tests.rotation_model`: up to eight participants take the documented
-steps (register, read, decide + check-and-set, install, serve, report) in any order, stall
+steps (register, read, install, serve, report; as barrier keeper: acquire the lock, read the
+prefix, decide + check-and-set, step down) in any order, keepers deciding on reads that went
+stale, two of them at once after a partition, stall
 between a read and its install, crash, restart, join, lose their sessions; their monitors serve
 installed generations late, skipping some or serving an older one after a newer one was
 installed; the operator flips ``active-root`` between A, B, C and invalid values; time passes;
