@@ -14,7 +14,14 @@ from sidecar.config import AuthManagerConfig, check_files, load_config
 from sidecar.health import HealthServer, check_heartbeat
 from sidecar.issuer import Issuer
 from sidecar.logs import configure
-from sidecar.manager import RECOVERABLE, AuthManager, DesiredSource, StaticSource
+from sidecar.manager import (
+    RECOVERABLE,
+    AuthManager,
+    DesiredSource,
+    StaticSource,
+    error_kind,
+    is_permanent,
+)
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.renewal import Identity, backoff_delay
 from sidecar.settings import ConfigError, parse_host_port
@@ -107,7 +114,8 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
     """Init-container mode: valid, current material on the volume, or a non-zero exit.
 
     Transient failures (Vault or Consul not up yet, the rotation record not there yet) are
-    retried with backoff until ``timeout`` seconds have passed.
+    retried with backoff until ``timeout`` seconds have passed (exit 1). A permanent Vault
+    refusal (see VaultError.permanent) ends it at once with exit 2: retrying cannot help.
     """
     deadline = time.monotonic() + timeout
     attempt = 0
@@ -120,12 +128,16 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
                 break
             except RECOVERABLE as exc:
                 attempt += 1
+                kind = error_kind(exc)
+                if is_permanent(exc):
+                    log.error("once_failed", error=str(exc), kind=kind, attempts=attempt,
+                              permanent=True, action="not retried: fix the Vault role, "
+                              "policy or mount names, then run again")
+                    return 2
                 delay = backoff_delay(attempt - 1, manager.backoff_initial, manager.backoff_max,
                                       manager.rng.random())
                 if time.monotonic() + delay > deadline:
-                    log.error("once_failed", error=str(exc),
-                              kind=getattr(exc, "reason", type(exc).__name__),
-                              attempts=attempt)
+                    log.error("once_failed", error=str(exc), kind=kind, attempts=attempt)
                     return 1
                 log.warning("once_retrying", error=str(exc), attempt=attempt,
                             retry_in_seconds=round(delay, 2))
