@@ -8,13 +8,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from monitor.config import MonitorConfig, load_config
+from monitor.config import MonitorConfig, check_startup, load_config
 from monitor.metrics import MonitorMetrics
 from monitor.reloader import Reloader
 from monitor.watch import VolumeWatcher
-from sidecar.health import HealthServer, check_heartbeat
+from sidecar.health import HealthServer, check_heartbeat, serve_health
 from sidecar.logs import configure
-from sidecar.settings import ConfigError, parse_host_port
+from sidecar.settings import ConfigError
 
 
 def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> None:
@@ -43,31 +43,30 @@ def loop_health(reloader: Reloader, config: MonitorConfig) -> tuple[bool, str]:
 
 def start_health(config: MonitorConfig, reloader: Reloader, metrics: MonitorMetrics
                  ) -> HealthServer | None:
-    """/metrics, /healthz (the loop beats) and /readyz (a generation verified) on ``listen``."""
-    if not config.listen:
-        return None
-    host, port = parse_host_port("listen", config.listen)
+    """/metrics, /healthz (the loop beats) and /readyz (a generation verified) on ``listen``.
+    ConfigError if it cannot listen there."""
 
     def ready() -> tuple[bool, str]:
         applied = reloader.applied
         return (applied is not None,
                 f"generation {applied} verified" if applied else "nothing verified yet")
 
-    return HealthServer(host, port, metrics.registry,
-                        healthy=lambda: loop_health(reloader, config), ready=ready).start()
+    return serve_health(config.listen, metrics.registry,
+                        healthy=lambda: loop_health(reloader, config), ready=ready)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(argv, os.environ)
+        check_startup(config)
+        log = configure(config.log_level, component="tls-monitor")
+        metrics = MonitorMetrics()
+        reloader = Reloader(config, metrics, log)
+        health = start_health(config, reloader, metrics)
     except ConfigError as exc:
         print(f"tls-monitor: configuration error: {exc}", file=sys.stderr)
         return 2
-    log = configure(config.log_level, component="tls-monitor")
-    metrics = MonitorMetrics()
-    reloader = Reloader(config, metrics, log)
     stop = threading.Event()
-    health = start_health(config, reloader, metrics)
     if health is not None:
         log.info("listening", address=f"{health.host}:{health.port}")
     for signum in (signal.SIGTERM, signal.SIGINT):

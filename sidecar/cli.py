@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import AuthManagerConfig, check_files, load_config
-from sidecar.health import HealthServer, check_heartbeat
+from sidecar.health import check_heartbeat, serve_health
 from sidecar.issuer import Issuer
 from sidecar.logs import configure
 from sidecar.manager import (
@@ -24,7 +24,7 @@ from sidecar.manager import (
 )
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.renewal import Identity, backoff_delay
-from sidecar.settings import ConfigError, parse_host_port
+from sidecar.settings import ConfigError
 from sidecar.vault import VaultPKI, authenticator_from
 from sidecar.volume import Volume
 
@@ -72,30 +72,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, once = load_config(argv, os.environ)
         check_files(config)
     except ConfigError as exc:
-        print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_error(exc)
     log = configure(config.log_level)
     metrics = AuthManagerMetrics()
     stop = threading.Event()
     manager = build_manager(config, metrics, log)
+    health = None
+    if not once:
+        try:
+            health = serve_health(config.listen, metrics.registry,
+                                  healthy=lambda: manager_health(manager, config),
+                                  ready=manager.readiness)
+        except ConfigError as exc:
+            return config_error(exc)
+        if health is not None:
+            log.info("listening", address=f"{health.host}:{health.port}")
     try:
         source = build_source(config, manager, metrics, log, stop)
     except ConfigError as exc:
-        print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
-        return 2
+        if health is not None:
+            health.stop()
+        return config_error(exc)
     except RECOVERABLE as exc:
         log.error("startup_failed", error=str(exc))
+        if health is not None:
+            health.stop()
         return 1
     if once:
         return run_once(manager, source, log, config.once_timeout)
 
-    health = None
-    if config.listen:
-        host, port = parse_host_port("listen", config.listen)
-        health = HealthServer(host, port, metrics.registry,
-                              healthy=lambda: manager_health(manager, config),
-                              ready=manager.readiness).start()
-        log.info("listening", address=f"{host}:{health.port}")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info("started", subject=config.subject, output_dir=str(config.output_dir),
@@ -108,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             health.stop()
     log.info("stopped")
     return 0
+
+
+def config_error(exc: ConfigError) -> int:
+    """One line naming the setting, exit code 2."""
+    print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
+    return 2
 
 
 def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: float) -> int:
