@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any
 from sidecar.config import AuthManagerConfig, check_files, load_config
 from sidecar.health import check_heartbeat, serve_health
 from sidecar.issuer import Issuer
+from sidecar.lifecycle import install_stop_handlers, run_until_stopped
 from sidecar.logs import configure
 from sidecar.manager import (
     RECOVERABLE,
@@ -68,6 +68,8 @@ def build_source(config: AuthManagerConfig, manager: AuthManager, metrics: AuthM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop = threading.Event()
+    install_stop_handlers(stop)
     try:
         config, once = load_config(argv, os.environ)
         check_files(config)
@@ -75,7 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_error(exc)
     log = configure(config.log_level)
     metrics = AuthManagerMetrics()
-    stop = threading.Event()
     manager = build_manager(config, metrics, log)
     health = None
     if not once:
@@ -87,32 +88,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             return config_error(exc)
         if health is not None:
             log.info("listening", address=f"{health.host}:{health.port}")
-    try:
-        source = build_source(config, manager, metrics, log, stop)
-    except ConfigError as exc:
-        if health is not None:
-            health.stop()
-        return config_error(exc)
-    except RECOVERABLE as exc:
-        log.error("startup_failed", error=str(exc))
-        if health is not None:
-            health.stop()
-        return 1
-    if once:
-        return run_once(manager, source, log, config.once_timeout)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    log.info("started", subject=config.subject, output_dir=str(config.output_dir),
-             mode="coordinated" if config.coordinated else "static")
+    def serve() -> int:
+        try:
+            source = build_source(config, manager, metrics, log, stop)
+        except ConfigError as exc:
+            return config_error(exc)
+        except RECOVERABLE as exc:
+            log.error("startup_failed", error=str(exc))
+            return 1
+        if once:
+            return run_once(manager, source, log, config.once_timeout, stop)
+        log.info("started", subject=config.subject, output_dir=str(config.output_dir),
+                 mode="coordinated" if config.coordinated else "static")
+        try:
+            manager.run(source, stop)
+        finally:
+            source.close(destroy=True)
+        return 0
+
     try:
-        manager.run(source, stop)
+        finished, code = run_until_stopped(serve, stop)
     finally:
-        source.close(destroy=True)
         if health is not None:
             health.stop()
-    log.info("stopped")
-    return 0
+    abandoned = {} if finished else {"abandoned": "a blocking Vault or Consul request"}
+    if once:
+        if code is None:
+            log.error("once_failed", error="stopped before valid material was on the volume",
+                      **abandoned)
+            return 1
+        return code
+    log.info("stopped", **abandoned)
+    return code or 0
 
 
 def config_error(exc: ConfigError) -> int:
@@ -121,7 +129,8 @@ def config_error(exc: ConfigError) -> int:
     return 2
 
 
-def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: float) -> int:
+def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: float,
+             stop: threading.Event | None = None) -> int:
     """Init-container mode: valid, current material on the volume, or a non-zero exit.
 
     Transient failures (Vault or Consul not up yet, the rotation record not there yet) are
@@ -131,7 +140,7 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
     deadline = time.monotonic() + timeout
     attempt = 0
     try:
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 manager.issuer.vault.login()
                 manifest = manager.reconcile(source.desired())
@@ -153,6 +162,9 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
                 log.warning("once_retrying", error=str(exc), attempt=attempt,
                             retry_in_seconds=round(delay, 2))
                 source.wait(delay)
+        else:
+            log.error("once_failed", error="stopped before valid material was on the volume")
+            return 1
     finally:
         # Keep the registration: the long-running auth manager resumes the same session.
         source.close(destroy=False)

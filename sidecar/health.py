@@ -54,8 +54,9 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="health-server")
+        # A short poll interval: stop() waits for the serving loop to notice (process stop).
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.25,),
+                                        daemon=True, name="health-server")
 
     @property
     def host(self) -> str:
