@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.console import Console, clean_env
+from tests.consul_setup import consul_client
+from tests.doubles.consul import ConsulDouble
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager
 from tests.monitor_kit import PHASES, Rig, broker_rig
@@ -260,3 +262,24 @@ def test_once_stops_in_a_vault_call_that_hangs(vault_double: VaultDouble, tmp_pa
     finally:
         vault_double.set_delay(0)
         once.kill()
+
+
+def test_coordinated_auth_manager_stops_while_watching_consul(
+        vault_double: VaultDouble, consul_double: ConsulDouble, tmp_path: Path,
+        record_property: pytest.RecordProperty) -> None:
+    prefix = "kafka-pki-stop-test"
+    token = consul_double.acl_token
+    client = consul_client(consul_double.host, consul_double.port, token=token)
+    client.kv.put(f"{prefix}/demo/active-root", "pki_root_a")
+    env = manager_env(vault_double, tmp_path, CONSUL_HTTP_ADDR=consul_double.url,
+                      PKI_CONSUL_PREFIX=prefix, PKI_CLUSTER="demo", PKI_REQUIRE_ACK="false")
+    if token:
+        env["CONSUL_HTTP_TOKEN"] = token
+    del env["PKI_ROOT"]
+    manager = Console("pki-auth-manager", [], env, tmp_path / "manager.log")
+    try:
+        manager.wait_for("certificate_issued")
+        time.sleep(0.5)  # in the Consul blocking query (watch_wait 60 s)
+        assert_stops(manager, "watching Consul (coordinated)", record_property)
+    finally:
+        manager.kill()
