@@ -8,11 +8,14 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from sidecar.lifecycle import STOP_CHECK, Stopped, pause
 from sidecar.manifest import Manifest
 
 
@@ -49,19 +52,45 @@ def send_signal(pid_file: Path, name: str) -> str:
     return f"signal:{name}:{pid}"
 
 
-def run_command(command: str, manifest: Manifest, current: Path, timeout: float) -> str:
-    """Run the command (no shell); exit status 0 is success."""
+def run_command(command: str, manifest: Manifest, current: Path, timeout: float,
+                stop: threading.Event | None = None) -> str:
+    """Run the command (no shell); exit status 0 is success. It is terminated when it
+    outlives ``timeout``, or when ``stop`` is set (then Stopped is raised)."""
     env = {**os.environ, "PKI_GENERATION": str(manifest.generation),
            "PKI_SERIAL": manifest.serial, "PKI_CURRENT_DIR": str(current)}
-    try:
-        result = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True,
-                                timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ActionFailed(f"reload command failed to run: {exc}") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        raise ActionFailed(f"reload command exited {result.returncode}: {tail[0][:200]}")
+    with tempfile.TemporaryFile("w+") as output:  # a file, not a pipe: it never fills up
+        try:
+            child = subprocess.Popen(shlex.split(command), env=env, stdout=output,
+                                     stderr=subprocess.STDOUT, text=True)
+        except (OSError, ValueError) as exc:
+            raise ActionFailed(f"reload command failed to run: {exc}") from None
+        deadline = time.monotonic() + timeout
+        while child.poll() is None:
+            if stop is not None and stop.is_set():
+                _end(child)
+                raise Stopped("stopping: reload command terminated")
+            if time.monotonic() >= deadline:
+                _end(child)
+                raise ActionFailed(f"reload command timed out after {timeout:g}s")
+            try:
+                child.wait(STOP_CHECK)
+            except subprocess.TimeoutExpired:
+                continue
+        output.seek(0)
+        tail = output.read().strip().splitlines()[-1:] or [""]
+    if child.returncode != 0:
+        raise ActionFailed(f"reload command exited {child.returncode}: {tail[0][:200]}")
     return "command"
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL if it is still there half a second later."""
+    child.terminate()
+    try:
+        child.wait(0.5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def post_hook(url: str, manifest: Manifest, timeout: float) -> str:
@@ -83,8 +112,10 @@ def post_hook(url: str, manifest: Manifest, timeout: float) -> str:
     return "http"
 
 
-def restart(pid_file: Path, timeout: float, poll: float = 0.1) -> str:
-    """SIGTERM the process and wait until its supervisor has started a new one."""
+def restart(pid_file: Path, timeout: float, poll: float = 0.1,
+            stop: threading.Event | None = None) -> str:
+    """SIGTERM the process and wait until its supervisor has started a new one (Stopped if
+    ``stop`` is set meanwhile)."""
     old = _read_pid(pid_file)
     with contextlib.suppress(ProcessLookupError):  # already gone: wait for its successor
         os.kill(old, signal.SIGTERM)
@@ -96,7 +127,7 @@ def restart(pid_file: Path, timeout: float, poll: float = 0.1) -> str:
             new = old
         if new != old and _alive(new):
             return f"restart:{new}"
-        time.sleep(poll)
+        pause(stop, poll)
     raise ActionFailed(f"process {old} was not replaced by a new one within {timeout:.0f}s")
 
 

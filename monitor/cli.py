@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 
-from monitor.config import MonitorConfig, load_config
+from monitor.config import MonitorConfig, check_startup, load_config
 from monitor.metrics import MonitorMetrics
 from monitor.reloader import Reloader
 from monitor.watch import VolumeWatcher
-from sidecar.health import HealthServer, check_heartbeat
+from sidecar.health import HealthServer, check_heartbeat, serve_health
+from sidecar.lifecycle import Stopped, install_stop_handlers, run_until_stopped
 from sidecar.logs import configure
-from sidecar.settings import ConfigError, parse_host_port
+from sidecar.settings import ConfigError
 
 
 def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> None:
-    """Apply the current generation, then again on every volume event or poll."""
+    """Apply the current generation, then again on every volume event or poll, until
+    ``stop`` (which also ends a pass at its next wait)."""
     watcher = VolumeWatcher(config.volume_dir).start()
     try:
         ok = reloader.handle()
@@ -29,6 +30,8 @@ def run(config: MonitorConfig, reloader: Reloader, stop: threading.Event) -> Non
             if stop.is_set():
                 break
             ok = reloader.handle()
+    except Stopped:
+        pass
     finally:
         watcher.stop()
 
@@ -43,42 +46,40 @@ def loop_health(reloader: Reloader, config: MonitorConfig) -> tuple[bool, str]:
 
 def start_health(config: MonitorConfig, reloader: Reloader, metrics: MonitorMetrics
                  ) -> HealthServer | None:
-    """/metrics, /healthz (the loop beats) and /readyz (a generation verified) on ``listen``."""
-    if not config.listen:
-        return None
-    host, port = parse_host_port("listen", config.listen)
+    """/metrics, /healthz (the loop beats) and /readyz (a generation verified) on ``listen``.
+    ConfigError if it cannot listen there."""
 
     def ready() -> tuple[bool, str]:
         applied = reloader.applied
         return (applied is not None,
                 f"generation {applied} verified" if applied else "nothing verified yet")
 
-    return HealthServer(host, port, metrics.registry,
-                        healthy=lambda: loop_health(reloader, config), ready=ready).start()
+    return serve_health(config.listen, metrics.registry,
+                        healthy=lambda: loop_health(reloader, config), ready=ready)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop = threading.Event()
+    install_stop_handlers(stop)
     try:
         config = load_config(argv, os.environ)
+        check_startup(config)
+        log = configure(config.log_level, component="tls-monitor")
+        metrics = MonitorMetrics()
+        reloader = Reloader(config, metrics, log, stop=stop)
+        health = start_health(config, reloader, metrics)
     except ConfigError as exc:
         print(f"tls-monitor: configuration error: {exc}", file=sys.stderr)
         return 2
-    log = configure(config.log_level, component="tls-monitor")
-    metrics = MonitorMetrics()
-    reloader = Reloader(config, metrics, log)
-    stop = threading.Event()
-    health = start_health(config, reloader, metrics)
     if health is not None:
         log.info("listening", address=f"{health.host}:{health.port}")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     log.info("started", volume=str(config.volume_dir), mode=config.mode)
     try:
-        run(config, reloader, stop)
+        finished, _ = run_until_stopped(lambda: run(config, reloader, stop), stop)
     finally:
         if health is not None:
             health.stop()
-    log.info("stopped")
+    log.info("stopped", **({} if finished else {"abandoned": "a blocking call of the pass"}))
     return 0
 
 

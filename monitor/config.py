@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import shlex
+import shutil
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -120,6 +124,48 @@ def validate(config: MonitorConfig) -> None:
                           "verify_timeout: must be positive")
     if config.listen:
         parse_host_port("listen", config.listen)
+    for server in (config.bootstrap_servers or "").split(","):
+        if server.strip():
+            parse_host_port("bootstrap_servers", server.strip())
+    if config.reload_url:
+        url = urllib.parse.urlsplit(config.reload_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"invalid value for reload_url: {config.reload_url!r} "
+                              "(expected an http:// or https:// URL)")
+    if config.reload_command is not None:
+        try:
+            if not shlex.split(config.reload_command):
+                raise ValueError("empty command")
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for reload_command: {exc}") from None
+
+
+def check_startup(config: MonitorConfig) -> None:
+    """What the monitor reads or runs must be there before the loop starts: the volume
+    (a readable, writable directory), the store password file, the reload command. Raise
+    ConfigError naming the setting. Reads the file system: I/O."""
+    volume = config.volume_dir
+    if not volume.is_dir():
+        what = "is not a directory" if volume.exists() else "does not exist"
+        raise ConfigError(f"invalid value for volume_dir: {volume} {what}")
+    if not os.access(volume, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"invalid value for volume_dir: {volume} is not readable and "
+                          "writable by this user")
+    path = config.store_password_file
+    if path is not None:
+        try:
+            empty = not path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"invalid value for store_password_file: cannot read {path}: "
+                              f"{reason}") from None
+        if empty:
+            raise ConfigError(f"invalid value for store_password_file: {path} is empty")
+    if config.reload_action == "command" and config.reload_command:
+        program = shlex.split(config.reload_command)[0]
+        if shutil.which(program) is None:
+            raise ConfigError(f"invalid value for reload_command: {program!r} is not an "
+                              "executable file (nor found on PATH)")
 
 
 def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> MonitorConfig:

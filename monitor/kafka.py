@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import ssl
 import struct
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from confluent_kafka.admin._resource import ResourceType
 from cryptography import x509
 
 from sidecar import layout
+from sidecar.lifecycle import STOP_CHECK, Stopped
 
 # ApiVersions v0: the smallest Kafka request every broker answers, even before auth.
 _API_VERSIONS = struct.pack(">hhih", 18, 0, 1, 11) + b"tls-monitor"
@@ -44,22 +48,42 @@ def admin_config(bootstrap: str, generation_dir: Path, hostname_verification: bo
 
 
 def alter_broker_configs(config: Mapping[str, str | int | float], broker_id: int,
-                         settings: Mapping[str, str], timeout: float) -> None:
-    """IncrementalAlterConfigs SET on the broker resource; KafkaRefused on any failure."""
+                         settings: Mapping[str, str], timeout: float,
+                         stop: threading.Event | None = None) -> None:
+    """IncrementalAlterConfigs SET on the broker resource; KafkaRefused on any failure,
+    Stopped as soon as ``stop`` is set while waiting for the answer."""
     admin = AdminClient(dict(config))
     entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
                for name, value in settings.items()]
     resource = ConfigResource(ResourceType.BROKER, str(broker_id), incremental_configs=entries)
     try:
-        futures = admin.incremental_alter_configs([resource], request_timeout=timeout)
-        futures[resource].result(timeout=timeout + 5)
+        future = admin.incremental_alter_configs([resource], request_timeout=timeout)[resource]
+        _await(future, timeout + 5, stop)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         if isinstance(error, KafkaError):
             raise KafkaRefused(f"Kafka refused the reload: {error.str()}", error.code()) from None
         raise KafkaRefused(f"Kafka refused the reload: {exc}", None) from None
+    except Stopped:
+        raise
     except Exception as exc:  # timeouts and transport errors surface as plain exceptions
         raise KafkaRefused(f"alter failed: {type(exc).__name__}: {exc}", None) from None
+
+
+def _await(future: concurrent.futures.Future[object], timeout: float,
+           stop: threading.Event | None) -> None:
+    """The future's result within ``timeout`` seconds, looking at ``stop`` meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            future.result(timeout=max(0.0, min(left, STOP_CHECK)))
+            return
+        except concurrent.futures.TimeoutError:
+            if stop is not None and stop.is_set():
+                raise Stopped("stopping: alter abandoned") from None
+            if left <= STOP_CHECK:
+                raise
 
 
 def served_certificate(host: str, port: int, context: ssl.SSLContext,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from monitor.kafka import KafkaRefused, admin_config, alter_broker_configs, serv
 from monitor.metrics import MonitorMetrics
 from monitor.stores import STORE_FILES, load_stores
 from sidecar import layout
+from sidecar.lifecycle import Stopped
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError, format_serial
 from sidecar.volume import Volume, VolumeError, read_generation
@@ -75,12 +77,12 @@ class Reloader:
 
     def __init__(self, config: MonitorConfig, metrics: MonitorMetrics, log: Any,
                  now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 stop: threading.Event | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.log = log
         self.now = now
-        self.sleep = sleep
+        self.stop = stop or threading.Event()  # set: every wait of a pass raises Stopped
         self.volume = Volume(config.volume_dir)
         ack = self.volume.read_ack()
         self.applied: int | None = ack.generation if ack else None
@@ -263,7 +265,7 @@ class Reloader:
             alter_broker_configs(
                 admin_config(config.bootstrap_servers or "", self._admin_dir(directory),
                              config.admin_hostname_verification, config.admin_timeout),
-                config.broker_id or 0, settings, config.admin_timeout)
+                config.broker_id or 0, settings, config.admin_timeout, self.stop)
             self.log.info("reload_requested", generation=manifest.generation,
                           listeners=sorted({k.split(".")[2] for k in settings}))
         self.timings["alter"] = time.monotonic()
@@ -363,7 +365,8 @@ class Reloader:
             if time.monotonic() + delay > deadline:
                 raise VerifyFailed(f"not serving generation {manifest.generation} after "
                                    f"{self.config.verify_timeout:.0f}s: {last}")
-            self.sleep(delay)
+            if self.stop.wait(delay):
+                raise Stopped("stopping: verification abandoned")
             delay = min(delay * 2, 2.0)
 
     @staticmethod
@@ -398,11 +401,12 @@ class Reloader:
             return actions.send_signal(config.reload_pid_file, config.reload_signal)
         if kind == "restart":
             assert config.reload_pid_file is not None
-            return actions.restart(config.reload_pid_file, timeout)
+            return actions.restart(config.reload_pid_file, timeout, stop=self.stop)
         if kind == "command":
             assert config.reload_command is not None
             return actions.run_command(config.reload_command, manifest,
-                                       layout.current_link(config.volume_dir), timeout)
+                                       layout.current_link(config.volume_dir), timeout,
+                                       self.stop)
         if kind == "http":
             assert config.reload_url is not None
             return actions.post_hook(config.reload_url, manifest, timeout)

@@ -8,6 +8,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from sidecar.lifecycle import wait_or_stop
+
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, changed: threading.Event) -> None:
@@ -34,15 +36,13 @@ class VolumeWatcher:
         return self
 
     def wait(self, timeout: float, debounce: float, stop: threading.Event) -> bool:
-        """Block until an event (then until ``debounce`` seconds without one) or timeout.
-
-        True if something happened.
-        """
-        if not self.changed.wait(timeout):
+        """Block until an event (then until ``debounce`` seconds without one), timeout, or
+        ``stop``. True if something happened."""
+        if not wait_or_stop(self.changed, stop, timeout):
             return False
         while not stop.is_set():
             self.changed.clear()
-            if not self.changed.wait(debounce):
+            if not wait_or_stop(self.changed, stop, debounce):
                 return True
         return True
 

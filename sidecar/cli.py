@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 import time
@@ -11,13 +10,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import AuthManagerConfig, check_files, load_config
-from sidecar.health import HealthServer, check_heartbeat
+from sidecar.health import check_heartbeat, serve_health
 from sidecar.issuer import Issuer
+from sidecar.lifecycle import install_stop_handlers, run_until_stopped
 from sidecar.logs import configure
-from sidecar.manager import RECOVERABLE, AuthManager, DesiredSource, StaticSource
+from sidecar.manager import (
+    RECOVERABLE,
+    AuthManager,
+    DesiredSource,
+    StaticSource,
+    error_kind,
+    is_permanent,
+)
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.renewal import Identity, backoff_delay
-from sidecar.settings import ConfigError, parse_host_port
+from sidecar.settings import ConfigError
 from sidecar.vault import VaultPKI, authenticator_from
 from sidecar.volume import Volume
 
@@ -61,58 +68,79 @@ def build_source(config: AuthManagerConfig, manager: AuthManager, metrics: AuthM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop = threading.Event()
+    install_stop_handlers(stop)
     try:
         config, once = load_config(argv, os.environ)
         check_files(config)
     except ConfigError as exc:
-        print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_error(exc)
     log = configure(config.log_level)
     metrics = AuthManagerMetrics()
-    stop = threading.Event()
     manager = build_manager(config, metrics, log)
-    try:
-        source = build_source(config, manager, metrics, log, stop)
-    except ConfigError as exc:
-        print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except RECOVERABLE as exc:
-        log.error("startup_failed", error=str(exc))
-        return 1
-    if once:
-        return run_once(manager, source, log, config.once_timeout)
-
     health = None
-    if config.listen:
-        host, port = parse_host_port("listen", config.listen)
-        health = HealthServer(host, port, metrics.registry,
-                              healthy=lambda: manager_health(manager, config),
-                              ready=manager.readiness).start()
-        log.info("listening", address=f"{host}:{health.port}")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    log.info("started", subject=config.subject, output_dir=str(config.output_dir),
-             mode="coordinated" if config.coordinated else "static")
+    if not once:
+        try:
+            health = serve_health(config.listen, metrics.registry,
+                                  healthy=lambda: manager_health(manager, config),
+                                  ready=manager.readiness)
+        except ConfigError as exc:
+            return config_error(exc)
+        if health is not None:
+            log.info("listening", address=f"{health.host}:{health.port}")
+
+    def serve() -> int:
+        try:
+            source = build_source(config, manager, metrics, log, stop)
+        except ConfigError as exc:
+            return config_error(exc)
+        except RECOVERABLE as exc:
+            log.error("startup_failed", error=str(exc))
+            return 1
+        if once:
+            return run_once(manager, source, log, config.once_timeout, stop)
+        log.info("started", subject=config.subject, output_dir=str(config.output_dir),
+                 mode="coordinated" if config.coordinated else "static")
+        try:
+            manager.run(source, stop)
+        finally:
+            source.close(destroy=True)
+        return 0
+
     try:
-        manager.run(source, stop)
+        finished, code = run_until_stopped(serve, stop)
     finally:
-        source.close(destroy=True)
         if health is not None:
             health.stop()
-    log.info("stopped")
-    return 0
+    abandoned = {} if finished else {"abandoned": "a blocking Vault or Consul request"}
+    if once:
+        if code is None:
+            log.error("once_failed", error="stopped before valid material was on the volume",
+                      **abandoned)
+            return 1
+        return code
+    log.info("stopped", **abandoned)
+    return code or 0
 
 
-def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: float) -> int:
+def config_error(exc: ConfigError) -> int:
+    """One line naming the setting, exit code 2."""
+    print(f"pki-auth-manager: configuration error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: float,
+             stop: threading.Event | None = None) -> int:
     """Init-container mode: valid, current material on the volume, or a non-zero exit.
 
     Transient failures (Vault or Consul not up yet, the rotation record not there yet) are
-    retried with backoff until ``timeout`` seconds have passed.
+    retried with backoff until ``timeout`` seconds have passed (exit 1). A permanent Vault
+    refusal (see VaultError.permanent) ends it at once with exit 2: retrying cannot help.
     """
     deadline = time.monotonic() + timeout
     attempt = 0
     try:
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 manager.issuer.vault.login()
                 manifest = manager.reconcile(source.desired())
@@ -120,16 +148,23 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
                 break
             except RECOVERABLE as exc:
                 attempt += 1
+                kind = error_kind(exc)
+                if is_permanent(exc):
+                    log.error("once_failed", error=str(exc), kind=kind, attempts=attempt,
+                              permanent=True, action="not retried: fix the Vault role, "
+                              "policy or mount names, then run again")
+                    return 2
                 delay = backoff_delay(attempt - 1, manager.backoff_initial, manager.backoff_max,
                                       manager.rng.random())
                 if time.monotonic() + delay > deadline:
-                    log.error("once_failed", error=str(exc),
-                              kind=getattr(exc, "reason", type(exc).__name__),
-                              attempts=attempt)
+                    log.error("once_failed", error=str(exc), kind=kind, attempts=attempt)
                     return 1
                 log.warning("once_retrying", error=str(exc), attempt=attempt,
                             retry_in_seconds=round(delay, 2))
                 source.wait(delay)
+        else:
+            log.error("once_failed", error="stopped before valid material was on the volume")
+            return 1
     finally:
         # Keep the registration: the long-running auth manager resumes the same session.
         source.close(destroy=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -152,6 +154,10 @@ def validate(config: AuthManagerConfig) -> None:
         raise ConfigError("invalid value for session_ttl: Consul accepts 10..86400 seconds")
     if config.watch_wait < 1:
         raise ConfigError("invalid value for watch_wait: must be at least 1 second")
+    vault = urllib.parse.urlsplit(config.vault_addr)
+    if vault.scheme not in ("http", "https") or not vault.hostname:
+        raise ConfigError(f"invalid value for vault_addr: {config.vault_addr!r} (expected "
+                          "http://host:port or https://host:port)")
     if config.vault_timeout <= 0:
         raise ConfigError("invalid value for vault_timeout: must be positive")
     if config.listen:
@@ -191,7 +197,8 @@ def configured_files(config: AuthManagerConfig) -> list[tuple[str, Path]]:
 
 def check_files(config: AuthManagerConfig) -> None:
     """Fail at start, naming the setting, if a configured file is missing, unreadable or
-    empty (rather than retrying a renewal that cannot succeed). Reads the files: I/O."""
+    empty, or output_dir cannot be written (rather than retrying a renewal that cannot
+    succeed). Reads the file system: I/O."""
     for name, path in configured_files(config):
         try:
             if path.is_dir():
@@ -204,6 +211,20 @@ def check_files(config: AuthManagerConfig) -> None:
                               f"{exc.strerror}") from None
         if empty:
             raise ConfigError(f"invalid value for {name}: {path} is empty")
+    _check_output_dir(config.output_dir)
+
+
+def _check_output_dir(path: Path) -> None:
+    """output_dir must be a writable directory, or creatable (its nearest existing parent
+    a writable directory)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"invalid value for output_dir: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"invalid value for output_dir: {existing} is not writable by "
+                          "this user")
 
 
 def _add_once_flag(parser: argparse.ArgumentParser) -> None:

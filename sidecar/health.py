@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.settings import ConfigError, parse_host_port
+
 Probe = Callable[[], tuple[bool, str]]
 
 
@@ -52,8 +54,9 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="health-server")
+        # A short poll interval: stop() waits for the serving loop to notice (process stop).
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.25,),
+                                        daemon=True, name="health-server")
 
     @property
     def host(self) -> str:
@@ -70,3 +73,19 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def serve_health(listen: str, registry: CollectorRegistry, healthy: Probe, ready: Probe
+                 ) -> HealthServer | None:
+    """Start the server on ``listen`` (None if empty). An address that cannot be listened on
+    (in use, not local, not resolvable) is a ConfigError naming the setting."""
+    if not listen:
+        return None
+    host, port = parse_host_port("listen", listen)
+    try:
+        server = HealthServer(host, port, registry, healthy=healthy, ready=ready)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"invalid value for listen: cannot listen on {listen!r} "
+                          f"({reason})") from None
+    return server.start()

@@ -26,6 +26,26 @@ from sidecar.volume import Volume, VolumeError
 RECOVERABLE = (VaultError, MaterialError, VolumeError, ConsulError, RotationInputError)
 
 
+def is_permanent(exc: Exception) -> bool:
+    """A Vault refusal that retrying cannot fix (a role, policy or mount to correct)."""
+    return isinstance(exc, VaultError) and exc.permanent
+
+
+def error_kind(exc: Exception) -> str:
+    """The metric label of a failure: the Vault reason (``permanent_`` in front for a
+    permanent refusal), ``bad_material``, ``volume``, ``rotation_input``, ``consul_*``."""
+    if isinstance(exc, MaterialError):
+        return "bad_material"
+    if isinstance(exc, VolumeError):
+        return "volume"
+    if isinstance(exc, RotationInputError):
+        return "rotation_input"
+    if isinstance(exc, ConsulError):
+        return f"consul_{exc.reason}"
+    kind = getattr(exc, "reason", None) or type(exc).__name__
+    return f"permanent_{kind}" if is_permanent(exc) else str(kind)
+
+
 class DesiredSource(Protocol):
     """Says what material is wanted, wakes the loop when that may have changed, and hears
     what was installed and acknowledged."""
@@ -98,6 +118,7 @@ class AuthManager:
         self._jitter: dict[str, float] = {}  # serial -> random unit, stable per certificate
         self.failures = 0
         self.last_error: str | None = None
+        self.permanent_error: str | None = None  # the last failure, when retrying cannot help
         self.heartbeat = time.monotonic()
 
     # -- one pass ---------------------------------------------------------------------------
@@ -173,12 +194,14 @@ class AuthManager:
             current = self.volume.read_current()
         except VolumeError as exc:
             return False, str(exc)
+        permanent = (f"; renewal failing permanently (not retried before backoff_max): "
+                     f"{self.permanent_error}" if self.permanent_error else "")
         if current is None:
-            return False, "no material on the volume yet"
+            return False, "no material on the volume yet" + permanent
         manifest = current[1]
         if self._expired(manifest):
-            return False, f"certificate {manifest.serial} expired"
-        return True, f"generation {manifest.generation} serial {manifest.serial}"
+            return False, f"certificate {manifest.serial} expired" + permanent
+        return True, f"generation {manifest.generation} serial {manifest.serial}" + permanent
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -193,6 +216,7 @@ class AuthManager:
             return self._failed(exc, source)
         self.failures = 0
         self.last_error = None
+        self.permanent_error = None
         self.metrics.ready.set(1)
         source.report(manifest, self.volume.read_ack())
         seconds = (self.renew_at(manifest) - self.now()).total_seconds()
@@ -202,24 +226,20 @@ class AuthManager:
         return max(1.0, seconds)
 
     def _failed(self, exc: Exception, source: DesiredSource) -> float:
-        kind = getattr(exc, "reason", None) or type(exc).__name__
-        if isinstance(exc, MaterialError):
-            kind = "bad_material"
-        elif isinstance(exc, VolumeError):
-            kind = "volume"
-        elif isinstance(exc, RotationInputError):
-            kind = "rotation_input"
-        elif isinstance(exc, ConsulError):
-            kind = f"consul_{exc.reason}"
+        kind = error_kind(exc)
+        permanent = is_permanent(exc)
         self.failures += 1
         self.last_error = str(exc)
-        delay = backoff_delay(self.failures - 1, self.backoff_initial, self.backoff_max,
-                              self.rng.random())
+        self.permanent_error = str(exc) if permanent else None
+        # A permanent refusal is retried only at the slowest pace (someone must fix the role,
+        # policy or mount first); anything else backs off exponentially from backoff_initial.
+        attempt = 64 if permanent else self.failures - 1
+        delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max, self.rng.random())
         self.metrics.renewals.labels(result=f"error_{kind}").inc()
         self.metrics.errors.labels(kind=kind).inc()
         kept = self.current_manifest()  # read once: for the log, the probe and the report
         self.log.error("renewal_failed", error=str(exc), kind=kind, attempt=self.failures,
-                       retry_in_seconds=round(delay, 2),
+                       permanent=permanent, retry_in_seconds=round(delay, 2),
                        kept_generation=kept.generation if kept else None)
         self.metrics.ready.set(1 if kept and not self._expired(kept) else 0)
         source.report(kept, self.volume.read_ack())

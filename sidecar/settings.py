@@ -150,11 +150,19 @@ def _convert_value(base: Any, raw: Any) -> Any:
     raise TypeError(f"unsupported setting type {base!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes (an unknown flag, a flag without its value) are ConfigErrors too, so
+    they end in the same one line and exit code 2 as any other invalid setting."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
 def build_parser(cls: type[Any], prog: str, description: str, env_prefix: str,
                  extra: Callable[[argparse.ArgumentParser], None] | None = None
                  ) -> argparse.ArgumentParser:
     """An argparse parser with one optional flag per setting (all default to None)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML configuration file (env {env_prefix}CONFIG)")
     for field in dataclasses.fields(cls):

@@ -23,6 +23,13 @@ T = TypeVar("T")
 LatencyObserver = Callable[[str, float, str], None]
 
 
+#: Vault's 4xx answers that retrying cannot fix: the request (400: "common name ... not
+#: allowed by this role", "unknown role"), the token's policy (403, after one fresh login),
+#: the mount (404 "no handler for route"). Vault's 412 and 429 (eventually-consistent reads,
+#: rate limits) are transient, like 5xx and transport errors.
+PERMANENT_REASONS = frozenset({"invalid_request", "forbidden", "not_found"})
+
+
 class VaultError(Exception):
     """A Vault operation failed. ``reason`` is a short label: unavailable, sealed, forbidden,
     invalid_request, not_found, malformed_response, auth, error."""
@@ -30,6 +37,11 @@ class VaultError(Exception):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def permanent(self) -> bool:
+        """Vault refused the request itself: retrying the same request cannot succeed."""
+        return self.reason in PERMANENT_REASONS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +30,7 @@ from sidecar.manager import StaticSource
 from sidecar.material import certificate_pem, parse_certificates
 from sidecar.renewal import Desired
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
+from tests.console import run_script
 from tests.doubles.vault import VaultDouble
 from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
@@ -174,15 +176,27 @@ def test_unreadable_material_is_replaced_on_start(vault: VaultTarget, tmp_path: 
 FAULTS = {
     "down": (lambda v: v.set_down(True), "cannot connect", "error_unavailable"),
     "sealed": (lambda v: v.set_sealed(True), "sealed", "error_sealed"),
-    "bad_request": (lambda v: v.fail_next(5, 400, ["invalid request: role is broken"]),
-                    "role is broken", "error_invalid_request"),
+    "server_error": (lambda v: v.fail_next(5, 500, ["internal error"]), "internal error",
+                     "error_error"),
+    "rate_limited": (lambda v: v.fail_next(5, 429, ["rate limit quota exceeded"]),
+                     "rate limit", "error_error"),
     "malformed": (lambda v: v.corrupt_next_certificate(2), "malformed certificate",
                   "error_malformed_response"),
     "wrong_key": (lambda v: v.mismatched_key_next(2), "does not match the private key",
                   "error_bad_material"),
     "expired": (lambda v: v.expired_next(2), "expired", "error_bad_material"),
+}
+
+#: Refusals retrying cannot fix: retried only at backoff_max, labelled permanent.
+PERMANENT_FAULTS = {
+    "cn_not_allowed": (lambda v: v.fail_next(5, 400, ["common name app-1 not allowed by this "
+                                                      "role"]),
+                       "not allowed by this role", "error_permanent_invalid_request"),
     "forbidden": (lambda v: v.fail_next(20, 403, ["permission denied"]), "permission denied",
-                  "error_forbidden"),
+                  "error_permanent_forbidden"),
+    "no_mount": (lambda v: v.fail_next(5, 404, ['no handler for route "pki_root_b/sign/kafka". '
+                                               'route entry not found.']),
+                 "no handler for route", "error_permanent_not_found"),
 }
 
 
@@ -203,10 +217,85 @@ def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_
     errors = log.named("renewal_failed")
     assert errors and message in errors[0]["error"], errors
     assert errors[0]["kept_generation"] == first.generation
+    assert errors[0]["permanent"] is False
     assert metric(metrics, "pki_renewals_total", result=result) == 2
     after = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
     assert after == before
-    assert manager.readiness()[0]
+    ready, detail = manager.readiness()
+    assert ready and "permanent" not in detail
+
+
+@pytest.mark.parametrize("fault", list(PERMANENT_FAULTS))
+def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tmp_path: Path,
+                                                   fault: str) -> None:
+    inject, message, result = PERMANENT_FAULTS[fault]
+    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
+                         tmp_path, backoff_initial=2.0, backoff_max=60.0)
+    manager, metrics, log = make_manager(config)
+    first = manager.reconcile(DESIRED_A)
+    inject(vault_double)
+    source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
+    assert 30.0 <= manager.step(source) <= 60.0, "at once the slow back-off: backoff_max"
+    errors = log.named("renewal_failed")
+    assert errors and message in errors[0]["error"] and errors[0]["permanent"] is True
+    assert errors[0]["kind"] == result.removeprefix("error_")
+    assert errors[0]["kept_generation"] == first.generation
+    assert metric(metrics, "pki_renewals_total", result=result) == 1
+    assert metric(metrics, "pki_errors_total", kind=result.removeprefix("error_")) == 1
+    ready, detail = manager.readiness()
+    assert ready, "the kept generation is still valid"
+    assert "failing permanently" in detail and message in detail
+    vault_double.reset_faults()  # the role is fixed: the next pass succeeds and clears it
+    manager.step(source)
+    assert "permanent" not in manager.readiness()[1]
+    if fault == "forbidden":  # one fresh login was tried before calling it permanent
+        assert [r for r in vault_double.request_log if r[1].endswith("lookup-self")]
+
+
+def test_transient_after_permanent_backs_off_from_the_start(vault_double: VaultDouble,
+                                                            tmp_path: Path) -> None:
+    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
+                         tmp_path, backoff_initial=2.0, backoff_max=60.0)
+    manager, _, _ = make_manager(config)
+    manager.reconcile(DESIRED_A)
+    source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
+    vault_double.fail_next(1, 400, ["common name app-1 not allowed by this role"])
+    assert manager.step(source) >= 30.0
+    vault_double.fail_next(1, 503, ["Vault is sealed"])
+    delay = manager.step(source)
+    assert delay < 30.0 and "permanent" not in manager.readiness()[1]
+
+
+ONCE_REFUSALS = {
+    "cn_not_allowed": ({"PKI_SUBJECT": "CN=app-1,OU=kafka,O=Example", "PKI_DNS_SANS": "",
+                        "PKI_IP_SANS": ""}, "not allowed by this role", "invalid_request"),
+    "unknown_role": ({"PKI_PKI_ROLE": "no-such-role"}, "unknown role", "invalid_request"),
+    "unknown_mount": ({"PKI_ROOT": "pki_nope", "PKI_TRUST": "pki_nope"}, "no handler",
+                      "not_found"),
+    "no_policy": ({"VAULT_TOKEN": "policy:default"}, "permission denied", "forbidden"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONCE_REFUSALS))
+def test_once_ends_at_once_on_a_permanent_refusal(vault_double: VaultDouble, tmp_path: Path,
+                                                  case: str) -> None:
+    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
+                         mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
+    env = env_for(target, tmp_path / "v", tmp_path)
+    changes, message, reason = ONCE_REFUSALS[case]
+    if changes.get("VAULT_TOKEN") == "policy:default":
+        changes = {"VAULT_TOKEN": vault_double.create_token(["default"], "1h")}
+    started = time.monotonic()
+    result = run_script("pki-auth-manager", ["--once"], env | changes)
+    seconds = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert seconds < 15, "not retried until once_timeout (120 s)"
+    failed = [json.loads(line) for line in result.stderr.splitlines()
+              if '"once_failed"' in line]
+    assert len(failed) == 1 and message in failed[0]["error"], result.stderr
+    assert failed[0]["kind"] == f"permanent_{reason}" and failed[0]["permanent"] is True
+    assert "once_retrying" not in result.stderr
+    assert not (tmp_path / "v" / "current").exists()
 
 
 @pytest.mark.parametrize(("err", "message"), VOLUME_WRITE_ERRORS)

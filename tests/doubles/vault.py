@@ -625,6 +625,8 @@ class VaultDouble:
         self.sign_count: dict[str, int] = {}
         self.issue_count: dict[str, int] = {}
         self.request_log: list[tuple[str, str, int]] = []
+        #: Requests received so far, counted on arrival (request_log has them once answered).
+        self.received = 0
         self.cluster_id = str(uuid.uuid4())
         for path, kind, desc, opts in (
             ("cubbyhole", "cubbyhole", "per-token private secret storage", None),
@@ -945,6 +947,7 @@ class VaultDouble:
     ) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             delay = self._faults.delay
+            self.received += 1
         if delay:
             time.sleep(delay)
         if not path.startswith("/v1/"):
