@@ -6,6 +6,7 @@ CONSUL_HTTP_ADDR is set; those taking ``consul_double`` inject faults only the d
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -698,3 +699,233 @@ def test_thousand_blocked_key_watchers_cost_nothing_per_unrelated_write(
     finally:
         for sock in socks:
             sock.close()
+
+
+# ------------------------------------------------------------------------------- /v1/txn
+# agent/txn_endpoint.go Txn/convertOps, agent/consul/txn_endpoint.go preCheck/Apply,
+# agent/consul/state/txn.go txnKVS/txnDispatch, agent/consul/state/kvs.go (error texts).
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _txn(consul: ConsulTarget, ops: Any, **kwargs: Any) -> requests.Response:
+    return requests.put(
+        f"{consul.url}/v1/txn", headers=consul.headers, timeout=10, **(
+            kwargs or {"json": ops}
+        )
+    )
+
+
+def _kv(verb: str, key: str, **fields: Any) -> dict[str, Any]:
+    return {"KV": {"Verb": verb, "Key": key, **fields}}
+
+
+def test_txn_writes_in_one_index_and_answers_results(consul: ConsulTarget) -> None:
+    a, b = consul.key("txn/a"), consul.key("txn/b")
+    resp = _txn(consul, [_kv("set", a, Value=_b64(b"one"), Flags=7),
+                         _kv("cas", b, Value=_b64(b"two"), Index=0), _kv("get", a)])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["Errors"] is None
+    set_a, cas_b, get_a = (r["KV"] for r in body["Results"])
+    assert set_a["Key"] == a and set_a["Value"] is None and set_a["Flags"] == 7
+    assert cas_b["Key"] == b and cas_b["Value"] is None
+    assert get_a["Value"] == _b64(b"one"), "get returns the value written earlier in the txn"
+    assert set_a["ModifyIndex"] == cas_b["ModifyIndex"] == get_a["ModifyIndex"], "one index"
+    c = consul.client()
+    _, entry = c.kv.get(b)
+    assert entry["Value"] == b"two" and entry["ModifyIndex"] == cas_b["ModifyIndex"]
+    # a delete gives no result entry
+    resp = _txn(consul, [_kv("delete", a), _kv("delete-cas", b, Index=cas_b["ModifyIndex"])])
+    assert resp.status_code == 200 and resp.json() == {"Results": [], "Errors": None}
+    assert c.kv.get(a)[1] is None and c.kv.get(b)[1] is None
+
+
+def test_txn_rolls_back_and_reports_every_failed_op(consul: ConsulTarget) -> None:
+    c = consul.client()
+    lock, rec = consul.key("keeper"), consul.key("rotation")
+    session = c.session.create(name=consul.prefix + "txn", ttl=30, lock_delay=0)
+    assert c.kv.put(lock, "me", acquire=session)
+    assert c.kv.put(rec, "v1")
+    _, before = c.kv.get(rec)
+    resp = _txn(consul, [_kv("set", consul.key("other"), Value=_b64(b"x")),
+                         _kv("check-session", lock, Session="not-the-holder"),
+                         _kv("cas", rec, Value=_b64(b"v2"), Index=before["ModifyIndex"] + 99)])
+    assert resp.status_code == 409, resp.text
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.json() == {"Results": None, "Errors": [
+        {"OpIndex": 1, "What": f'failed session check for key "{lock}", current session '
+                               f'"{session}" != "not-the-holder"'},
+        {"OpIndex": 2, "What": f'failed to set key "{rec}", index is stale'}]}
+    assert c.kv.get(consul.key("other"))[1] is None, "the set before the failure rolled back"
+    assert c.kv.get(rec)[1]["ModifyIndex"] == before["ModifyIndex"]
+    # the fenced write of the keeper: check-session + cas
+    resp = _txn(consul, [_kv("check-session", lock, Session=session),
+                         _kv("cas", rec, Value=_b64(b"v2"), Index=before["ModifyIndex"])])
+    assert resp.status_code == 200, resp.text
+    checked, written = (r["KV"] for r in resp.json()["Results"])
+    assert checked["Key"] == lock and checked["Session"] == session and checked["Value"] is None
+    assert written["Key"] == rec and written["Value"] is None
+    assert c.kv.get(rec)[1]["Value"] == b"v2"
+    c.session.destroy(session)
+
+
+def test_txn_error_texts(consul: ConsulTarget) -> None:
+    c = consul.client()
+    k, gone = consul.key("k"), consul.key("gone")
+    assert c.kv.put(k, "v")
+    _, entry = c.kv.get(k)
+    index = entry["ModifyIndex"]
+    session = c.session.create(name=consul.prefix + "txn", ttl=30, lock_delay=0)
+    other = c.session.create(name=consul.prefix + "txn-other", ttl=30, lock_delay=0)
+    assert c.kv.put(consul.key("held"), "x", acquire=other)
+    held = consul.key("held")
+    cases = [
+        (_kv("check-session", gone, Session=session),
+         f'failed to check session, key "{gone}" doesn\'t exist'),
+        (_kv("check-session", k, Session=session),
+         f'failed session check for key "{k}", current session "" != "{session}"'),
+        (_kv("check-index", gone, Index=1), f'failed to check index, key "{gone}" doesn\'t exist'),
+        (_kv("check-index", k, Index=index + 1),
+         f'failed index check for key "{k}", current modify index {index} != {index + 1}'),
+        (_kv("check-not-exists", k), f'key "{k}" exists'),
+        (_kv("get", gone), f'key "{gone}" doesn\'t exist'),
+        (_kv("cas", k, Value=_b64(b"x"), Index=0), f'failed to set key "{k}", index is stale'),
+        (_kv("cas", gone, Value=_b64(b"x"), Index=5),
+         f'failed to set key "{gone}", index is stale'),
+        (_kv("delete-cas", k, Index=index + 1), f'failed to delete key "{k}", index is stale'),
+        (_kv("lock", held, Session=session), f'failed to lock key "{held}", lock is already held'),
+        (_kv("lock", k), "missing session"),
+        (_kv("lock", k, Session="00000000-0000-0000-0000-000000000000"),
+         'invalid session "00000000-0000-0000-0000-000000000000"'),
+        (_kv("unlock", held, Session=session),
+         f'failed to unlock key "{held}", lock isn\'t held, or is held by another session'),
+        (_kv("frob", k), 'unknown KV verb "frob"'),
+        (_kv("set", "", Value=_b64(b"x")), "Must provide key"),
+    ]
+    for op, what in cases:
+        resp = _txn(consul, [op])
+        assert resp.status_code == 409, (op, resp.text)
+        assert resp.json()["Errors"] == [{"OpIndex": 0, "What": what}], op
+    # the checks that pass: check-index, check-not-exists, delete-cas of an absent key
+    resp = _txn(consul, [_kv("check-index", k, Index=index), _kv("check-not-exists", gone),
+                         _kv("delete-cas", gone, Index=3)])
+    assert resp.status_code == 200, resp.text
+    assert [r["KV"]["Key"] for r in resp.json()["Results"]] == [k]
+    c.session.destroy(session)
+    c.session.destroy(other)
+
+
+def test_txn_lock_unlock_like_acquire_release(consul: ConsulTarget) -> None:
+    c = consul.client()
+    key = consul.key("lock")
+    session = c.session.create(name=consul.prefix + "txn", ttl=30, lock_delay=0)
+    resp = _txn(consul, [_kv("lock", key, Value=_b64(b"me"), Session=session)])
+    assert resp.status_code == 200, resp.text
+    locked = resp.json()["Results"][0]["KV"]
+    assert locked["Session"] == session and locked["LockIndex"] == 1
+    _, entry = c.kv.get(key)
+    assert entry["Session"] == session and entry["Value"] == b"me"
+    resp = _txn(consul, [_kv("unlock", key, Value=_b64(b"free"), Session=session)])
+    assert resp.status_code == 200, resp.text
+    _, entry = c.kv.get(key)
+    assert "Session" not in entry and entry["LockIndex"] == 1 and entry["Value"] == b"free"
+    c.session.destroy(session)
+
+
+def test_txn_read_only_answers_from_the_state_store(consul: ConsulTarget) -> None:
+    c = consul.client()
+    assert c.kv.put(consul.key("tree/a"), "1") and c.kv.put(consul.key("tree/b"), "2")
+    resp = _txn(consul, [_kv("get-tree", consul.key("tree/"))])
+    assert resp.status_code == 200, resp.text
+    assert [(r["KV"]["Key"], r["KV"]["Value"]) for r in resp.json()["Results"]] == [
+        (consul.key("tree/a"), _b64(b"1")), (consul.key("tree/b"), _b64(b"2"))]
+    assert resp.headers["X-Consul-KnownLeader"] == "true"
+    assert "X-Consul-LastContact" in resp.headers
+    resp = _txn(consul, [_kv("delete-tree", consul.key("tree/"))])
+    assert resp.status_code == 200 and resp.json()["Results"] == []
+    assert c.kv.get(consul.key("tree/"), recurse=True)[1] is None
+
+
+def test_txn_malformed_bodies_and_limits(consul: ConsulTarget) -> None:
+    for body in (b"{", b"", b'{"KV": {}}', b'[{"KV": {"Key": 5}}]',
+                 b'[{"KV": {"Verb": "set", "Key": "k", "Value": "not base64!"}}]'):
+        resp = _txn(consul, None, data=body)
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.text.startswith("Failed to parse body: "), resp.text
+    ops = [_kv("get", consul.key(f"k{i}")) for i in range(129)]
+    resp = _txn(consul, ops)
+    assert resp.status_code == 413
+    assert resp.text.startswith("Transaction contains too many operations (129 > ")
+    resp = _txn(consul, [_kv("check-not-exists", consul.key(f"k{i}")) for i in range(64)])
+    assert resp.status_code == 200, resp.text
+    resp = _txn(consul, [_kv("set", consul.key("big"), Value=_b64(b"x" * (512 * 1024 + 1)))])
+    assert resp.status_code == 413
+
+
+def test_txn_limit_is_64_operations_as_in_consul_1_10(consul_double: ConsulDouble) -> None:
+    url = f"{consul_double.url}/v1/txn"
+    resp = requests.put(url, json=[_kv("get", f"k{i}") for i in range(65)], timeout=10)
+    assert (resp.status_code, resp.text) == (413, "Transaction contains too many operations "
+                                                  "(65 > 64)")
+    assert requests.get(url, timeout=10).status_code == 405
+
+
+def test_txn_index_use_and_lock_delay(consul_double: ConsulDouble) -> None:
+    url = f"{consul_double.url}/v1/txn"
+    start = consul_double.index
+    assert requests.put(url, json=[_kv("get", "nope")], timeout=10).status_code == 409
+    assert consul_double.index == start, "a read-only txn does not go through Raft"
+    assert requests.put(url, json=[_kv("cas", "k", Value=_b64(b"x"), Index=9)],
+                        timeout=10).status_code == 409
+    assert consul_double.index == start + 1, "a rolled-back write consumed an index"
+    c = _client_for(consul_double)
+    session = c.session.create(ttl=30, lock_delay=15, behavior="release")
+    assert c.kv.put("held", "x", acquire=session)
+    c.session.destroy(session)
+    other = c.session.create(ttl=30)
+    before = consul_double.index
+    resp = requests.put(url, json=[_kv("lock", "held", Session=other)], timeout=10)
+    assert resp.status_code == 409
+    assert resp.json()["Errors"] == [{"OpIndex": 0,
+                                      "What": 'failed to lock key "held" due to lock delay'}]
+    assert consul_double.index == before, "preCheck refuses before Raft"
+
+
+def test_txn_write_wakes_only_the_watchers_of_what_it_wrote(consul: ConsulTarget) -> None:
+    c = consul.client(timeout=40)
+    rec, other = consul.key("rotation"), consul.key("nodes/n1")
+    assert c.kv.put(rec, "v1") and c.kv.put(other, "{}")
+    index, _ = c.kv.get(rec)
+    other_index, _ = c.kv.get(other)
+    watch_rec = _Background(lambda: c.kv.get(rec, index=index, wait="20s"))
+    c2 = consul.client(timeout=40)
+    watch_other = _Background(lambda: c2.kv.get(other, index=other_index, wait="3s"))
+    time.sleep(0.3)
+    resp = _txn(consul, [_kv("cas", rec, Value=_b64(b"v2"), Index=int(index))])
+    assert resp.status_code == 200, resp.text
+    new_index, entry = watch_rec.join(15)
+    assert entry["Value"] == b"v2" and int(new_index) > int(index)
+    assert watch_rec.elapsed < 10, "the transaction's write woke the key's watcher"
+    returned, _ = watch_other.join(15)
+    assert returned == other_index and watch_other.elapsed >= 2.5, "others slept on"
+
+
+def test_stale_session_cannot_write_after_data_loss(consul_double: ConsulDouble) -> None:
+    """The counterexample the fence closes: after a data loss a cas on index 0 succeeds
+    again, a check-session with the lost session does not."""
+    c = _client_for(consul_double)
+    session = c.session.create(ttl=30)
+    assert c.kv.put("p/keeper", "n0", acquire=session)
+    consul_double.restart(keep_data=False)
+    url = f"{consul_double.url}/v1/txn"
+    resp = requests.put(url, json=[_kv("check-session", "p/keeper", Session=session),
+                                   _kv("cas", "p/rotation", Value=_b64(b"stale"), Index=0)],
+                        timeout=10)
+    assert resp.status_code == 409
+    assert resp.json()["Errors"] == [
+        {"OpIndex": 0, "What": 'failed to check session, key "p/keeper" doesn\'t exist'}]
+    assert consul_double.kv_snapshot() == {}
+    assert c.kv.put("p/rotation", "stale", cas=0), "unfenced, the stale write would win"

@@ -32,6 +32,17 @@ docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`
   released or deleted, and lock-delay (capped at 60s) blocks other sessions' ``acquire``
   (answered ``false``) on those keys.  Lock-delay lives in the leader's memory only, so an
   agent restart forgets it.
+* Transactions: ``PUT /v1/txn`` with the KV verbs (set, cas, lock, unlock, get, get-tree,
+  check-index, check-session, check-not-exists, delete, delete-cas, delete-tree), checked
+  against agent/txn_endpoint.go ``Txn``/``convertOps``, agent/consul/txn_endpoint.go
+  ``preCheck``/``Apply``/``Read``, agent/consul/state/txn.go ``txnKVS``/``txnDispatch``/
+  ``TxnRW`` and agent/consul/state/kvs.go (``kvsCheckSessionTxn``, ``kvsCheckIndexTxn``,
+  ``kvsLockTxn`` ...; their exact error texts): all or nothing under the double's lock, one
+  index for a transaction with a write (consumed even when it rolls back; none for reads
+  only), 200 ``{"Results": [...], "Errors": null}`` or 409 ``{"Results": null, "Errors":
+  [{"OpIndex": i, "What": ...}]}`` listing every failed op, 400 ``Failed to parse body: ...``,
+  413 past 64 operations (Consul 1.10 to 1.13; 128 since 1.14) or 512 KiB; its writes wake
+  watchers like KV writes.  Node/Service/Check ops are not modelled (500).
 * Optional ACL: with ``acl_token`` set, a request without a token gets 403 ``Permission
   denied``; with another token, 403 ``ACL not found``.
 
@@ -57,7 +68,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +89,11 @@ DEFAULT_LOCK_DELAY_NS = 15 * NS_PER_S
 MAX_LOCK_DELAY_NS = 60 * NS_PER_S
 LOCK_DELAY_MIN_THRESHOLD = 1000
 KV_MAX_VALUE_SIZE = 512 * 1024
+#: agent/txn_endpoint.go ``maxTxnOps`` (Consul 1.10; later versions raised it to 128).
+MAX_TXN_OPS = 64
+#: agent/txn_endpoint.go ``isWrite``: a transaction with one of these goes through Raft.
+_TXN_WRITE_VERBS = frozenset({"set", "delete", "delete-cas", "delete-tree", "cas", "lock",
+                              "unlock"})
 SERF_CHECK = "serfHealth"
 
 _UNITS_NS = {
@@ -252,6 +268,114 @@ class _Waiter:
     registrations: list[tuple[dict[bytes, set[_Waiter]] | None, bytes]] = field(
         default_factory=list
     )
+
+
+@dataclass(frozen=True)
+class _TxnKVOp:
+    """api.KVTxnOp as convertOps passes it on (LockIndex, CreateIndex ... are not taken)."""
+
+    verb: str
+    key: str
+    value: bytes | None
+    flags: int
+    index: int
+    session: str
+
+
+_GO_KINDS = {dict: "object", list: "array", str: "string", bool: "bool", int: "number",
+             float: "number"}
+_KV_FIELDS: dict[str, tuple[str, type]] = {
+    "verb": ("Verb", str), "key": ("Key", str), "value": ("Value", bytes),
+    "flags": ("Flags", int), "index": ("Index", int), "session": ("Session", str),
+    "namespace": ("Namespace", str)}
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+class _BadBody(Exception):
+    """encoding/json refused the body: convertOps answers 400 ``Failed to parse body: ...``."""
+
+
+def _go_quote(text: str) -> str:
+    """Go's %q for the printable strings Consul quotes in its errors."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _go_kind(value: Any) -> str:
+    return _GO_KINDS.get(type(value), "null")
+
+
+def _decode_txn_ops(body: bytes) -> list[_TxnKVOp | str | None] | _Response:
+    """convertOps' ``decodeBody`` into api.TxnOps (encoding/json: field names match case
+    insensitively, unknown fields are ignored, []byte is base64).  Per op: a _TxnKVOp, the
+    name of another kind (Node, Service, Check), or None (no kind set: convertOps skips it).
+    The 400 texts follow encoding/json's; syntax errors are worded by Python's json."""
+    try:
+        if not body.strip():
+            raise _BadBody("EOF")
+        try:
+            raw = json.loads(body)
+        except ValueError as exc:
+            raise _BadBody(str(exc)) from exc
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise _BadBody(f"json: cannot unmarshal {_go_kind(raw)} into Go value of type "
+                           "api.TxnOps")
+        return [_decode_txn_op(item) for item in raw]
+    except _BadBody as exc:
+        return _text(400, f"Failed to parse body: {exc}")
+
+
+def _decode_txn_op(item: Any) -> _TxnKVOp | str | None:
+    if item is None:
+        # A nil *TxnOp: convertOps dereferences it and panics; net/http drops the connection.
+        raise _Aborted
+    if not isinstance(item, dict):
+        raise _BadBody(f"json: cannot unmarshal {_go_kind(item)} into Go value of type "
+                       "api.TxnOp")
+    fields = {k.lower(): v for k, v in item.items()}
+    kv = fields.get("kv")
+    if kv is None:
+        for kind in ("node", "service", "check"):
+            if fields.get(kind) is not None:
+                return kind.capitalize()
+        return None
+    if not isinstance(kv, dict):
+        raise _BadBody(f"json: cannot unmarshal {_go_kind(kv)} into Go struct field TxnOp.KV "
+                       "of type api.KVTxnOp")
+    out: dict[str, Any] = {"verb": "", "key": "", "value": None, "flags": 0, "index": 0,
+                           "session": ""}
+    for name, value in kv.items():
+        known = _KV_FIELDS.get(name.lower())
+        if known is None or value is None:
+            continue  # unknown fields are ignored, null leaves the zero value
+        field_name, ftype = known
+        where = f"Go struct field KVTxnOp.KV.{field_name}"
+        if ftype is str:
+            if not isinstance(value, str):
+                raise _BadBody(f"json: cannot unmarshal {_go_kind(value)} into {where} of "
+                               "type string")
+            if field_name != "Namespace":  # Enterprise only: the OSS agent ignores it
+                out[name.lower()] = value
+        elif ftype is int:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _BadBody(f"json: cannot unmarshal {_go_kind(value)} into {where} of "
+                               "type uint64")
+            if not isinstance(value, int) or not 0 <= value < 2**64:
+                raise _BadBody(f"json: cannot unmarshal number {value} into {where} of "
+                               "type uint64")
+            out[name.lower()] = value
+        else:
+            if not isinstance(value, str):
+                raise _BadBody(f"json: cannot unmarshal {_go_kind(value)} into {where} of "
+                               "type []uint8")
+            valid = _B64.match(value)
+            if valid is None or valid.end() != len(value) or len(value) % 4:
+                at = valid.end() if valid is not None else 0
+                raise _BadBody(f"illegal base64 data at input byte {at}")
+            # An empty value is stored as no value, like a KV PUT with an empty body.
+            out["value"] = base64.b64decode(value) or None
+    return _TxnKVOp(**out)
 
 
 def _radix_key(key: str) -> bytes:
@@ -924,6 +1048,8 @@ class ConsulDouble:
         try:
             if path.startswith("/v1/kv/"):
                 return self._kv_endpoint(method, path[len("/v1/kv/") :], query, body, handler)
+            if path == "/v1/txn":
+                return self._txn_endpoint(method, query, headers, body)
             if path.startswith("/v1/session/"):
                 return self._session_endpoint(
                     method, path[len("/v1/session/") :], query, body, handler
@@ -1200,14 +1326,7 @@ class ConsulDouble:
         with self._cond:
             idx = self._next_index()
             if "recurse" in query:
-                victims = [e.key for e in self._prefixed(key)]
-                for name in victims:
-                    del self._kv[name]
-                if victims:
-                    self._tombstones[key] = idx
-                    self._kvs_index = idx
-                    # kvsDeleteTreeTxn: one memdb DeletePrefix on the id index
-                    self._kv_delete_keys(key.encode("utf-8", "surrogatepass"), exact=False)
+                self._delete_tree(key, idx)
                 return _json_response(True)
             if "cas" in query:
                 cas = _parse_uint(_first(query, "cas"))
@@ -1218,6 +1337,234 @@ class ConsulDouble:
                     return _json_response(False)
             self._delete_entry(key, idx)
         return _json_response(True)
+
+    def _delete_tree(self, prefix: str, idx: int) -> None:
+        """kvsDeleteTreeTxn: delete every key under prefix, one tombstone for the prefix."""
+        victims = [e.key for e in self._prefixed(prefix)]
+        for name in victims:
+            del self._kv[name]
+        if victims:
+            self._tombstones[prefix] = idx
+            self._kvs_index = idx
+            # one memdb DeletePrefix on the id index
+            self._kv_delete_keys(prefix.encode("utf-8", "surrogatepass"), exact=False)
+
+    # ------------------------------------------------------------------------ txn
+
+    def _txn_endpoint(
+        self, method: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
+    ) -> _Response:
+        """``PUT /v1/txn``: agent/txn_endpoint.go ``Txn`` and ``convertOps``.
+
+        The body is decoded and checked first (400/413, nothing applied), then every KV op is
+        pre-checked (agent/consul/txn_endpoint.go ``preCheck`` -> kvs_endpoint.go
+        ``kvsPreApply``: a missing key, lock-delay; 409 before Raft, no index consumed).  A
+        transaction with a write goes through Raft (``Txn.Apply``): it consumes one index
+        whether it commits or rolls back; one with reads only is answered from the state store
+        (``Txn.Read``) with no index.  Every op runs in order against the transaction's own
+        view (agent/consul/state/txn.go ``txnDispatch``: errors are collected for every op,
+        the run goes on), and the changes are committed only if none failed (``TxnRW``).
+        Only KV ops are modelled: an op naming Node, Service or Check is a 500 of the double.
+        """
+        if method != "PUT":
+            return _text(405, f"method {method} not allowed")
+        # convertOps: the request may not exceed txn_max_req_len (default: kv_max_value_size).
+        if len(body) > KV_MAX_VALUE_SIZE:
+            return _text(413, f"Request body too large, max size: {KV_MAX_VALUE_SIZE} bytes")
+        ops = _decode_txn_ops(body)
+        if isinstance(ops, _Response):
+            return ops
+        if len(ops) > MAX_TXN_OPS:
+            return _text(
+                413, f"Transaction contains too many operations ({len(ops)} > {MAX_TXN_OPS})"
+            )
+        kv_ops: list[tuple[int, _TxnKVOp]] = []
+        writes = 0
+        for i, op in enumerate(ops):
+            if op is None:
+                continue  # convertOps has no default case: an op of no known kind is dropped
+            if not isinstance(op, _TxnKVOp):
+                raise _RpcError(f"consul double: {op} operations in /v1/txn are not modelled")
+            if len(op.value or b"") > KV_MAX_VALUE_SIZE:
+                return _text(
+                    413,
+                    f"Value for key {_go_quote(op.key)} is too large "
+                    f"({len(op.value or b'')} > {KV_MAX_VALUE_SIZE} bytes)",
+                )
+            writes += op.verb in _TXN_WRITE_VERBS
+            kv_ops.append((i, op))
+        # Txn.Apply/Txn.Read -> preCheck, before Raft (OpIndex counts the ops as converted).
+        errors: list[dict[str, Any]] = []
+        with self._cond:
+            for i, (_, op) in enumerate(kv_ops):
+                if op.key == "" and op.verb != "delete-tree":
+                    errors.append({"OpIndex": i, "What": "Must provide key"})
+                elif op.verb == "lock" and op.key in self._lock_delay:
+                    if self._lock_delay[op.key] <= time.monotonic():
+                        del self._lock_delay[op.key]
+                    else:
+                        errors.append(
+                            {
+                                "OpIndex": i,
+                                "What": f"failed to lock key {_go_quote(op.key)} due to lock delay",
+                            }
+                        )
+            if not errors:
+                idx = self._next_index() if writes else 0
+                results, errors, changes = self._txn_dispatch([op for _, op in kv_ops], idx)
+                if not errors:
+                    # TxnRW: commit.  Replaying the changes through the ordinary write paths
+                    # gives the same entries and fires the same watches as a KV write would
+                    # (memdb closes the channels of every node the transaction copied).
+                    for change in changes:
+                        if change[0] == "set":
+                            entry = change[1]
+                            assert isinstance(entry, _Entry)
+                            self._write_entry(replace(entry), idx)
+                        elif change[0] == "delete":
+                            self._delete_entry(str(change[1]), idx)
+                        else:
+                            self._delete_tree(str(change[1]), idx)
+        status = 409 if errors else 200
+        reply: dict[str, Any] = {
+            "Results": None if errors else results,
+            "Errors": errors or None,
+        }
+        hdrs = {}
+        if not writes:
+            # Txn.Read: structs.TxnReadResponse embeds QueryMeta (its fields appear in the
+            # body) and the handler sets X-Consul-LastContact / X-Consul-KnownLeader.
+            reply.update({"Index": 0, "LastContact": 0, "KnownLeader": True,
+                          "ConsistencyLevel": ""})
+            hdrs = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+        return _json_response(reply, status, hdrs)
+
+    def _txn_dispatch(
+        self, ops: list[_TxnKVOp], idx: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[str, Any]]]:
+        """state/txn.go ``txnDispatch`` + ``txnKVS`` on a copy of the KV table: the results,
+        the errors (one per failed op, in order) and the changes to commit."""
+        work = dict(self._kv)
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        changes: list[tuple[str, Any]] = []
+
+        def store(entry: _Entry, update_session: bool) -> _Entry:
+            """kvsSetTxn: keep CreateIndex (and the session unless locking), skip identical."""
+            existing = work.get(entry.key)
+            entry.create_index = existing.create_index if existing is not None else idx
+            if not update_session:
+                entry.session = existing.session if existing is not None else ""
+            if existing is not None and existing.same_content(entry):
+                entry.modify_index = existing.modify_index
+                return entry
+            entry.modify_index = idx
+            work[entry.key] = entry
+            changes.append(("set", entry))
+            return entry
+
+        def delete(key: str) -> None:
+            if work.pop(key, None) is not None:
+                changes.append(("delete", key))
+
+        for op_index, op in enumerate(ops):
+            key, verb = op.key, op.verb
+            existing = work.get(key)
+            qkey = _go_quote(key)
+            error: str | None = None
+            result: _Entry | None = None
+            with_value = False
+            if verb == "set":
+                result = store(_Entry(key, op.value, op.flags), False)
+            elif verb == "cas":
+                if (op.index == 0 and existing is not None) or (
+                    op.index != 0 and (existing is None or existing.modify_index != op.index)
+                ):
+                    error = f"failed to set key {qkey}, index is stale"
+                else:
+                    result = store(_Entry(key, op.value, op.flags), False)
+            elif verb == "lock":
+                if not op.session:
+                    error = "missing session"
+                elif op.session not in self._sessions:
+                    error = f"invalid session {_go_quote(op.session)}"
+                elif existing is not None and existing.session not in ("", op.session):
+                    error = f"failed to lock key {qkey}, lock is already held"
+                else:
+                    if existing is None:
+                        lock_index = 1
+                    elif existing.session == op.session:
+                        lock_index = existing.lock_index
+                    else:
+                        lock_index = existing.lock_index + 1
+                    result = store(
+                        _Entry(key, op.value, op.flags, lock_index=lock_index, session=op.session),
+                        True,
+                    )
+            elif verb == "unlock":
+                if not op.session:
+                    error = "missing session"
+                elif existing is None or existing.session != op.session:
+                    error = (
+                        f"failed to unlock key {qkey}, lock isn't held, or is held by another "
+                        "session"
+                    )
+                else:
+                    result = store(
+                        _Entry(key, op.value, op.flags, lock_index=existing.lock_index), True
+                    )
+            elif verb == "get":
+                if existing is None:
+                    error = f"key {qkey} doesn't exist"
+                result, with_value = existing, True
+            elif verb == "get-tree":
+                for name in sorted((k for k in work if k.startswith(key)), key=_radix_key):
+                    results.append({"KV": work[name].to_json()})
+            elif verb == "check-session":
+                if existing is None:
+                    error = f"failed to check session, key {qkey} doesn't exist"
+                elif existing.session != op.session:
+                    error = (
+                        f"failed session check for key {qkey}, current session "
+                        f"{_go_quote(existing.session)} != {_go_quote(op.session)}"
+                    )
+                result = existing
+            elif verb == "check-index":
+                if existing is None:
+                    error = f"failed to check index, key {qkey} doesn't exist"
+                elif existing.modify_index != op.index:
+                    error = (
+                        f"failed index check for key {qkey}, current modify index "
+                        f"{existing.modify_index} != {op.index}"
+                    )
+                result = existing
+            elif verb == "check-not-exists":
+                if existing is not None:
+                    error = f"key {qkey} exists"
+            elif verb == "delete":
+                delete(key)
+            elif verb == "delete-cas":
+                if existing is not None and existing.modify_index != op.index:
+                    error = f"failed to delete key {qkey}, index is stale"
+                else:
+                    delete(key)
+            elif verb == "delete-tree":
+                victims = [k for k in work if k.startswith(key)]
+                for name in victims:
+                    del work[name]
+                if victims:
+                    changes.append(("delete-tree", key))
+            else:
+                error = f"unknown KV verb {_go_quote(verb)}"
+            if error is not None:
+                errors.append({"OpIndex": op_index, "What": error})
+            elif result is not None:
+                # txnKVS: a get keeps the value, every other verb returns a copy without it.
+                out = result.to_json()
+                if not with_value:
+                    out["Value"] = None
+                results.append({"KV": out})
+        return results, errors, changes
 
     # ------------------------------------------------------------------- sessions
 
