@@ -8,7 +8,9 @@ construction. Use one ConsulStore per thread (a requests session is not thread s
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import random
 import time
 import urllib.parse
@@ -197,6 +199,42 @@ class ConsulStore:
             f"write {key}",
             lambda: self._client.kv.put(self.prefix + key, value, cas=cas, acquire=acquire,
                                         release=release)))
+
+    def put_if_locked(self, key: str, value: bytes, *, cas: int, lock_key: str,
+                      session: str) -> bool:
+        """Write ``key`` only if ``lock_key`` is held by ``session`` and the key's ModifyIndex
+        is ``cas`` (0: only if absent), in one Consul transaction (``PUT /v1/txn``:
+        ``check-session`` then ``cas``). False: rolled back (the lock is not held by this
+        session, absent, or the session is gone; or the index is stale).
+
+        A keeper that paused between its read and its write and lost its session meanwhile
+        cannot write on its old read any more: sessions do not survive an expiry or a Consul
+        data loss, while a check-and-set on index 0 would succeed again after a data loss.
+        """
+        payload = [
+            {"KV": {"Verb": "check-session", "Key": self.prefix + lock_key,
+                    "Session": session}},
+            {"KV": {"Verb": "cas", "Key": self.prefix + key, "Index": cas,
+                    "Value": base64.b64encode(value).decode("ascii")}},
+        ]
+
+        def transact() -> bool:
+            try:
+                reply = self._client.txn.put(payload)
+            except consul.base.ClientError as exc:
+                # python-consul2 0.1.5 raises ClientError("409 <body>") for a transaction
+                # Consul rolled back (agent/txn_endpoint.go answers 409 with its Errors).
+                status, _, body = str(exc).partition(" ")
+                if status != "409":
+                    raise
+                if not json.loads(body).get("Errors"):
+                    raise ValueError(f"409 without Errors: {body[:200]}") from None
+                return False
+            if not isinstance(reply, dict) or reply.get("Errors"):
+                raise ValueError(f"transaction reply {str(reply)[:200]}")
+            return True
+
+        return self._call(f"write {key} (holding {lock_key})", transact)
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self._client.kv.delete(self.prefix + key))

@@ -122,3 +122,71 @@ def test_consul_down_is_a_clear_error(consul_double: ConsulDouble) -> None:
     with pytest.raises(ConsulError, match="cannot connect") as info:
         store.read()
     assert info.value.reason == "unavailable"
+
+
+# -- put_if_locked: the keeper's fenced write (check-session + cas in one transaction) --------
+
+
+def _keeper(store: ConsulStore, consul_prefix: str, name: str = "keeper-1") -> str:
+    session = store.create_session(consul_prefix + name, 10)
+    assert store.put("keeper", name.encode(), acquire=session)
+    return session
+
+
+def test_put_if_locked_writes_while_the_session_holds_the_lock(consul: ConsulTarget) -> None:
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    session = _keeper(store, consul.prefix)
+    assert store.put_if_locked("rotation", b"v1", cas=0, lock_key="keeper", session=session)
+    assert not store.put_if_locked("rotation", b"v2", cas=0, lock_key="keeper",
+                                   session=session), "cas=0 only creates"
+    index = store.read().modify_index("rotation")
+    assert store.put_if_locked("rotation", b"v2", cas=index, lock_key="keeper", session=session)
+    assert not store.put_if_locked("rotation", b"v3", cas=index, lock_key="keeper",
+                                   session=session), "stale index"
+    snap = store.read()
+    assert snap.value("rotation") == b"v2" and snap.entries["keeper"].session == session
+    store.destroy_session(session)
+
+
+def test_put_if_locked_refuses_without_the_lock(consul: ConsulTarget) -> None:
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    stranger = store.create_session(consul.prefix + "stranger", 10)
+    assert not store.put_if_locked("rotation", b"v1", cas=0, lock_key="keeper",
+                                   session=stranger), "lock key absent"
+    holder = _keeper(store, consul.prefix)
+    assert not store.put_if_locked("rotation", b"v1", cas=0, lock_key="keeper",
+                                   session=stranger), "held by another session"
+    store.destroy_session(holder)  # behavior=delete: the lock key goes with it
+    assert not store.put_if_locked("rotation", b"v1", cas=0, lock_key="keeper",
+                                   session=holder), "destroyed session"
+    store.put("keeper", b"unlocked")
+    assert not store.put_if_locked("rotation", b"v1", cas=0, lock_key="keeper",
+                                   session=holder), "key present but held by no session"
+    assert store.read().value("rotation") is None
+    store.destroy_session(stranger)
+
+
+def test_put_if_locked_fails_for_a_keeper_whose_session_the_data_loss_took(
+        consul_double: ConsulDouble) -> None:
+    """The rotation model's counterexample: the stale keeper's check-and-set on index 0 would
+    win after Consul lost its data; the fenced write does not."""
+    store = ConsulStore(consul_double.url, "kafka-pki/t/")
+    session = _keeper(store, "kafka-pki/t/")
+    consul_double.restart(keep_data=False)
+    assert not store.put_if_locked("rotation", b"stale", cas=0, lock_key="keeper",
+                                   session=session)
+    assert consul_double.kv_snapshot() == {}
+    assert store.put("rotation", b"stale", cas=0), "unfenced, it would have won"
+
+
+def test_put_if_locked_other_failures_are_consul_errors(consul_double: ConsulDouble) -> None:
+    store = ConsulStore(consul_double.url, "kafka-pki/t/", request_timeout=2)
+    session = _keeper(store, "kafka-pki/t/")
+    with pytest.raises(ConsulError) as info:  # 413: the value is over Consul's limit
+        store.put_if_locked("rotation", b"x" * (512 * 1024), cas=0, lock_key="keeper",
+                            session=session)
+    assert info.value.reason == "error" and "413" in str(info.value)
+    consul_double.set_down(True)
+    with pytest.raises(ConsulError) as info:
+        store.put_if_locked("rotation", b"v", cas=0, lock_key="keeper", session=session)
+    assert info.value.reason == "unavailable"
