@@ -26,9 +26,11 @@ What the model takes from the coordinator, each the weakest safe choice where it
   (not a keeper's read of the prefix: its check-and-set may be in flight across it);
 - a keeper decides only on a read of the prefix that shows the lock held by its session
   (``Config.survey_checks_lock``), but may decide on it after losing the lock; the record's
-  check-and-set is on the ModifyIndex alone (``Config.fenced_writes``: also checking the lock
-  in the same transaction, which a test shows is needed across a Consul data loss:
-  ``test_a_stale_keepers_write_across_a_consul_data_loss_needs_a_fence``);
+  check-and-set on the ModifyIndex is in one Consul transaction that also checks the lock is
+  held by the writer's session (``ConsulStore.put_if_locked``, ``Config.fenced_writes``), so a
+  stale keeper's write fails; without the fence a stale keeper's check-and-set on index 0 wins
+  after a Consul data loss and breaks safety
+  (``test_a_stale_keepers_write_across_a_consul_data_loss_needs_a_fence``);
 - a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
   a successful one it may install the record it wrote but reads again before deciding again
   (``Config.decide_again_after_cas`` shows why);
@@ -115,8 +117,8 @@ def stable_material(root: str) -> PhaseMaterial:
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Which steps the model offers, and contracts of the coordinator that can be broken on
-    purpose to show that the proofs catch it (``decide_again_after_cas``, ``decide_from``) or
-    that safety does not need them (``survey_checks_lock``)."""
+    purpose to show that the proofs catch it (``decide_again_after_cas``, ``decide_from``,
+    ``fenced_writes``) or that safety does not need them (``survey_checks_lock``)."""
 
     max_participants: int = 8
     lag_reports: bool = True
@@ -136,8 +138,10 @@ class Config:
     #: step_down step, deciding in vain before).
     merge_stale_keepers: bool = True
     #: The record is written in a Consul transaction that also checks the lock is held by the
-    #: writer's session (``check-session``): a stale keeper's write fails.
-    fenced_writes: bool = False
+    #: writer's session (``check-session``, :meth:`sidecar.consul_store.ConsulStore.put_if_locked`):
+    #: a stale keeper's write fails. False: check-and-set on the ModifyIndex alone, which a
+    #: stale keeper wins across a Consul data loss.
+    fenced_writes: bool = True
 
     def __post_init__(self) -> None:
         if self.decide_from not in get_args(DecideFrom):
@@ -472,7 +476,9 @@ def _notice(world: World, config: Config) -> World:
     has no read it could still win a check-and-set with can do nothing but step down (it may not
     read the prefix: Config.survey_checks_lock): the model lets it step down at once, which
     merges states that behave the same. One holding such a read stays a stale keeper until its
-    step_down step, and may decide on it first."""
+    step_down step, and may decide on it first (with ``fenced_writes`` that decision fails too:
+    the merge still goes by the index alone, so that the searches keep exploring stale keepers
+    deciding in vain)."""
     if not (config.survey_checks_lock and config.merge_stale_keepers):
         return world
     people = world.participants
@@ -499,7 +505,8 @@ def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, .
         (n.node_id, n) for n in view.registry), world.now, world.policy, new_id)
     if decision.record is None:
         return world, decision.events
-    # Check-and-set on the ModifyIndex read (0: create only if the key is absent).
+    # Check-and-set on the ModifyIndex read (0: create only if the key is absent), fenced: in
+    # the same transaction, check-session on the keeper lock with the writer's session.
     if view.index != world.index or (config.fenced_writes and world.keeper != p.node_id):
         return world, decision.events
     index = world.next_index

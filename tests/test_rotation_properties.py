@@ -632,10 +632,11 @@ def test_a_stale_keeper_loses_its_check_and_set_and_nothing_unsafe_happens() -> 
     keeper. The operator flips back to A, n1 rolls the rotation back. n0 then decides on its
     old read: it would move A->B on, but its check-and-set on the old ModifyIndex fails and
     nothing changes. It steps down once it notices, registers again and the rollback
-    completes. With no write in between, the stale keeper's check-and-set wins instead, and
-    that is safe too (the barrier counted only what was reported for that very record). (The
-    searches merge a stale keeper whose read can no longer win with one that stepped down:
-    here it keeps believing, to show the failed check-and-set.)"""
+    completes. With no write in between, its check-and-set's index is still current, but the
+    fence (check-session on the lock in the same transaction) refuses it; unfenced it would
+    win, and that is safe too here (the barrier counted only what was reported for that very
+    record). (The searches merge a stale keeper whose read can no longer win with one that
+    stepped down: here it keeps believing, to show the failed check-and-set.)"""
     config = Config(max_participants=3, faults=True, merge_stale_keepers=False)
     start = _run(initial_world(3, Policy()), config, [
         ("flip", "B"), *_keep(), *_everyone(initial_world(3, Policy()), "read", "install",
@@ -655,11 +656,16 @@ def test_a_stale_keeper_loses_its_check_and_set_and_nothing_unsafe_happens() -> 
     world = _run(world, config, [("step_down", 0), ("register", 0)])
     assert not world.participants[0].keeper
     assert converged(_settle(world, config, "A"), "A")
-    # Nobody wrote since n0's read: its check-and-set wins, and the rotation goes on safely.
-    world = _run(start, config, [("expire_live", 0), ("acquire", 1), ("decide", 0)])
+    # Nobody wrote since n0's read: the fence refuses its write all the same.
+    world = _run(start, config, [("expire_live", 0), ("acquire", 1)])
+    after, _ = apply(world, config, ("decide", 0))
+    assert after is world, "the fence refuses a keeper whose session lost the lock"
+    # Unfenced, its check-and-set wins, and the rotation goes on safely.
+    unfenced = dataclasses.replace(config, fenced_writes=False)
+    world = _run(world, unfenced, [("decide", 0)])
     assert world.record is not None and world.record.phase == 2
-    world = _run(world, config, [("survey", 1), ("decide", 1), ("read", 1), ("install", 1)])
-    assert converged(_settle(world, config, "B"), "B")
+    world = _run(world, unfenced, [("survey", 1), ("decide", 1), ("read", 1), ("install", 1)])
+    assert converged(_settle(world, unfenced, "B"), "B")
 
 
 def test_only_a_keeper_decides() -> None:
@@ -694,8 +700,9 @@ def test_a_stale_keepers_write_across_a_consul_data_loss_needs_a_fence() -> None
     keeper thread still paused: the barrier counts it). Consul loses its data: the key is
     absent again, so n0's check-and-set on index 0 succeeds and writes A stable from a read
     made before the rotation; n1 installs ({A},A) while n0 serves ({A,B},B). A write in a
-    transaction that also checks the lock is held by the writer's session (``fenced_writes``)
-    fails instead: sessions do not survive the data loss."""
+    transaction that also checks the lock is held by the writer's session (``fenced_writes``,
+    the product's default) fails instead: sessions do not survive the data loss. Unfenced
+    (``fenced_writes=False``, broken on purpose) the proof catches it."""
     schedule: list[Action] = [
         ("register", 0), ("register", 1), ("acquire", 0), ("survey", 0), ("expire_live", 0),
         ("acquire", 1), ("register", 0), ("survey", 1), ("decide", 1),
