@@ -207,7 +207,8 @@ class RotationParticipant:
                  require_ack: bool, stop: threading.Event,
                  clock: Callable[[], float] = time.time,
                  keeper_store: ConsulStore | None = None,
-                 record_wait: float = 10.0, keeper_thread: bool = True) -> None:
+                 record_wait: float = 10.0, keeper_thread: bool = True,
+                 ack_poll: float = 0.25) -> None:
         self.store = store
         self.watch_store = watch_store
         self.manager = manager
@@ -222,6 +223,9 @@ class RotationParticipant:
         self.clock = clock
         self.record_wait = record_wait
         self.keeper_thread = keeper_thread
+        self.ack_poll = ack_poll
+        #: Read the record at every pass even while the watch is live (step-by-step tests).
+        self.fresh_reads = False
         self.changed = threading.Event()
         self.registration = Registration(store, node_id, session_ttl,
                                          manager.volume.root / SESSION_FILE, log,
@@ -234,6 +238,7 @@ class RotationParticipant:
         self._watcher: threading.Thread | None = None
         self._watched: KeyRead | None = None
         self._watched_lock = threading.Lock()
+        self._watch_live = False
         self._known_roots: set[str] = set()
         self._reported_bad: set[str] = set()
         self._record: RotationRecord | None = None
@@ -265,11 +270,14 @@ class RotationParticipant:
             self.changed.set()
 
         def on_error(exc: ConsulError, delay: float) -> None:
+            self._watch_live = False
             self.metrics.consul_errors.labels(reason=exc.reason).inc()
             self.log.warning("consul_watch_failed", error=str(exc), retry_in=round(delay, 2))
 
         def fetch(index: int, wait: float | None) -> KeyRead:
-            return self.watch_store.get(ROTATION, index, wait)
+            read = self.watch_store.get(ROTATION, index, wait)
+            self._watch_live = True
+            return read
 
         self._watcher = threading.Thread(
             target=watch, name="consul-watch", daemon=True,
@@ -280,6 +288,11 @@ class RotationParticipant:
             self.keeper.start()
 
     def _read_record(self) -> KeyRead:
+        """The record: as the live watch last delivered it (Consul would have answered the
+        watch had it changed since; a pass per phase then costs no read), else read now."""
+        with self._watched_lock:
+            if self._watch_live and self._watched is not None and not self.fresh_reads:
+                return self._watched
         read = self.store.get(ROTATION)
         with self._watched_lock:
             if self._watched is None or read.index >= self._watched.index:
@@ -358,7 +371,7 @@ class RotationParticipant:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if self.changed.wait(min(left, 0.25)):
+            if self.changed.wait(min(left, self.ack_poll)):
                 self.changed.clear()
                 return
             if self._ack_changed():

@@ -7,7 +7,8 @@ pattern), watches the whole prefix at a bounded rate and advances the record by 
 
 Safety never depends on there being one keeper: a keeper whose session expired may decide once
 more on what it read before it noticed, but the record only moves by check-and-set on the
-ModifyIndex it read, and the barrier counts a participant only once it reported acting on that
+ModifyIndex it read, in a transaction that also checks the lock is still held by the session it
+read under (a fence), and the barrier counts a participant only once it reported acting on that
 very record (:func:`sidecar.rotation.barrier`). Any participant may become keeper; when the
 holder's session ends (crash, partition, shutdown) Consul deletes the key and the others, which
 watch it, contend for it again.
@@ -231,7 +232,7 @@ class BarrierKeeper:
         if holder is None or holder.session != session:
             self._step_down("lock no longer held by this participant's session")
             return False
-        self._evaluate(snapshot)
+        self._evaluate(snapshot, session)
         return True
 
     def _took(self, session: str, how: str) -> None:
@@ -272,13 +273,14 @@ class BarrierKeeper:
             if session is None or holder is None or holder.session != session:
                 self._step_down("lock no longer held by this participant's session")
                 return
-            nodes = self._evaluate(snapshot)
+            nodes = self._evaluate(snapshot, session)
             # Reports arrive one by one; reading the prefix on each would cost O(N) per report.
             spacing = read_spacing(len(nodes))
             self.stop.wait(max(0.0, last_read + spacing - time.monotonic()))
 
-    def _evaluate(self, snapshot: Snapshot) -> dict[str, NodeState]:
-        """Decide on one read and check-and-set the record if the decision says so."""
+    def _evaluate(self, snapshot: Snapshot, session: str) -> dict[str, NodeState]:
+        """Decide on one read (made while ``session`` held the lock) and write the record if
+        the decision says so: check-and-set, fenced by that session still holding the lock."""
         nodes = registered_nodes(snapshot, lambda message: self.on_bad_input("nodes", message))
         try:
             record = self._record(snapshot)
@@ -290,8 +292,12 @@ class BarrierKeeper:
         decision = decide(record, desired_root, nodes, now, self.policy,
                           new_id=uuid.uuid4().hex[:12])
         if decision.record is not None:
-            if self.store.put(ROTATION, decision.record.to_json(),
-                              cas=snapshot.modify_index(ROTATION)):
+            # A plain check-and-set is not enough: a keeper that paused after its read may
+            # write after Consul lost its data, when index 0 matches again (the rotation model
+            # found it). Sessions die with the data, so the fence refuses that write.
+            if self.store.put_if_locked(ROTATION, decision.record.to_json(),
+                                        cas=snapshot.modify_index(ROTATION), lock_key=KEEPER,
+                                        session=session):
                 self._log_events(decision, record)
                 record = decision.record
             else:

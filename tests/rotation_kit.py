@@ -138,6 +138,7 @@ class Cluster:
         stop = threading.Event()
         source = RotationParticipant.from_config(config, manager, metrics, log, stop)
         source.keeper_thread = run  # stepped by hand: the test runs the keeper's passes too
+        source.fresh_reads = not run  # and each pass reads what the keeper just wrote
         enabled = threading.Event()
         if monitor:
             enabled.set()
