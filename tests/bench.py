@@ -1,7 +1,7 @@
 """Benchmarks that print figures (never timed assertions).
 
     python -m tests.bench bundle      one bundle vs. the manual keytool/openssl pipeline
-    python -m tests.bench reaction    active-root flip -> seen by 50 watchers, p50/p99
+    python -m tests.bench reaction    record change -> seen by 50 watchers, p50/p99
     python -m tests.bench rotation    A->B with 3 brokers + 3 clients, by phase and step
     python -m tests.bench footprint   RSS and CPU of one idle auth manager and monitor
 """
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sidecar.consul_store import ConsulStore, Snapshot, watch_loop
+from sidecar.consul_store import ConsulStore, KeyRead, watch
 from sidecar.renewal import Desired
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import make_config, make_manager
@@ -138,59 +138,82 @@ def consul_process() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def _watcher_process(url: str, prefix: str) -> None:
-    """One watcher (as in one auth manager): prints "<value> <unix time>" per change."""
-    def on_snapshot(snapshot: Snapshot) -> None:
-        value = (snapshot.value("active-root") or b"").decode()
-        print(f"{value} {time.time():.6f}", flush=True)
+def _watcher_process(url: str, prefix: str, threads: str) -> None:
+    """``threads`` watchers of the rotation key, as the participants' record watches do
+    (one single-key blocking query each): prints "<value> <unix time>" per change."""
+    lock = threading.Lock()
 
-    watch_loop(ConsulStore(url, prefix), 30, on_snapshot, lambda e, d: None, lambda: False)
+    def one() -> None:
+        store = ConsulStore(url, prefix)
+
+        def on_change(read: KeyRead) -> None:
+            value = (read.entry.value if read.entry else b"").decode()
+            with lock:
+                print(f"{value} {time.time():.6f}", flush=True)
+
+        watch(lambda index, wait: store.get("rotation", index, wait), 30, on_change,
+              lambda e, d: None, lambda: False)
+
+    for _ in range(int(threads)):
+        threading.Thread(target=one, daemon=True).start()
+    threading.Event().wait()
 
 
-def bench_reaction(watchers: int, flips: int) -> None:
-    """Time from writing active-root to each watcher seeing it; one process per watcher,
-    as with one auth manager per participant."""
+def bench_reaction(watchers: int, flips: int, processes: int) -> None:
+    """Time from a write of the rotation record (the keeper's) to each watcher seeing it,
+    the watchers spread over ``processes`` processes."""
     prefix = "kafka-pki/bench/"
+    processes = max(1, min(processes, watchers))
     with consul_process() as url:
         writer = ConsulStore(url, prefix)
-        writer.put("active-root", b"start")
-        seen: dict[int, dict[str, float]] = {i: {} for i in range(watchers)}
+        writer.put("rotation", b"start")
         code = "import sys; from tests.bench import _watcher_process as w; w(*sys.argv[1:])"
-        procs = [subprocess.Popen([sys.executable, "-c", code, url, prefix],
-                                  stdout=subprocess.PIPE, text=True) for _ in range(watchers)]
+        procs = []
+        for k in range(processes):
+            count = watchers // processes + (1 if k < watchers % processes else 0)
+            procs.append((count, subprocess.Popen(
+                [sys.executable, "-c", code, url, prefix, str(count)],
+                stdout=subprocess.PIPE, text=True)))
+        lock = threading.Lock()
+        per_process: list[dict[str, list[float]]] = [{} for _ in procs]
 
-        def read(i: int, proc: subprocess.Popen[str]) -> None:
+        def read(k: int, proc: subprocess.Popen[str]) -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
                 value, at = line.rsplit(" ", 1)
-                seen[i].setdefault(value, float(at))
+                with lock:
+                    per_process[k].setdefault(value, []).append(float(at))
 
-        for i, proc in enumerate(procs):
-            threading.Thread(target=read, args=(i, proc), daemon=True).start()
+        def count_seen(value: str) -> list[float]:
+            with lock:
+                return [t for times in per_process for t in times.get(value, [])]
+
+        for k, (_, proc) in enumerate(procs):
+            threading.Thread(target=read, args=(k, proc), daemon=True).start()
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not all("start" in s for s in seen.values()):
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and len(count_seen("start")) < watchers:
                 time.sleep(0.1)
             time.sleep(1.0)
             per_watcher: list[float] = []
             all_seen: list[float] = []
             for n in range(flips):
-                value = f"pki_root_{'b' if n % 2 == 0 else 'a'}-{n}"
-                time.sleep(0.3)
+                value = f"record-{n}"
+                time.sleep(0.5)
                 start = time.time()
-                writer.put("active-root", value.encode())
-                until = time.monotonic() + 10
-                while time.monotonic() < until and not all(value in s for s in seen.values()):
+                writer.put("rotation", value.encode())
+                until = time.monotonic() + 20
+                while time.monotonic() < until and len(count_seen(value)) < watchers:
                     time.sleep(0.002)
-                times = [s[value] - start for s in seen.values() if value in s]
+                times = [t - start for t in count_seen(value)]
                 per_watcher += times
                 all_seen.append(max(times) if len(times) == watchers else float("inf"))
         finally:
-            for proc in procs:
+            for _, proc in procs:
                 proc.kill()
                 proc.wait()
-    print(f"watchers={watchers} (one process each) flips={flips}, Consul double in its own "
-          f"process, {os.cpu_count()} cores")
+    print(f"watchers={watchers} in {processes} processes, flips={flips}, Consul double in its "
+          f"own process, {os.cpu_count()} cores")
     print(f"per watcher:  p50={_percentile(per_watcher, 50) * 1000:.1f} ms  "
           f"p99={_percentile(per_watcher, 99) * 1000:.1f} ms")
     print(f"all watchers: p50={_percentile(all_seen, 50) * 1000:.1f} ms  "
@@ -297,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     reaction = sub.add_parser("reaction", help="flip -> seen by every watcher")
     reaction.add_argument("--watchers", type=int, default=50)
     reaction.add_argument("--flips", type=int, default=20)
+    reaction.add_argument("--processes", type=int, default=50)
     rotation = sub.add_parser("rotation", help="A->B rotation split by phase and step")
     rotation.add_argument("--brokers", type=int, default=3)
     rotation.add_argument("--clients", type=int, default=3)
@@ -306,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "bundle":
         bench_bundle(args.runs, args.keytool_runs)
     elif args.what == "reaction":
-        bench_reaction(args.watchers, args.flips)
+        bench_reaction(args.watchers, args.flips, args.processes)
     elif args.what == "rotation":
         bench_rotation(args.brokers, args.clients)
     else:
