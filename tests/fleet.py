@@ -468,6 +468,7 @@ class Direction:
     seconds: float
     phases: list[tuple[int, float]]
     requests: int
+    writes: int
     kv_entries: int
     body_bytes: int
     entries_mean: float
@@ -611,6 +612,7 @@ class Fleet:
         n = len(members)
         direction = Direction(
             target=root, seconds=seconds, phases=durations, requests=int(stats["requests"]),
+            writes=int(stats["methods"].get("PUT", 0)),
             kv_entries=int(stats["kv_entries"]), body_bytes=int(stats["response_body_bytes"]),
             entries_mean=int(stats["kv_entries"]) / n,
             entries_max=max(m["entries"] for m in members.values()),
@@ -676,7 +678,8 @@ def report(direction: Direction, label: str) -> list[str]:
             f"  time to stable        {d.seconds:.2f} s",
             "  phases                " + ", ".join(f"{names.get(p, p)} {s:.2f} s"
                                                    for p, s in d.phases),
-            f"  Consul HTTP requests  {d.requests} ({d.requests / d.seconds:.0f}/s)",
+            f"  Consul HTTP requests  {d.requests} ({d.requests / d.seconds:.0f}/s; "
+            f"{d.writes} writes: reports, session renewals, the record)",
             f"  KV entries returned   {d.kv_entries} ({d.entries_mean:.1f} per participant; "
             f"max {d.entries_max} for one, max {d.entries_max_follower} for one never keeper)",
             f"  bytes returned        {d.body_bytes} ({d.body_bytes / 1e6:.2f} MB)",

@@ -538,3 +538,16 @@ def test_kubernetes_broker_pod_structure() -> None:
         assert env["PKI_VAULT_AUTH"] == "kubernetes"
         assert env["PKI_VAULT_KUBERNETES_ROLE"]
         assert env["PKI_OUTPUT_DIR"] == VOLUME
+
+
+def test_consul_policies_cover_exactly_the_compose_clusters_prefix(
+        services: dict[str, dict[str, Any]]) -> None:
+    """The example ACL policies name the prefix the compose sidecars use, and nothing wider."""
+    clusters = {env["PKI_CLUSTER"] for svc in services.values()
+                if isinstance(env := svc.get("environment"), dict) and "PKI_CLUSTER" in env}
+    assert clusters == {"demo"}
+    for name in ("kafka-pki-sidecar.policy.hcl", "kafka-pki-operator.policy.hcl"):
+        text = (ROOT / "docker" / "consul" / name).read_text()
+        prefixes = re.findall(r'^key_prefix "([^"]*)"', text, flags=re.M)
+        assert prefixes == ["kafka-pki/demo/"], (name, prefixes)
+        assert not re.search(r'^key "', text, flags=re.M)
