@@ -326,8 +326,9 @@ class RotationParticipant:
         if record is None:
             raise RotationInputError(
                 f"no rotation record at {self.store.prefix}{ROTATION} yet: the barrier keeper "
-                f"creates it from {self.store.prefix}{ACTIVE_ROOT} (is that key set to a root "
-                "with a Vault PKI mount? `kafka-pki status` shows the keeper)")
+                f"creates it from {self.store.prefix}{ACTIVE_ROOT} (is that key set? "
+                "`kafka-pki init --root <mount>` sets it after checking the mount with Vault; "
+                "`kafka-pki status` shows it and the keeper)")
         self._observe(record)
         # Decide from what is installed, which the monitor serves next, not from what it has
         # acknowledged so far: deciding from an older acknowledged generation could install a

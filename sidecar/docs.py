@@ -20,8 +20,18 @@ def settings_table(cls: type, env_prefix: str) -> str:
 
 
 def command_table(parser: argparse.ArgumentParser, environment: dict[str, str]) -> str:
-    """A Markdown table of a command line's subcommands and options, then its environment."""
+    """A Markdown table of a command line's subcommands and options, then its environment.
+
+    Options the top-level parser shares with every subcommand (same flags) are global: listed
+    once, as taken before or after the command."""
     rows = ["| command | option | meaning |", "|---|---|---|"]
+
+    def flags(current: argparse.ArgumentParser) -> set[tuple[str, ...]]:
+        return {tuple(a.option_strings) for a in current._actions if a.option_strings}
+
+    subs = [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()]
+    shared = flags(parser).intersection(*map(flags, subs)) if subs else set()
 
     def walk(command: str, current: argparse.ArgumentParser) -> None:
         for action in current._actions:
@@ -29,10 +39,14 @@ def command_table(parser: argparse.ArgumentParser, environment: dict[str, str]) 
                 for name, sub in action.choices.items():
                     walk(f"{command} {name}", sub)
             elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                is_global = tuple(action.option_strings) in shared
+                if is_global and current is not parser:
+                    continue
                 option = action.option_strings[-1]
                 if action.metavar:
                     option += f" {action.metavar}"
-                rows.append(f"| `{command}` | `{option}` | {action.help or ''} |")
+                where = f"`{command}`" + (" (before or after the command)" if is_global else "")
+                rows.append(f"| {where} | `{option}` | {action.help or ''} |")
 
     walk(parser.prog, parser)
     rows += ["", "| environment | meaning |", "|---|---|"]

@@ -1,13 +1,18 @@
 """``kafka-pki``: the operator's view of a cluster's rotation, and the one key to flip.
 
+    kafka-pki init --root pki_root_a [--pki-role kafka] [--name broker-1.kafka.test ...]
     kafka-pki status [--json]
     kafka-pki rotate --to pki_root_b
     kafka-pki rotate --abort
+
+The global options (``--cluster``, ``--consul-prefix``, ``--consul-addr``, ``--vault-addr``)
+go before or after the command, as with kubectl or consul.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -15,8 +20,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cryptography import x509
+
 from sidecar.consul_store import ConsulError, ConsulStore, Snapshot
 from sidecar.keeper import ACTIVE_ROOT, KEEPER, ROTATION, keeper_holder, registered_nodes
+from sidecar.keys import KEY_TYPES, build_csr, csr_pem, generate_private_key
 from sidecar.rotation import (
     Policy,
     RotationInputError,
@@ -31,8 +39,9 @@ from sidecar.vault import TokenAuth, VaultError, VaultPKI
 ENVIRONMENT = {
     "CONSUL_HTTP_ADDR": "Consul address (default http://127.0.0.1:8500)",
     "CONSUL_HTTP_TOKEN": "Consul ACL token",
-    "VAULT_ADDR": "Vault address, for `rotate --to` to check the root's PKI mount",
-    "VAULT_TOKEN": "Vault token allowed to read the root's CA (`rotate --to`)",
+    "VAULT_ADDR": "Vault address, for `init` and `rotate --to` to check the root's PKI mount",
+    "VAULT_TOKEN": "Vault token allowed to read the root's CA (`init`, `rotate --to`) and to "
+                   "sign with its role (`init`)",
     "VAULT_CACERT": "CA bundle to verify Vault's TLS certificate",
     "PKI_CLUSTER": "default for `--cluster`",
     "PKI_CONSUL_PREFIX": "default for `--consul-prefix`",
@@ -124,18 +133,135 @@ def _store(args: argparse.Namespace) -> ConsulStore:
     return ConsulStore(addr, prefix, os.environ.get("CONSUL_HTTP_TOKEN"))
 
 
-def _root_exists(root: str, args: argparse.Namespace) -> None:
+def _vault(args: argparse.Namespace, purpose: str) -> VaultPKI:
     addr = args.vault_addr or os.environ.get("VAULT_ADDR")
     if not addr:
-        raise SystemExit("kafka-pki: set VAULT_ADDR (and VAULT_TOKEN) so the root can be "
-                         "checked before rotating")
-    vault = VaultPKI(addr, TokenAuth(token=os.environ.get("VAULT_TOKEN")),
-                     verify=os.environ.get("VAULT_CACERT") or True)
+        raise SystemExit(f"kafka-pki: set VAULT_ADDR (and VAULT_TOKEN) so the root can be "
+                         f"checked before {purpose}")
+    return VaultPKI(addr, TokenAuth(token=os.environ.get("VAULT_TOKEN")),
+                    verify=os.environ.get("VAULT_CACERT") or True)
+
+
+def _root_exists(root: str, args: argparse.Namespace) -> None:
+    vault = _vault(args, "rotating")
     try:
         vault.login()
         vault.ca_certificates(root)
     except VaultError as exc:
         raise SystemExit(f"kafka-pki: {root} is not a usable Vault PKI mount: {exc}") from None
+
+
+#: ``kafka-pki init`` exit codes (README, kafka-pki).
+INIT_SET, INIT_DIFFERENT, INIT_REFUSED, INIT_UNAVAILABLE = 0, 1, 2, 3
+#: Vault's answers to a sign request (builtin/logical/pki/path_issue_sign.go, cert_util.go):
+#: the role lookup comes first, so any answer but this one proves the role exists ...
+UNKNOWN_ROLE = "unknown role"
+#: ... and a request without a common name stops here, after the CA and the key type passed.
+CN_REQUIRED = "common_name field is required"
+
+
+class InitRefused(Exception):
+    """Vault refuses what ``init`` was asked to check (exit 2), or cannot answer (exit 3)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_root(vault: VaultPKI, root: str, role: str, names: Sequence[str],
+               key_type: str) -> str:
+    """Ask Vault whether ``root`` is a PKI mount with a CA whose ``role`` signs for ``names``.
+
+    Vault decides: a throwaway CSR (a fresh key of ``key_type``; the first DNS name as common
+    name, every name as a SAN) is sent to ``<root>/sign/<role>``, the request the sidecars
+    make. Re-implementing the role's name rules here (allowed_domains, subdomains, globs,
+    templates, cn_validations, enforce_hostnames, key type and bits ...) would be a second copy
+    that drifts from the Vault version in use. The certificate Vault returns is dropped with
+    its key; it is short-lived and, unless the role has no_store, listed under the mount's
+    certs. Without names only the mount, its CA, the role and the key type are checked.
+    Returns what was checked; raises :class:`InitRefused`.
+    """
+    dns = [n for n in names if not _is_ip(n)]
+    ips = [n for n in names if _is_ip(n)]
+    try:
+        vault.login()
+        vault.ca_certificates(root)
+    except VaultError as exc:
+        raise InitRefused(f"{root} is not a usable Vault PKI mount: {exc}",
+                          _init_code(exc)) from None
+    key = generate_private_key(key_type)
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, dns[0])] if dns else [])
+    try:
+        vault.sign(root, role, csr_pem(build_csr(key, subject, dns, ips)), dns[0] if dns else "",
+                   dns, ips, "5m")
+    except VaultError as exc:
+        if exc.reason == "invalid_request" and UNKNOWN_ROLE in str(exc):
+            raise InitRefused(f"{root} has no role {role}: {exc}", INIT_REFUSED) from None
+        if not names and exc.reason == "invalid_request" and CN_REQUIRED in str(exc):
+            return f"{root}/roles/{role} exists ({key_type}; no --name, so no names checked)"
+        what = ", ".join(names) if names else "a request without names"
+        raise InitRefused(f"{root}/sign/{role} refuses {what} ({key_type}): {exc}",
+                          _init_code(exc)) from None
+    if not names:
+        return f"{root}/roles/{role} exists ({key_type}; no --name, so no names checked)"
+    return f"{root}/sign/{role} signs for {', '.join(names)} ({key_type})"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _init_code(exc: VaultError) -> int:
+    """Refused for good (fix Vault or the arguments) or not answered (try again)."""
+    return INIT_REFUSED if exc.permanent or exc.reason == "malformed_response" \
+        else INIT_UNAVAILABLE
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    names = [n.strip() for item in args.name for n in item.split(",") if n.strip()]
+    try:
+        root = parse_root_name(args.root)
+    except RotationInputError as exc:
+        print(f"kafka-pki: --root: {exc}", file=sys.stderr)
+        return INIT_REFUSED
+    if names and all(_is_ip(n) for n in names):
+        print("kafka-pki: --name: give the common name (a DNS name) first; IP addresses are "
+              "only SANs", file=sys.stderr)
+        return INIT_REFUSED
+    try:
+        checked = check_root(_vault(args, "writing it"), root, args.pki_role, names,
+                             args.key_type)
+    except InitRefused as exc:
+        print(f"kafka-pki: {exc}", file=sys.stderr)
+        return exc.code
+    print(f"Vault: {checked}")
+    store = _store(args)
+    key = f"{store.prefix}{ACTIVE_ROOT}"
+    try:
+        for _ in range(3):  # create-only; a key deleted between our write and read: again
+            if store.put(ACTIVE_ROOT, root.encode(), cas=0):
+                print(f"active-root = {root} ({key}): set")
+                return INIT_SET
+            entry = store.get(ACTIVE_ROOT).entry
+            if entry is not None:
+                break
+    except ConsulError as exc:
+        print(f"kafka-pki: {exc}", file=sys.stderr)
+        return INIT_UNAVAILABLE
+    if entry is None:
+        print(f"kafka-pki: {key} keeps appearing and disappearing; try again", file=sys.stderr)
+        return INIT_UNAVAILABLE
+    held = (entry.value or b"").decode("utf-8", "replace")
+    if held == root:
+        print(f"active-root = {root} ({key}): already set; unchanged")
+        return INIT_SET
+    print(f"kafka-pki: {key} already holds {held!r}, not {root!r}; unchanged (to change it: "
+          f"kafka-pki rotate --to {root})", file=sys.stderr)
+    return INIT_DIFFERENT
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -161,20 +287,51 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Options every command takes, before or after its name: (flag, help).
+GLOBAL_OPTIONS = (
+    ("--cluster", "cluster name in the Consul key prefix (default: PKI_CLUSTER, else default)"),
+    ("--consul-prefix", "Consul KV prefix (default: PKI_CONSUL_PREFIX, else kafka-pki)"),
+    ("--consul-addr", "Consul address (default: CONSUL_HTTP_ADDR)"),
+    ("--vault-addr", "Vault address (default: VAULT_ADDR)"),
+)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, command: bool) -> None:
+    """The global options; on a command's parser their default is SUPPRESS, so a value given
+    before the command is not overwritten by the command's unset one."""
+    group = parser.add_argument_group("global options (before or after the command)")
+    for flag, help_text in GLOBAL_OPTIONS:
+        group.add_argument(flag, help=help_text,
+                           default=argparse.SUPPRESS if command else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kafka-pki", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
-    parser.add_argument("--cluster", help="cluster name in the Consul key prefix "
-                        "(default: PKI_CLUSTER, else default)")
-    parser.add_argument("--consul-prefix", help="Consul KV prefix (default: PKI_CONSUL_PREFIX, "
-                        "else kafka-pki)")
-    parser.add_argument("--consul-addr", help="Consul address (default: CONSUL_HTTP_ADDR)")
-    parser.add_argument("--vault-addr", help="Vault address (default: VAULT_ADDR)")
+    _add_global_options(parser, command=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="desired root, rotation phase, participants")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub_parser = sub.add_parser(name, help=help_text, allow_abbrev=False)
+        _add_global_options(sub_parser, command=True)
+        return sub_parser
+
+    init = command("init", "set active-root if it is absent (checked against Vault first)")
+    init.add_argument("--root", required=True, metavar="ROOT",
+                      help="PKI mount of the first root")
+    init.add_argument("--pki-role", default="kafka", metavar="ROLE",
+                      help="PKI role the sidecars sign with (default: kafka)")
+    init.add_argument("--name", action="append", default=[], metavar="NAME",
+                      help="a name the role must sign for (repeat; the first DNS name is the "
+                           "common name, IP addresses are IP SANs)")
+    init.add_argument("--key-type", default="ec-p256", choices=KEY_TYPES, metavar="TYPE",
+                      help=f"key type of the test CSR, the sidecars' key_type: "
+                           f"{', '.join(KEY_TYPES)} (default: ec-p256)")
+    init.set_defaults(func=cmd_init)
+    status = command("status", "desired root, rotation phase, participants")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
-    rotate = sub.add_parser("rotate", help="flip active-root (checked against Vault)")
+    rotate = command("rotate", "flip active-root (checked against Vault)")
     group = rotate.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", metavar="ROOT", help="PKI mount of the new root")
     group.add_argument("--abort", action="store_true", help="roll back to the rotation's origin")

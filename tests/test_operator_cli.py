@@ -1,14 +1,18 @@
-"""``kafka-pki status`` and ``kafka-pki rotate`` against a running cluster."""
+"""``kafka-pki init``, ``status`` and ``rotate`` against Consul and Vault (the doubles, or the
+real servers when CONSUL_HTTP_ADDR / VAULT_ADDR + VAULT_TOKEN are set)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sidecar.operator_cli import main
+from sidecar.consul_store import ConsulStore
+from sidecar.operator_cli import build_parser, main
 from tests.consul_setup import ConsulTarget
 from tests.rotation_kit import Cluster
 from tests.vault_setup import VaultTarget
@@ -70,3 +74,151 @@ def test_rotate_checks_the_root_then_flips(cluster: Cluster,
     assert cluster.store.read().value("active-root") == b"pki_root_a"
     cluster.wait_until(lambda: cluster.converged("pki_root_a"), "rolled back to A")
     assert "active-root = pki_root_a" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- kafka-pki init
+
+
+@pytest.fixture
+def env(consul: ConsulTarget, vault: VaultTarget,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[str], ConsulStore]]:
+    """The global options for this test's prefix, and a store to look at the keys with."""
+    monkeypatch.setenv("VAULT_ADDR", vault.url)
+    monkeypatch.setenv("VAULT_TOKEN", vault.token)
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    if consul.token:
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", consul.token)
+    prefix, cluster = consul.prefix.strip("/").rsplit("/", 1)
+    yield (["--consul-addr", consul.url, "--consul-prefix", prefix, "--cluster", cluster],
+           ConsulStore(consul.url, consul.prefix, consul.token))
+
+
+BROKER_NAMES = ["--name", "broker-1.kafka.test", "--name", "localhost,127.0.0.1"]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_init_sets_active_root_only_if_absent(env: tuple[list[str], ConsulStore],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    options, store = env
+    assert main([*options, "init", "--root", "pki_root_a", *BROKER_NAMES]) == 0
+    out = capsys.readouterr().out
+    assert "pki_root_a/sign/kafka signs for broker-1.kafka.test, localhost, 127.0.0.1" in out
+    assert "active-root = pki_root_a" in out and ": set" in out
+    assert store.get("active-root").entry.value == b"pki_root_a"  # type: ignore[union-attr]
+    assert main([*options, "init", "--root", "pki_root_a"]) == 0, "equal: idempotent"
+    assert "already set; unchanged" in capsys.readouterr().out
+    assert main([*options, "init", "--root", "pki_root_b"]) == 1, "different: never overwritten"
+    err = capsys.readouterr().err
+    assert "already holds 'pki_root_a', not 'pki_root_b'; unchanged" in err
+    assert "kafka-pki rotate --to pki_root_b" in err
+    assert store.get("active-root").entry.value == b"pki_root_a"  # type: ignore[union-attr]
+
+
+def test_init_reports_a_malformed_value_it_finds(env: tuple[list[str], ConsulStore],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    options, store = env
+    store.put("active-root", b"pki root a\n")
+    assert main([*options, "init", "--root", "pki_root_a"]) == 1
+    assert "already holds 'pki root a\\n'" in capsys.readouterr().err
+    assert store.get("active-root").entry.value == b"pki root a\n"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--root", "pki_root_missing"], "pki_root_missing is not a usable Vault PKI mount"),
+    (["--root", "pki_root_a", "--pki-role", "nope", *BROKER_NAMES], "pki_root_a has no role nope"),
+    (["--root", "pki_root_a", "--pki-role", "nope"], "pki_root_a has no role nope"),
+    (["--root", "pki_root_a", "--name", "broker-1.evil.example"],
+     "common name broker-1.evil.example not allowed by this role"),
+    (["--root", "pki_root_a", "--name", "broker-1.kafka.test", "--name", "kafka.evil.example"],
+     "subject alternate name kafka.evil.example not allowed by this role"),
+    (["--root", "pki_root_a", "--name", "127.0.0.1"], "give the common name (a DNS name) first"),
+    (["--root", "pki root a"], "--root:"),
+])
+def test_init_refuses_what_vault_refuses(env: tuple[list[str], ConsulStore],
+                                         capsys: pytest.CaptureFixture[str], extra: list[str],
+                                         message: str) -> None:
+    options, store = env
+    assert main([*options, "init", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert store.get("active-root").entry is None, "nothing written after a refusal"
+
+
+def test_init_checks_the_key_type_with_the_role(env: tuple[list[str], ConsulStore],
+                                                vault: VaultTarget,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    options, _ = env
+    client = vault.client()
+    client.secrets.pki.create_or_update_role("kafka-rsa-only", extra_params={
+        "allowed_domains": ["kafka.test"], "allow_subdomains": True, "key_type": "rsa",
+        "max_ttl": "1h"}, mount_point="pki_root_a")
+    try:
+        base = [*options, "init", "--root", "pki_root_a", "--pki-role", "kafka-rsa-only"]
+        assert main([*base, "--name", "broker-1.kafka.test"]) == 2
+        assert "role requires keys of type rsa" in capsys.readouterr().err
+        assert main([*base, "--name", "broker-1.kafka.test", "--key-type", "rsa-2048"]) == 0
+    finally:
+        client.secrets.pki.delete_role("kafka-rsa-only", mount_point="pki_root_a")
+
+
+def test_init_without_names_checks_mount_and_role(env: tuple[list[str], ConsulStore],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    options, store = env
+    assert main([*options, "init", "--root", "pki_root_b"]) == 0
+    assert "pki_root_b/roles/kafka exists (ec-p256; no --name, so no names checked)" in (
+        capsys.readouterr().out)
+    assert store.get("active-root").entry.value == b"pki_root_b"  # type: ignore[union-attr]
+
+
+def test_init_unreachable_servers_exit_3(env: tuple[list[str], ConsulStore],
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    options, store = env
+    assert main([*options, "--vault-addr", f"http://127.0.0.1:{closed_port()}", "init",
+                 "--root", "pki_root_a"]) == 3
+    assert "cannot connect" in capsys.readouterr().err
+    down = ["--consul-addr", f"http://127.0.0.1:{closed_port()}"]
+    assert main([*options, "init", "--root", "pki_root_a", *down]) == 3
+    captured = capsys.readouterr()
+    assert "Vault: pki_root_a" in captured.out and "Consul" in captured.err
+    monkeypatch.delenv("VAULT_ADDR")
+    with pytest.raises(SystemExit, match="set VAULT_ADDR"):
+        main([*options, "init", "--root", "pki_root_a"])
+    assert store.get("active-root").entry is None
+
+
+# --------------------------------------------------------------------------- global options
+
+
+def test_global_options_go_before_or_after_the_command(env: tuple[list[str], ConsulStore],
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    options, store = env
+    addr, prefix, cluster = options[1], options[3], options[5]
+    assert main(["init", "--root", "pki_root_a", *options]) == 0, "all after"
+    assert store.get("active-root").entry.value == b"pki_root_a"  # type: ignore[union-attr]
+    capsys.readouterr()
+    mixed = ["--consul-addr", addr, "status", "--json", "--consul-prefix", prefix,
+             "--cluster", cluster]
+    assert main(mixed) == 0
+    assert json.loads(capsys.readouterr().out)["active_root"] == "pki_root_a"
+    assert main(["--cluster", "elsewhere", "status", "--json", "--cluster", cluster,
+                 "--consul-addr", addr, "--consul-prefix", prefix]) == 0, "the later one wins"
+    assert json.loads(capsys.readouterr().out)["active_root"] == "pki_root_a"
+    assert main([*options[:4], "--cluster", cluster + "-other", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["active_root"] is None, "before: still read"
+
+
+def test_help_says_where_global_options_go() -> None:
+    parser = build_parser()
+    assert "global options (before or after the command)" in parser.format_help()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "global options (before or after the command)" in text, name
+        assert "--cluster" in text and "--vault-addr" in text, name
