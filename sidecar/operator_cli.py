@@ -134,6 +134,7 @@ def _store(args: argparse.Namespace) -> ConsulStore:
 
 
 def _vault(args: argparse.Namespace, purpose: str) -> VaultPKI:
+    """The Vault of ``--vault-addr``/``VAULT_ADDR``; SystemExit (one line) if neither is set."""
     addr = args.vault_addr or os.environ.get("VAULT_ADDR")
     if not addr:
         raise SystemExit(f"kafka-pki: set VAULT_ADDR (and VAULT_TOKEN) so the root can be "
@@ -233,8 +234,12 @@ def cmd_init(args: argparse.Namespace) -> int:
               "only SANs", file=sys.stderr)
         return INIT_REFUSED
     try:
-        checked = check_root(_vault(args, "writing it"), root, args.pki_role, names,
-                             args.key_type)
+        vault = _vault(args, "writing it")
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return INIT_REFUSED
+    try:
+        checked = check_root(vault, root, args.pki_role, names, args.key_type)
     except InitRefused as exc:
         print(f"kafka-pki: {exc}", file=sys.stderr)
         return exc.code
