@@ -256,7 +256,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 break
     except ConsulError as exc:
         print(f"kafka-pki: {exc}", file=sys.stderr)
-        return INIT_UNAVAILABLE
+        return INIT_REFUSED if exc.reason == "forbidden" else INIT_UNAVAILABLE
     if entry is None:
         print(f"kafka-pki: {key} keeps appearing and disappearing; try again", file=sys.stderr)
         return INIT_UNAVAILABLE

@@ -222,3 +222,16 @@ def test_help_says_where_global_options_go() -> None:
         text = command.format_help()
         assert "global options (before or after the command)" in text, name
         assert "--cluster" in text and "--vault-addr" in text, name
+
+
+def test_init_with_a_consul_token_refused_exits_2(vault: VaultTarget,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.doubles.consul import ConsulDouble
+
+    monkeypatch.setenv("VAULT_ADDR", vault.url)
+    monkeypatch.setenv("VAULT_TOKEN", vault.token)
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "not-the-token")
+    with ConsulDouble(acl_token="the-token") as consul:  # ACLs are the double's to set up
+        assert main(["init", "--root", "pki_root_a", "--consul-addr", consul.url]) == 2
+    assert "permission denied" in capsys.readouterr().err
