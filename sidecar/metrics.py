@@ -88,6 +88,8 @@ class AuthManagerMetrics:
             self.renewals.labels(result=result)
         for reason in CONSUL_REASONS:
             self.consul_errors.labels(reason=reason)
+        for key in ("rotation", "keeper"):  # every participant watches these two keys
+            self.watch_wakeups.labels(key=key)
 
     def observe_vault(self, operation: str, seconds: float, outcome: str) -> None:
         label = operation.split(" with ")[0].split(" of ")[0].replace(" ", "_")
