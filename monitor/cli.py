@@ -49,6 +49,8 @@ def start_health(config: MonitorConfig, reloader: Reloader, metrics: MonitorMetr
     """/metrics, /healthz (the loop beats) and /readyz (a generation verified) on ``listen``.
     ConfigError if it cannot listen there."""
 
+    metrics.ready.set_function(lambda: 0.0 if reloader.applied is None else 1.0)
+
     def ready() -> tuple[bool, str]:
         applied = reloader.applied
         return (applied is not None,

@@ -1,10 +1,17 @@
-"""Prometheus metrics of the TLS monitor, on a registry of its own."""
+"""Prometheus metrics of the TLS monitor, on a registry of its own.
+
+Every reload result is created at 0 when the process starts, so ``increase()`` in the shipped
+alerts sees the first refusal and a healthy monitor's scrape shows every series they name.
+"""
 
 from __future__ import annotations
 
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+RELOAD_RESULTS = ("ok", "refused_predicted", "refused_by_kafka", "verify_failed",
+                  "action_failed", "incomplete_generation", "error")
 
 
 class MonitorMetrics:
@@ -29,6 +36,11 @@ class MonitorMetrics:
         since = Gauge("tls_monitor_seconds_since_last_verified",
                       "Seconds since the last verified reload", registry=r)
         since.set_function(self._seconds_since)
+        self.ready = Gauge("tls_monitor_ready",
+                           "1 once a generation was verified as served (what /readyz says)",
+                           registry=r)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
 
         self._last_verified_at: float | None = None
 

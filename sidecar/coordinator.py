@@ -244,6 +244,11 @@ class RotationParticipant:
         self._record: RotationRecord | None = None
         self._ack_stamp: float | None = None
         self._acted: Desired | None = None  # what the last record read asked of us
+        self._served: NodeState | None = None  # what we last reported as verifiably served
+        metrics.rotation_min_dwell.set(policy.min_dwell)
+        # Computed at scrape time against the record as last seen: the "participant behind"
+        # alert compares it with pki_rotation_phase, which moves without a pass of ours.
+        metrics.rotation_served_phase.set_function(self._served_phase)
 
     @classmethod
     def from_config(cls, config: AuthManagerConfig, manager: AuthManager,
@@ -359,8 +364,10 @@ class RotationParticipant:
 
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
         """Publish what is served now (after the monitor acknowledged it)."""
+        state = self.node_state(manifest, ack)
+        self._served = state
         try:
-            self.registration.publish(self.node_state(manifest, ack))
+            self.registration.publish(state)
         except ConsulError as exc:
             self.metrics.consul_errors.labels(reason=exc.reason).inc()
             self.log.warning("report_failed", error=str(exc))
@@ -441,6 +448,15 @@ class RotationParticipant:
             # hours, and the "stuck in phase" alert must still see the time grow.
             m.rotation_phase_seconds.set_function(self._seconds_in_phase)
         m.rotation_stable.set(1 if record.stable else 0)
+
+    def _served_phase(self) -> float:
+        """The phase of the current record that the material our monitor verified (and we
+        reported) belongs to; -1 before any verification or record."""
+        record, served = self._record, self._served
+        if record is None or served is None or served.serial is None:
+            return -1.0
+        phase = record.phase_of(served.trust, served.signer)
+        return -1.0 if phase is None else float(phase)
 
     def _seconds_in_phase(self) -> float:
         record = self._record

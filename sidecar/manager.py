@@ -184,6 +184,7 @@ class AuthManager:
     def _record_installed(self, manifest: Manifest) -> None:
         self.metrics.generation.set(manifest.generation)
         self.metrics.not_after.set(dt.datetime.fromisoformat(manifest.not_after).timestamp())
+        self.metrics.not_before.set(dt.datetime.fromisoformat(manifest.not_before).timestamp())
 
     def _expired(self, manifest: Manifest) -> bool:
         return dt.datetime.fromisoformat(manifest.not_after) <= self.now()

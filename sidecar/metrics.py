@@ -1,8 +1,20 @@
-"""Prometheus metrics of the auth manager, on a registry of its own."""
+"""Prometheus metrics of the auth manager, on a registry of its own.
+
+Labelled series the shipped alerts (deploy/monitoring/alerts.yaml) watch are created at 0 when
+the process starts: ``increase()`` then sees the very first failure, and a scrape of a healthy
+sidecar already shows every series an alert or the dashboard names.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Renewal results created at start: success and the permanent Vault refusals (the others
+#: appear with their first occurrence).
+RENEWAL_RESULTS = ("ok", "error_permanent_invalid_request", "error_permanent_forbidden",
+                   "error_permanent_not_found")
+#: ConsulError reasons (sidecar.consul_store) that mean Consul cannot be used.
+CONSUL_REASONS = ("unavailable", "timeout", "forbidden", "error")
 
 
 class AuthManagerMetrics:
@@ -13,6 +25,9 @@ class AuthManagerMetrics:
         r = self.registry
         self.not_after = Gauge("pki_certificate_not_after_timestamp_seconds",
                                "Expiry of the certificate on the volume (unix time)", registry=r)
+        self.not_before = Gauge("pki_certificate_not_before_timestamp_seconds",
+                                "Start of the validity of the certificate on the volume (unix "
+                                "time)", registry=r)
         self.renewals = Counter("pki_renewals_total",
                                 "Certificate renewals by result", ["result"], registry=r)
         self.last_success = Gauge("pki_last_success_timestamp_seconds",
@@ -45,6 +60,13 @@ class AuthManagerMetrics:
         self.rotation_waiting = Gauge(
             "pki_rotation_waiting_participants",
             "Participants the barrier waits on (keeper only; 0 on the others)", registry=r)
+        self.rotation_served_phase = Gauge(
+            "pki_rotation_served_phase",
+            "Phase of the current rotation record this participant verifiably serves (-1: none "
+            "yet, or no record)", registry=r)
+        self.rotation_min_dwell = Gauge("pki_rotation_min_dwell_seconds",
+                                        "The min_dwell setting: seconds every phase lasts at "
+                                        "least", registry=r)
         self.rotation_stable = Gauge("pki_rotation_stable",
                                      "1 when the rotation has completed", registry=r)
         self.keeper = Gauge("pki_rotation_keeper",
@@ -61,6 +83,13 @@ class AuthManagerMetrics:
             "Consul blocking queries that returned (changed or not), by watched key",
             ["key"], registry=r)
         self.errors = Counter("pki_errors_total", "Errors by kind", ["kind"], registry=r)
+        self.rotation_served_phase.set(-1)
+        for result in RENEWAL_RESULTS:
+            self.renewals.labels(result=result)
+        for reason in CONSUL_REASONS:
+            self.consul_errors.labels(reason=reason)
+        for key in ("rotation", "keeper"):  # every participant watches these two keys
+            self.watch_wakeups.labels(key=key)
 
     def observe_vault(self, operation: str, seconds: float, outcome: str) -> None:
         label = operation.split(" with ")[0].split(" of ")[0].replace(" ", "_")

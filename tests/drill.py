@@ -1,6 +1,6 @@
 """Rotation drill under live mTLS traffic, with faults.
 
-    python -m tests.drill --brokers 3 --clients 3 [--fault NAME ...]
+    python -m tests.drill --brokers 3 --clients 3 [--fault NAME ...] [--prometheus]
 
 Vault, Consul and the brokers are test doubles (in this process); every broker and every
 client gets a real ``pki-auth-manager`` and ``tls-monitor`` as separate OS processes sharing a
@@ -8,6 +8,11 @@ per-participant volume, as deployed. Clients are simulated apps: their monitor r
 through an HTTP hook, after which they use the new material. Traffic runs for the whole drill:
 every client to every broker (client listener) and every broker to every other broker
 (inter-broker listener), each attempt a full handshake plus a read.
+
+With ``--prometheus`` every sidecar listens on a port of its own and a real Prometheus
+(``tests/prom.py``) scrapes them all every second and evaluates the shipped rules
+(deploy/monitoring) with their durations scaled down (``PROMETHEUS_SCALE``); the report lists
+every alert that went pending or firing, with its times.
 
 Ends with ``failed_handshakes=<n> converged=<yes|no> rotation_seconds=<s>`` and exits non-zero
 if a handshake between two live participants failed or the rotation did not converge.
@@ -23,6 +28,7 @@ import random
 import resource
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -46,10 +52,16 @@ from tests.doubles.consul import ConsulDouble
 from tests.doubles.kafka_broker import KafkaBrokerDouble
 from tests.doubles.vault import VaultDouble
 from tests.monitor_kit import broker_settings
+from tests.prom import JOBS, AlertSeen, Prometheus
 
 FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
           "broker-refuses", "volume-full", "volume-read-only", "malformed-root", "rollback",
-          "third-root")
+          "third-root", "client-reload-fails")
+#: The alerts the client-reload-fails fault must bring to firing (with --prometheus).
+RELOAD_FAILS_ALERTS = ("PkiRotationPhaseStuck", "PkiRotationParticipantBehind",
+                       "TlsMonitorReloadFailing")
+#: --prometheus: the rules' durations times this (for: 10m -> 20s, [15m] -> [30s]).
+PROMETHEUS_SCALE = 1 / 30
 # Root ignores file modes through these capabilities: the volume-read-only victim runs without.
 DAC_CAPABILITIES = ("dac_override", "dac_read_search", "fowner")
 PASSWORD = "drill-store-pass"
@@ -115,6 +127,8 @@ class Participant:
     auth: Proc | None = None
     monitor: Proc | None = None
     loaded_generation: int | None = None  # clients: what the app loaded
+    auth_listen: str = ""  # /metrics of the auth manager (--prometheus)
+    monitor_listen: str = ""
 
     def serving_dir(self) -> Path | None:
         """The generation this participant presents and trusts right now."""
@@ -217,12 +231,16 @@ class ClientHooks:
     """The simulated client apps: the monitor POSTs here to make an app reload."""
 
     def __init__(self, clients: dict[str, Participant]) -> None:
+        failing = self.failing = set[str]()  # apps that cannot reload (answer 500)
+
         class Hook(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 client = clients.get(self.path.strip("/"))
                 if client is None:
                     self.send_response(404)
+                elif client.name in failing:
+                    self.send_response(500)
                 else:
                     client.loaded_generation = int(body["generation"])
                     self.send_response(204)
@@ -252,16 +270,24 @@ class Result:
     timeline: list[tuple[float, RotationRecord]]
     participants: list[Participant]
     base: Path
+    alerts: list[AlertSeen] = dataclasses.field(default_factory=list)  # --prometheus
+    exported: list[dict[str, str]] = dataclasses.field(default_factory=list)  # its series
 
 
 class Drill:
     """One drill: set up, rotate A->B->A (shaped by the faults), check, report."""
 
     def __init__(self, brokers: int, clients: int, faults: list[str], base: Path,
-                 deadline: float = 120.0, seed: int = 1, min_dwell: float = 0.0) -> None:
+                 deadline: float = 120.0, seed: int = 1, min_dwell: float = 0.0,
+                 prometheus: bool = False) -> None:
         unknown = set(faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        if "client-reload-fails" in faults and clients < 1:
+            raise ValueError("the client-reload-fails fault needs a client")
+        self.with_prometheus = prometheus
+        self.prometheus: Prometheus | None = None
+        self.exported: list[dict[str, str]] = []
         self.brokers_n, self.clients_n = brokers, clients
         self.faults = faults
         self.base = base
@@ -290,12 +316,12 @@ class Drill:
             "PKI_TTL": "2h", "PKI_SESSION_TTL": "10", "PKI_WATCH_WAIT": "30",
             "PKI_EXPECTED_MEMBERS": str(self.brokers_n + self.clients_n),
             "PKI_MIN_DWELL": str(self.min_dwell), "PKI_BACKOFF_INITIAL": "0.2",
-            "PKI_BACKOFF_MAX": "2", "PKI_LISTEN": "", "PYTHONUNBUFFERED": "1"})
+            "PKI_BACKOFF_MAX": "2", "PKI_LISTEN": p.auth_listen, "PYTHONUNBUFFERED": "1"})
         return env
 
     def _monitor_env(self, p: Participant) -> dict[str, str]:
         env = self._auth_env(p)
-        env.update({"MONITOR_VOLUME_DIR": str(p.volume), "MONITOR_LISTEN": "",
+        env.update({"MONITOR_VOLUME_DIR": str(p.volume), "MONITOR_LISTEN": p.monitor_listen,
                     "MONITOR_DEBOUNCE": "0.05", "MONITOR_POLL_INTERVAL": "2",
                     "MONITOR_RETRY_INTERVAL": "0.5", "MONITOR_VERIFY_TIMEOUT": "20"})
         if p.role == "broker":
@@ -325,7 +351,11 @@ class Drill:
             secrets.mkdir(parents=True)
             (secrets / "store-password").write_text(PASSWORD)
             (secrets / "store-password").chmod(0o600)
-            self.participants.append(Participant(name, role, index, volume, secrets))
+            participant = Participant(name, role, index, volume, secrets)
+            if self.with_prometheus:
+                participant.auth_listen = f"127.0.0.1:{_free_port()}"
+                participant.monitor_listen = f"127.0.0.1:{_free_port()}"
+            self.participants.append(participant)
         self.hooks = ClientHooks({p.name: p for p in self.participants if p.role == "client"})
         # init containers first (all in parallel), then brokers, then the sidecars
         once = [subprocess.Popen([sys.executable, "-m", "sidecar.cli", "--once"],
@@ -349,11 +379,36 @@ class Drill:
                           self.base / f"{p.name}-auth.log", wrapper).start()
             p.monitor = Proc(f"{p.name}-monitor", ["-m", "monitor.cli"], self._monitor_env(p),
                              self.base / f"{p.name}-monitor.log").start()
+        if self.with_prometheus:
+            self._start_prometheus()
+
+    def _start_prometheus(self) -> None:
+        """Scrape every sidecar (job per process, target labels cluster and participant)."""
+        targets: dict[str, list[tuple[str, dict[str, str]]]] = {job: [] for job in JOBS}
+        for p in self.participants:
+            labels = {"cluster": CLUSTER, "participant": p.name}
+            targets["pki-auth-manager"].append((p.auth_listen, labels))
+            targets["tls-monitor"].append((p.monitor_listen, labels))
+        self.prometheus = Prometheus(self.base / "prometheus", targets, _free_port(),
+                                     PROMETHEUS_SCALE)
+        self.prometheus_started = time.time()
+        self.prometheus.start()
+
+    def _stop_prometheus(self) -> None:
+        """Keep the series inventory, then stop Prometheus (before the sidecars, whose end
+        is no alert)."""
+        if self.prometheus is None:
+            return
+        with suppress(OSError, AssertionError):
+            self.exported = self.prometheus.series(
+                '{job=~"' + "|".join(JOBS) + '"}', self.prometheus_started)
+        self.prometheus.stop()
 
     def teardown(self) -> None:
         self._stop_faults.set()
         for thread in self._fault_threads:
             thread.join(timeout=10)
+        self._stop_prometheus()
         for p in self.participants:
             for proc in (p.auth, p.monitor):
                 if proc is not None:
@@ -517,6 +572,26 @@ class Drill:
                 self._when_phase(B, 1, full)
             elif fault == "volume-read-only":
                 self._when_phase(B, 1, lambda: self._volume_read_only(self._read_only_victim()))
+            elif fault == "client-reload-fails":
+                self._client_reload_fails()
+
+    def _client_reload_fails(self) -> None:
+        """From the flip on, the first client app cannot reload (its hook answers 500): its
+        monitor fails (action_failed), so the barrier holds phase 1. Released once Prometheus
+        shows the alerts that must page (or 60 s); without Prometheus after 3 s."""
+        victim = next(p for p in self.participants if p.role == "client")
+        self.hooks.failing.add(victim.name)
+        self.notes.append(f"{victim.name}: the app cannot reload (hook answers 500)")
+
+        def release() -> None:
+            prometheus = self.prometheus
+            until = time.monotonic() + (60.0 if prometheus else 3.0)
+            while not self._stop_faults.wait(0.2) and time.monotonic() < until:
+                if prometheus and all(prometheus.firing(n) for n in RELOAD_FAILS_ALERTS):
+                    break
+            self.hooks.failing.discard(victim.name)
+            self.notes.append(f"{victim.name}: the app reloads again")
+        self._in_background(release)
 
     # -- the drill --------------------------------------------------------------------------
 
@@ -542,8 +617,10 @@ class Drill:
             self.timeline.stop()
             self.teardown()
         report = self._report(traffic, converged, rotation_seconds)
+        alerts = list(self.prometheus.alerts.values()) if self.prometheus else []
         return Result(len(traffic.failures), converged, rotation_seconds, traffic.attempts,
-                      report, self.timeline.events, self.participants, self.base)
+                      report, self.timeline.events, self.participants, self.base, alerts,
+                      self.exported)
 
     def _scenario(self) -> tuple[bool, float]:
         if "malformed-root" in self.faults:
@@ -621,7 +698,23 @@ class Drill:
         lines += ["", "== volumes =="] + [f"  {line}" for line in self._check_volumes()]
         lines += ["", "== errors logged by the sidecars =="]
         lines += [f"  {count:>3} x {what}" for what, count in self._logged_errors().items()]
+        if self.prometheus is not None:
+            lines += ["", f"== alerts (Prometheus, rule durations x {PROMETHEUS_SCALE:.4g}) =="]
+            lines += [f"  {line}" for line in self._alert_lines(t0)] or ["  none"]
         return "\n".join(lines)
+
+    def _alert_lines(self, t0: float) -> list[str]:
+        assert self.prometheus is not None
+        out = []
+        for seen in sorted(self.prometheus.alerts.values(),
+                           key=lambda a: (a.firing_at or a.pending_at or 0, a.name)):
+            who = seen.labels.get("participant") or seen.labels.get("cluster", "")
+            pending = f"pending +{seen.pending_at - t0:.1f}s" if seen.pending_at else ""
+            firing = (f"firing +{seen.firing_at - t0:.1f}s" if seen.firing_at
+                      else "never fired")
+            job = seen.labels.get("job", "")
+            out.append(f"{seen.name:<30} {who:<10} {job:<17} {pending:<16} {firing}")
+        return out
 
     def _check_volumes(self) -> list[str]:
         out = []
@@ -688,6 +781,12 @@ def _subject_to_file_modes() -> tuple[str, ...]:
     return (setpriv, "--inh-caps=-all", f"--bounding-set={drop}", "--")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _set_file_size_limit(pid: int, limit: int) -> None:
     """Change only the soft limit, so it can be raised again without privileges."""
     with suppress(ProcessLookupError):
@@ -705,9 +804,11 @@ def drill_dir(keep: Path | None) -> Iterator[Path]:
 
 
 def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 120.0,
-              seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0) -> Result:
+              seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
+              prometheus: bool = False) -> Result:
     with drill_dir(keep) as base:
-        return Drill(brokers, clients, faults, base, deadline, seed, min_dwell).run()
+        return Drill(brokers, clients, faults, base, deadline, seed, min_dwell,
+                     prometheus).run()
 
 
 @contextmanager
@@ -733,9 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--min-dwell", type=float, default=0.0)
     parser.add_argument("--keep", type=Path, default=None, help="keep volumes and logs here")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="scrape every sidecar with a real Prometheus and the shipped rules")
     args = parser.parse_args(argv)
     result = run_drill(args.brokers, args.clients, args.fault, args.deadline, args.seed,
-                       args.keep, args.min_dwell)
+                       args.keep, args.min_dwell, args.prometheus)
     print(result.report)
     rotation = f"{result.rotation_seconds:.2f}" if result.converged else "nan"
     print(f"failed_handshakes={result.failed_handshakes} "

@@ -11,7 +11,8 @@ import pytest
 
 from sidecar import layout
 from sidecar.volume import Volume, read_generation
-from tests.drill import FAULTS, Result, run_drill
+from tests.drill import FAULTS, RELOAD_FAILS_ALERTS, Result, run_drill
+from tests.prom import TARGET_LABELS, used_everywhere
 
 
 def check(result: Result) -> None:
@@ -80,6 +81,7 @@ def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
         "malformed-root": "rotation_input_invalid",
         "rollback": "rollback: active-root -> pki_root_a",
         "third-root": "rotation_deferred",
+        "client-reload-fails": "reload_failed action_failed",
     }
     assert expectations[fault] in report, report
     if fault == "kill-auth-manager":
@@ -104,3 +106,44 @@ def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
         assert all(event.get("kept_generation") for event in failures), report
         assert f"{victim}: auth manager logged renewal_failed: cannot write generation" \
             in report, report
+
+
+def test_drill_with_prometheus_pages_on_a_held_barrier(tmp_path: Path) -> None:
+    """A real Prometheus scrapes every sidecar (1 s) with the shipped rules (durations x 1/30).
+    A client app that cannot reload holds the barrier: the alerts for it fire through the
+    HTTP API, naming that participant; no other alert fires. Every metric, label and exact
+    label value the rules and the dashboard use is in what Prometheus scraped."""
+    result = run_drill(brokers=2, clients=1, faults=["client-reload-fails"], keep=tmp_path,
+                       deadline=90, prometheus=True)
+    check(result)
+    report = result.report
+    firing = {(a.name, a.labels.get("participant"), a.labels.get("job")): a
+              for a in result.alerts if a.firing_at is not None}
+    assert ("PkiRotationPhaseStuck", None, "pki-auth-manager") in {
+        (name, None, job) for name, _, job in firing}, report
+    stuck = next(a for (name, _, _), a in firing.items() if name == "PkiRotationPhaseStuck")
+    assert stuck.labels["cluster"] == "drill"
+    victim = next(p for p in result.participants if p.role == "client")
+    assert victim.auth_listen in stuck.description, stuck.description  # names who holds it
+    assert ("PkiRotationParticipantBehind", victim.name, "pki-auth-manager") in firing, report
+    assert ("TlsMonitorReloadFailing", victim.name, "tls-monitor") in firing, report
+    assert set(RELOAD_FAILS_ALERTS) <= {name for name, _, _ in firing}
+    # Nothing else fires; the victim's monitor may also say it serves other material.
+    allowed = {*RELOAD_FAILS_ALERTS, "TlsMonitorServedMismatch"}
+    unexpected = [key for key in firing if key[0] not in allowed
+                  or (key[0] != "PkiRotationPhaseStuck" and key[1] != victim.name)]
+    assert not unexpected, report
+    assert "== alerts (Prometheus" in report and "firing +" in report
+
+    exported: dict[str, dict[str, set[str]]] = {}
+    for series in result.exported:
+        labels = exported.setdefault(series["__name__"], {})
+        for label, value in series.items():
+            labels.setdefault(label, set()).add(value)
+    used = used_everywhere()
+    assert used.metrics - set(exported) == set(), "used but never scraped"
+    scraped_labels = {label for labels in exported.values() for label in labels}
+    assert used.labels - scraped_labels == set(), "labels used but never scraped"
+    assert scraped_labels >= TARGET_LABELS
+    for metric, label, value in used.values:
+        assert value in exported[metric].get(label, set()), (metric, label, value)

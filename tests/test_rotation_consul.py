@@ -138,8 +138,15 @@ def test_barrier_waits_for_unacknowledged_participant(cluster: Cluster) -> None:
     before = metric(metrics, "pki_rotation_phase_seconds")
     time.sleep(0.3)
     assert metric(metrics, "pki_rotation_phase_seconds") >= before + 0.25
+    # What the "participant behind" alert compares: broker-2 serves nothing verified yet.
+    lagging_metrics = lagging.manager.metrics
+    assert metric(lagging_metrics, "pki_rotation_served_phase") == -1
+    assert metric(metrics, "pki_rotation_served_phase") == metric(metrics, "pki_rotation_phase")
+    assert metric(metrics, "pki_rotation_min_dwell_seconds") == 0
     lagging.monitor_enabled.set()
     cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable once acknowledged")
+    cluster.wait_until(lambda: metric(lagging_metrics, "pki_rotation_served_phase")
+                       == metric(lagging_metrics, "pki_rotation_phase"), "served once acked")
 
 
 def installed_phases(volume: Path) -> list[tuple[str | None, int | None]]:
