@@ -1,6 +1,6 @@
 """Rotation drill under live mTLS traffic, with faults.
 
-    python -m tests.drill --brokers 3 --clients 3 [--fault NAME ...] [--prometheus]
+    python -m tests.drill --brokers 3 --clients 3 [--fault NAME ...] [--keep DIR] [--prometheus]
 
 Vault, Consul and the brokers are test doubles (in this process); every broker and every
 client gets a real ``pki-auth-manager`` and ``tls-monitor`` as separate OS processes sharing a
@@ -13,6 +13,10 @@ With ``--prometheus`` every sidecar listens on a port of its own and a real Prom
 (``tests/prom.py``) scrapes them all every second and evaluates the shipped rules
 (deploy/monitoring) with their durations scaled down (``PROMETHEUS_SCALE``); the report lists
 every alert that went pending or firing, with its times.
+
+With ``--keep DIR`` the volumes and the sidecars' logs stay in DIR, and ``timeline.svg`` there
+draws the drill (``tests/drill_picture.py``): one row per participant, the material it served
+over time, reloads, faults and failed handshakes.
 
 Ends with ``failed_handshakes=<n> converged=<yes|no> rotation_seconds=<s>`` and exits non-zero
 if a handshake between two live participants failed or the rotation did not converge.
@@ -69,8 +73,24 @@ PREFIX, CLUSTER = "kafka-pki", "drill"
 A, B, C = "pki_root_a", "pki_root_b", "pki_root_c"
 
 
+def short_root(root: str) -> str:
+    """pki_root_b -> B: the drill's mounts differ only in their last letter."""
+    return root.removeprefix("pki_root_").upper()
+
+
 def log(message: str) -> None:
     print(f"[drill {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@dataclasses.dataclass
+class Mark:
+    """A fault or an operator action, at one moment or over a span, for every row or one."""
+
+    label: str
+    at: float
+    until: float | None = None
+    who: str | None = None  # the participant it concerns; None: the whole drill
+    kind: str = "fault"  # or "operator"
 
 
 class Proc:
@@ -272,6 +292,11 @@ class Result:
     base: Path
     alerts: list[AlertSeen] = dataclasses.field(default_factory=list)  # --prometheus
     exported: list[dict[str, str]] = dataclasses.field(default_factory=list)  # its series
+    faults: list[str] = dataclasses.field(default_factory=list)
+    marks: list[Mark] = dataclasses.field(default_factory=list)
+    failures: list[tuple[float, str, str, str]] = dataclasses.field(  # at, from, to, why
+        default_factory=list)
+    picture: Path | None = None  # timeline.svg, when the directory is kept
 
 
 class Drill:
@@ -296,6 +321,7 @@ class Drill:
         self.min_dwell = min_dwell
         self.participants: list[Participant] = []
         self.notes: list[str] = []
+        self.marks: list[Mark] = []  # the notes worth a mark in the picture, with times
         self._fault_threads: list[threading.Thread] = []
         self._stop_faults = threading.Event()
 
@@ -476,8 +502,8 @@ class Drill:
         generations = layout.generations_dir(victim.volume)
         generations.chmod(0o555)
         how = " (its auth manager runs without CAP_DAC_OVERRIDE)" if os.geteuid() == 0 else ""
-        self.notes.append(f"{victim.name}: volume read-only for writes (generations/ mode "
-                          f"0555){how}")
+        mark = self._note(f"{victim.name}: volume read-only for writes (generations/ mode "
+                          f"0555){how}", "volume-read-only", victim.name)
         try:
             error = self._await_write_failure(victim, 10)
             kept = Volume(victim.volume).current_generation_dir()
@@ -495,6 +521,16 @@ class Drill:
         finally:
             generations.chmod(0o755)
             self.notes.append(f"{victim.name}: volume writable again")
+            mark.until = time.time()
+
+    def _note(self, text: str, label: str | None = None, who: str | None = None,
+              kind: str = "fault") -> Mark:
+        """Note ``text`` for the report; with a ``label``, also mark it in the picture."""
+        self.notes.append(text)
+        mark = Mark(label or text, time.time(), who=who, kind=kind)
+        if label is not None:
+            self.marks.append(mark)
+        return mark
 
     def _in_background(self, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, daemon=True)
@@ -502,6 +538,8 @@ class Drill:
         self._fault_threads.append(thread)
 
     def _killer(self, kind: str) -> None:
+        fault = "kill-auth-manager" if kind == "auth" else "kill-monitor"
+
         def loop() -> None:
             for _ in range(3):
                 if self._stop_faults.wait(self.rng.uniform(0.3, 1.5)):
@@ -510,11 +548,13 @@ class Drill:
                 proc = p.auth if kind == "auth" else p.monitor
                 assert proc is not None
                 proc.kill9()
-                self.notes.append(f"kill -9 {proc.name}")
+                mark = self._note(f"kill -9 {proc.name}", fault, p.name)
                 if self._stop_faults.wait(self.rng.uniform(0.2, 1.0)):
                     proc.start()
+                    mark.until = time.time()
                     return
                 proc.start()
+                mark.until = time.time()
                 self.notes.append(f"restarted {proc.name}")
         self._in_background(loop)
 
@@ -538,25 +578,27 @@ class Drill:
 
                 def outage() -> None:
                     self.vault.set_down(True)
-                    self.notes.append("Vault down for 2s")
+                    mark = self._note("Vault down for 2s", "vault-outage")
                     time.sleep(2.0)
                     self.vault.set_down(False)
+                    mark.until = time.time()
                 self._when_phase(B, 1, outage)
             elif fault == "consul-restart":
 
                 def restart() -> None:
                     self.consul.restart(keep_data=False)
-                    self.notes.append("Consul restarted: data lost, index reset")
+                    self._note("Consul restarted: data lost, index reset", "consul-restart")
                     time.sleep(0.2)
                     self.store.put("active-root", B.encode())  # the operator puts it back
                 self._when_phase(B, 2, restart)
             elif fault == "broker-refuses":
-                first = next(p.broker for p in self.participants if p.broker)
+                first = next(p for p in self.participants if p.broker)
 
-                def refuse(broker: KafkaBrokerDouble | None = first) -> None:
-                    assert broker is not None
-                    broker.refuse_next_reload("drill: simulated refusal")
-                    self.notes.append("broker kafka-1 refuses its next reload")
+                def refuse(victim: Participant = first) -> None:
+                    assert victim.broker is not None
+                    victim.broker.refuse_next_reload("drill: simulated refusal")
+                    self._note(f"broker {victim.name} refuses its next reload",
+                               "broker-refuses", victim.name)
                 self._when_phase(B, 1, refuse)
             elif fault == "volume-full":
                 last = self.participants[-1]
@@ -564,11 +606,13 @@ class Drill:
                 def full(victim: Participant = last) -> None:
                     assert victim.auth is not None
                     _set_file_size_limit(victim.auth.pid, 100)  # every store is larger
-                    self.notes.append(f"{victim.name}: volume full (writes fail)")
+                    mark = self._note(f"{victim.name}: volume full (writes fail)",
+                                      "volume-full", victim.name)
                     self._await_write_failure(victim, 10)  # until it has tried to write
                     time.sleep(1.0)
                     _set_file_size_limit(victim.auth.pid, resource.RLIM_INFINITY)
                     self.notes.append(f"{victim.name}: volume has space again")
+                    mark.until = time.time()
                 self._when_phase(B, 1, full)
             elif fault == "volume-read-only":
                 self._when_phase(B, 1, lambda: self._volume_read_only(self._read_only_victim()))
@@ -581,7 +625,8 @@ class Drill:
         shows the alerts that must page (or 60 s); without Prometheus after 3 s."""
         victim = next(p for p in self.participants if p.role == "client")
         self.hooks.failing.add(victim.name)
-        self.notes.append(f"{victim.name}: the app cannot reload (hook answers 500)")
+        mark = self._note(f"{victim.name}: the app cannot reload (hook answers 500)",
+                          "client-reload-fails", victim.name)
 
         def release() -> None:
             prometheus = self.prometheus
@@ -591,6 +636,7 @@ class Drill:
                     break
             self.hooks.failing.discard(victim.name)
             self.notes.append(f"{victim.name}: the app reloads again")
+            mark.until = time.time()
         self._in_background(release)
 
     # -- the drill --------------------------------------------------------------------------
@@ -620,13 +666,13 @@ class Drill:
         alerts = list(self.prometheus.alerts.values()) if self.prometheus else []
         return Result(len(traffic.failures), converged, rotation_seconds, traffic.attempts,
                       report, self.timeline.events, self.participants, self.base, alerts,
-                      self.exported)
+                      self.exported, self.faults, self.marks, traffic.failures)
 
     def _scenario(self) -> tuple[bool, float]:
         if "malformed-root" in self.faults:
             before = self.timeline.current()
             self.store.put("active-root", b"pki root b!!")
-            self.notes.append("active-root set to a malformed value")
+            self._note("active-root set to a malformed value", "malformed-root")
             time.sleep(1.0)
             after = self.timeline.current()
             if before is None or after is None or after.id != before.id \
@@ -636,20 +682,22 @@ class Drill:
         self._start_faults()
         flip = time.monotonic()
         self.store.put("active-root", B.encode())
-        self.notes.append("active-root -> pki_root_b")
+        self._note("active-root -> pki_root_b", "active-root → B", kind="operator")
         final = A
         if "rollback" in self.faults:
             if not self.wait_for(self.record_phase(B, 2), flip + self.deadline):
                 return False, float("nan")
             self.store.put("active-root", A.encode())
-            self.notes.append("rollback: active-root -> pki_root_a during phase 2")
+            self._note("rollback: active-root -> pki_root_a during phase 2",
+                       "rollback: active-root → A", kind="operator")
             ok = self.wait_for(lambda: self.converged(A), flip + self.deadline)
             return ok, time.monotonic() - flip
         if "third-root" in self.faults:
             if not self.wait_for(self.record_phase(B, 1), flip + self.deadline):
                 return False, float("nan")
             self.store.put("active-root", C.encode())
-            self.notes.append("third root requested mid-rotation: active-root -> pki_root_c")
+            self._note("third root requested mid-rotation: active-root -> pki_root_c",
+                       "third-root: active-root → C", kind="operator")
             if not self.wait_for(lambda: self.converged(C), flip + 2 * self.deadline):
                 return False, float("nan")
             final = A
@@ -659,7 +707,8 @@ class Drill:
         self._stop_faults.set()
         back = time.monotonic()
         self.store.put("active-root", final.encode())
-        self.notes.append(f"active-root -> {final}")
+        self._note(f"active-root -> {final}", f"active-root → {short_root(final)}",
+                   kind="operator")
         ok = self.wait_for(lambda: self.converged(final), back + self.deadline)
         return ok, rotation_seconds
 
@@ -807,8 +856,14 @@ def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 1
               seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
               prometheus: bool = False) -> Result:
     with drill_dir(keep) as base:
-        return Drill(brokers, clients, faults, base, deadline, seed, min_dwell,
-                     prometheus).run()
+        result = Drill(brokers, clients, faults, base, deadline, seed, min_dwell,
+                       prometheus).run()
+    if keep is not None:
+        # Imported here: matplotlib is loaded only when there is a directory to draw into.
+        from tests.drill_picture import draw_timeline
+
+        result.picture = draw_timeline(result, keep / "timeline.svg")
+    return result
 
 
 @contextmanager
@@ -840,6 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_drill(args.brokers, args.clients, args.fault, args.deadline, args.seed,
                        args.keep, args.min_dwell, args.prometheus)
     print(result.report)
+    if result.picture is not None:
+        print(f"\npicture: {result.picture}")
     rotation = f"{result.rotation_seconds:.2f}" if result.converged else "nan"
     print(f"failed_handshakes={result.failed_handshakes} "
           f"converged={'yes' if result.converged else 'no'} rotation_seconds={rotation}")

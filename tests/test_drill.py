@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,24 @@ def events_named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]
     return [event for event in events if event["event"] == name]
 
 
+def svg_texts(path: Path) -> list[str]:
+    """Every text element of an SVG (parsing it as XML on the way)."""
+    root = ET.parse(path).getroot()
+    return ["".join(element.itertext())
+            for element in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def check_picture(result: Result, fault: str) -> None:
+    """timeline.svg in the kept directory: a row label per participant (and none twice),
+    and the fault's marks, labelled with its name."""
+    assert result.picture == result.base / "timeline.svg"
+    texts = svg_texts(result.picture)
+    for p in result.participants:
+        assert texts.count(p.name) == 1, (p.name, texts)
+    assert "rotation record" in texts
+    assert any(t == fault or t.startswith(f"{fault}:") for t in texts), (fault, texts)
+
+
 def killed(result: Result) -> set[str]:
     processes = {line.split("kill -9 ", 1)[1] for line in result.report.splitlines()
                  if "kill -9 " in line}
@@ -69,6 +88,7 @@ def test_drill_rotates_a_to_b_and_back_under_traffic(tmp_path: Path) -> None:
 def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
     result = run_drill(brokers=2, clients=1, faults=[fault], keep=tmp_path, deadline=90)
     check(result)
+    check_picture(result, fault)
     report = result.report
     expectations = {
         "kill-auth-manager": "kill -9",
