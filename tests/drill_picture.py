@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # after the backend is chosen: no display neede
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from sidecar.rotation import RotationRecord
 from tests.drill import Mark, Result, short_root
 
 RECORD_ROW = "rotation record"
@@ -51,6 +52,13 @@ class Material:
         return f"signs {short_root(self.signer)}, trusts {'+'.join(map(short_root, self.trust))}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    material: Material
+    rotation_id: str | None = None  # from the auth manager's log only
+    phase: int | None = None
+
+
 @dataclasses.dataclass
 class Row:
     """What one participant's logs say, in drill time (unix seconds)."""
@@ -60,8 +68,26 @@ class Row:
     issued: list[float] = dataclasses.field(default_factory=list)
     reloads: list[float] = dataclasses.field(default_factory=list)
     reload_failures: list[float] = dataclasses.field(default_factory=list)
-    generations: dict[int, tuple[Material, int | None]] = dataclasses.field(
-        default_factory=dict)  # generation -> material, phase
+    generations: dict[int, Generation] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The drawn span of time (unix seconds), and where zero is."""
+
+    t0: float
+    start: float
+    end: float
+
+    def bar(self, axes: Any, y: float, at: float, until: float, colour: str, text: str,
+            fontsize: float, text_colour: str = "black") -> None:
+        """A bar from ``at`` to ``until``, labelled if the label fits in what is visible."""
+        axes.barh(y, until - at, left=at - self.t0, height=0.6, color=colour,
+                  edgecolor="white")
+        visible = max(at, self.start), min(until, self.end)
+        if text and visible[1] - visible[0] > 0.0075 * len(text) * (self.end - self.start):
+            axes.text(sum(visible) / 2 - self.t0, y, text, ha="center", va="center",
+                      fontsize=fontsize, color=text_colour)
 
 
 def draw_timeline(result: Result, path: Path) -> Path:
@@ -71,6 +97,10 @@ def draw_timeline(result: Result, path: Path) -> Path:
         (start for row in rows for start, _ in row.served), default=0.0)
     end = max([at for at, _ in result.timeline] + [m.until or m.at for m in result.marks]
               + [at for row in rows for at, _ in row.served] + [t0 + 1.0]) + 0.5
+    # From just before the first participant serves: the set-up before it is empty rows.
+    start = min([at for row in rows for at, _ in row.served[:1]] + [end - 1.0]) - 0.3
+    window = Window(t0, start, end)
+    routes = {record.id: _route(record) for _, record in result.timeline}
 
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "kafka-pki-drill",
                          "font.size": 9})
@@ -79,17 +109,15 @@ def draw_timeline(result: Result, path: Path) -> Path:
     y = {label: len(labels) - 1 - i for i, label in enumerate(labels)}  # record on top
     colours: dict[Material, str] = {}
 
-    _draw_record(axes, result, t0, end, y[RECORD_ROW])
+    _draw_record(axes, result, window, y[RECORD_ROW])
     for row in rows:
-        _draw_row(axes, row, t0, end, y[row.name], colours)
+        _draw_row(axes, row, window, y[row.name], colours, routes)
     for at, src, _dst, _reason in result.failures:
         if src in y:
             axes.plot(at - t0, y[src], marker="X", color=FAILED, markersize=9, zorder=5)
     _draw_marks(axes, result.marks, t0, y, len(labels))
 
-    firsts = [at for row in rows for at in [*row.issued[:1], *(s for s, _ in row.served[:1])]]
-    start = min([0.0] + [at - t0 for at in firsts])
-    axes.set_xlim(start - 0.2, end - t0)
+    axes.set_xlim(start - t0, end - t0)
     axes.set_ylim(-0.6, len(labels) - 0.4)
     axes.set_yticks([y[label] for label in labels], labels)
     axes.set_xlabel("seconds since the first rotation record (as in the report's timeline)")
@@ -113,12 +141,12 @@ def read_row(base: Path, name: str) -> Row:
     for event in _events(base / f"{name}-once.log") + _events(base / f"{name}-auth.log"):
         if event["event"] == "certificate_issued":
             row.issued.append(_time(event))
-            row.generations[int(event["generation"])] = (
-                _material(event), event.get("phase"))
+            row.generations[int(event["generation"])] = Generation(
+                _material(event), event.get("rotation_id"), event.get("phase"))
     for event in _events(base / f"{name}-monitor.log"):
         kind = event["event"]
         if kind == "generation_detected":
-            row.generations.setdefault(int(event["generation"]), (_material(event), None))
+            row.generations.setdefault(int(event["generation"]), Generation(_material(event)))
         elif kind in ("reload_verified", "served_confirmed"):
             row.served.append((_time(event), int(event["generation"])))
         elif kind == "reload_requested":
@@ -129,32 +157,37 @@ def read_row(base: Path, name: str) -> Row:
     return row
 
 
-def _draw_record(axes: Any, result: Result, t0: float, end: float, y: float) -> None:
+def _route(record: RotationRecord) -> str:
+    return f"{short_root(record.from_root)}→{short_root(record.to_root)}"
+
+
+def _draw_record(axes: Any, result: Result, window: Window, y: float) -> None:
     events = result.timeline
     for i, (at, record) in enumerate(events):
-        until = events[i + 1][0] if i + 1 < len(events) else end
-        route = f"{short_root(record.from_root)}→{short_root(record.to_root)}"
+        until = events[i + 1][0] if i + 1 < len(events) else window.end
         text = f"{short_root(record.to_root)} stable" if record.stable \
-            else f"{route} p{record.phase}"
+            else f"{_route(record)} p{record.phase}"
         # Greys: the record's phases are not materials (those have the colours).
         shade = "#f7f7f7" if record.stable else ("#e4e4e4", "#cfcfcf", "#b9b9b9")[
             min(max(record.phase, 1), 3) - 1]
-        axes.barh(y, until - at, left=at - t0, height=0.6, color=shade, edgecolor="white")
-        if until - at > 0.03 * (end - t0):
-            axes.text((at + until) / 2 - t0, y, text, ha="center", va="center", fontsize=8)
+        window.bar(axes, y, at, until, shade, text, 8)
 
 
-def _draw_row(axes: Any, row: Row, t0: float, end: float, y: float,
-              colours: dict[Material, str]) -> None:
-    for i, (at, generation) in enumerate(row.served):
-        until = row.served[i + 1][0] if i + 1 < len(row.served) else end
-        material, phase = row.generations.get(generation, (None, None))
-        colour = "#cccccc" if material is None else colours.setdefault(
-            material, PALETTE[len(colours) % len(PALETTE)])
-        axes.barh(y, until - at, left=at - t0, height=0.6, color=colour, edgecolor="white")
-        if phase is not None and until - at > 0.03 * (end - t0):
-            axes.text((at + until) / 2 - t0, y, f"p{phase}", ha="center", va="center",
-                      fontsize=7, color="white" if colour in PALETTE[:1] else "black")
+def _draw_row(axes: Any, row: Row, window: Window, y: float, colours: dict[Material, str],
+              routes: dict[str, str]) -> None:
+    t0 = window.t0
+    for i, (at, number) in enumerate(row.served):
+        until = row.served[i + 1][0] if i + 1 < len(row.served) else window.end
+        generation = row.generations.get(number)
+        if generation is None:  # logged by nobody alive to log it: served, but unknown
+            window.bar(axes, y, at, until, "#cccccc", "", 7)
+            continue
+        colour = colours.setdefault(generation.material, PALETTE[len(colours) % len(PALETTE)])
+        # The rotation and phase the generation was issued for (its manifest's).
+        route = routes.get(generation.rotation_id or "", "")
+        text = f"{route} p{generation.phase}".strip() if generation.phase is not None else ""
+        window.bar(axes, y, at, until, colour, text, 7,
+                   "white" if colour == PALETTE[0] else "black")
     for at in row.issued:
         axes.plot(at - t0, y + 0.42, marker="v", color="#777777", markersize=5, zorder=4)
     for at in row.reloads:
