@@ -111,7 +111,8 @@ def test_verification_catches_a_broker_that_keeps_the_old_certificate(
         vault: VaultTarget, tmp_path: Path) -> None:
     with broker_rig(vault, tmp_path) as rig:
         broker = rig.require_double()
-        reloader, metrics, log = rig.monitor(verify_timeout=1.0)
+        # long enough for the double's apply delay and inter-broker validation (~0.8 s)
+        reloader, metrics, log = rig.monitor(verify_timeout=3.0)
         assert reloader.handle()
         broker.accept_but_keep_old(True)
         rig.install(PHASES[1])
