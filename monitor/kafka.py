@@ -8,7 +8,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
@@ -49,10 +49,14 @@ def admin_config(bootstrap: str, generation_dir: Path, hostname_verification: bo
 
 def alter_broker_configs(config: Mapping[str, str | int | float], broker_id: int,
                          settings: Mapping[str, str], timeout: float,
-                         stop: threading.Event | None = None) -> None:
+                         stop: threading.Event | None = None,
+                         on_admin: Callable[[], None] | None = None) -> None:
     """IncrementalAlterConfigs SET on the broker resource; KafkaRefused on any failure,
-    Stopped as soon as ``stop`` is set while waiting for the answer."""
+    Stopped as soon as ``stop`` is set while waiting for the answer. ``on_admin`` is called
+    once the client exists (the step timings)."""
     admin = AdminClient(dict(config))
+    if on_admin is not None:
+        on_admin()
     entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
                for name, value in settings.items()]
     resource = ConfigResource(ResourceType.BROKER, str(broker_id), incremental_configs=entries)

@@ -212,13 +212,17 @@ class Reloader:
         return False
 
     def _step_seconds(self) -> dict[str, float]:
-        """Seconds spent checking, altering and verifying (broker mode), for the logs."""
+        """Seconds spent checking, altering and verifying (broker mode), for the logs; the
+        alter split into getting an admin client and the request (its answer)."""
         marks = self.timings
         out, previous = {}, marks.get("start")
         for step in ("check", "alter", "verify"):
             if step in marks and previous is not None:
                 out[f"{step}_seconds"] = round(marks[step] - previous, 4)
                 previous = marks[step]
+        if {"check", "admin", "alter"} <= marks.keys():
+            out["admin_seconds"] = round(marks["admin"] - marks["check"], 4)
+            out["request_seconds"] = round(marks["alter"] - marks["admin"], 4)
         return out
 
     def _fail(self, result: str, message: str, manifest: Manifest | None, **fields: Any) -> None:
@@ -265,7 +269,8 @@ class Reloader:
             alter_broker_configs(
                 admin_config(config.bootstrap_servers or "", self._admin_dir(directory),
                              config.admin_hostname_verification, config.admin_timeout),
-                config.broker_id or 0, settings, config.admin_timeout, self.stop)
+                config.broker_id or 0, settings, config.admin_timeout, self.stop,
+                on_admin=lambda: self.timings.__setitem__("admin", time.monotonic()))
             self.log.info("reload_requested", generation=manifest.generation,
                           listeners=sorted({k.split(".")[2] for k in settings}))
         self.timings["alter"] = time.monotonic()
