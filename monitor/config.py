@@ -45,8 +45,9 @@ class MonitorConfig:
     restart_listeners: list[str] = setting(
         [], help="listeners that cannot reload dynamically (KRaft controller): use the "
         "reload action instead")
-    alter_passwords: bool = setting(False, help="also send the store passwords with the "
-                                    "alter (needs password.encoder.secret on the broker)")
+    alter_passwords: bool = setting(False, help="also send the store passwords (first alter, "
+                                    "then when changed; needs password.encoder.secret on "
+                                    "the broker)")
     allow_dn_changes: bool = setting(False, help="the broker sets ssl.allow.dn.changes")
     allow_san_changes: bool = setting(False, help="the broker sets ssl.allow.san.changes")
     admin_hostname_verification: bool = setting(

@@ -22,7 +22,8 @@ from monitor.checks import (
     client_context,
 )
 from monitor.config import MonitorConfig
-from monitor.kafka import KafkaRefused, admin_config, alter_broker_configs, served_certificate
+from monitor.kafka import BrokerAdmin, KafkaRefused, served_certificate
+from monitor.listener_settings import SentSettings, listener_settings
 from monitor.metrics import MonitorMetrics
 from monitor.stores import STORE_FILES, load_stores
 from sidecar import layout
@@ -30,6 +31,8 @@ from sidecar.lifecycle import Stopped
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError, format_serial
 from sidecar.volume import Volume, VolumeError, read_generation
+
+FAST_VERIFY = 3.0  # seconds after the alter during which the listeners are probed every 50 ms
 
 
 class VerifyFailed(Exception):
@@ -91,6 +94,9 @@ class Reloader:
         self.last_refused: tuple[int, str] | None = None
         self.pending_since: float | None = None
         self.timings: dict[str, float] = {}
+        self.admin = BrokerAdmin(config.bootstrap_servers or "", config.broker_id or 0,
+                                 config.admin_hostname_verification, config.admin_timeout)
+        self.sent = SentSettings()  # what the broker is known to hold: sent once, not each time
 
     def password(self) -> str | None:
         path = self.config.store_password_file
@@ -173,6 +179,7 @@ class Reloader:
         self.metrics.reloads.labels(result="ok").inc()
         self.metrics.reload_latency.observe(seconds)
         self.metrics.mark_verified(manifest.generation)
+        self._warm_admin()
         steps = self._step_seconds()
         self.log.info("reload_verified", generation=manifest.generation,
                       serial=manifest.serial, verified_by=verified_by, targets=targets,
@@ -199,6 +206,7 @@ class Reloader:
             self.confirmed = True
             self.log.info("served_confirmed", generation=manifest.generation,
                           serial=manifest.serial)
+            self._warm_admin()
             return True
         if acked_at is not None:
             self.metrics.mark_verified(manifest.generation, acked_at, served=False)
@@ -207,18 +215,29 @@ class Reloader:
         # The ack is not backed by what is served (the broker restarted on other stores, or
         # is not up yet): apply the generation again on the next pass, as a new one.
         self.applied = None
+        self.sent.forget()
         self.log.warning("served_mismatch", generation=manifest.generation, error=last,
                          action="applying it again")
         return False
 
+    def _warm_admin(self) -> None:
+        """Connect the admin client the next alter will use (the applied generation's)."""
+        applied = self._applied_dir()
+        if self.config.mode == "broker" and applied is not None:
+            self.admin.warm(applied)
+
     def _step_seconds(self) -> dict[str, float]:
-        """Seconds spent checking, altering and verifying (broker mode), for the logs."""
+        """Seconds spent checking, altering and verifying (broker mode), for the logs; the
+        alter split into getting an admin client and the request (its answer)."""
         marks = self.timings
         out, previous = {}, marks.get("start")
         for step in ("check", "alter", "verify"):
             if step in marks and previous is not None:
                 out[f"{step}_seconds"] = round(marks[step] - previous, 4)
                 previous = marks[step]
+        if {"check", "admin", "alter"} <= marks.keys():
+            out["admin_seconds"] = round(marks["admin"] - marks["check"], 4)
+            out["request_seconds"] = round(marks["alter"] - marks["admin"], 4)
         return out
 
     def _fail(self, result: str, message: str, manifest: Manifest | None, **fields: Any) -> None:
@@ -238,7 +257,7 @@ class Reloader:
         context = client_context(directory, config.admin_hostname_verification)
         restart_only = self._restart_only()
         reload = self._reload_listeners()
-        settings: dict[str, str] = {}
+        wanted: dict[str, str] = {}
         known: dict[str, tuple[Path | None, int | None]] = {}  # served serial -> its stores
         for name, (host, port) in reload.items():
             served = self._served(host, port, directory, context)
@@ -258,18 +277,30 @@ class Reloader:
                                      reason="the served generation is no longer on the volume")
                 else:
                     check_handshakes(old_dir, directory)
-            settings.update(self._listener_settings(name))
+            wanted.update(listener_settings(config, name, password))
         self.timings["check"] = time.monotonic()
+        settings = self.sent.to_send(wanted)
         if settings:
             self._touch_stores(directory)
-            alter_broker_configs(
-                admin_config(config.bootstrap_servers or "", self._admin_dir(directory),
-                             config.admin_hostname_verification, config.admin_timeout),
-                config.broker_id or 0, settings, config.admin_timeout, self.stop)
+            admin_dir = self._admin_dir(directory)
+            self.admin.client(admin_dir)
+            self.timings["admin"] = time.monotonic()
+            try:
+                self.admin.alter(admin_dir, settings, self.stop)
+            except BaseException:
+                self.sent.forget()
+                raise
             self.log.info("reload_requested", generation=manifest.generation,
-                          listeners=sorted({k.split(".")[2] for k in settings}))
+                          listeners=sorted({k.split(".")[2] for k in settings}),
+                          entries=len(settings),
+                          settings=sorted({k.split(".", 3)[3] for k in settings}))
         self.timings["alter"] = time.monotonic()
-        self._verify(reload, context, manifest)
+        try:
+            self._verify(reload, context, manifest)
+        except BaseException:
+            self.sent.forget()  # answered, but not shown: send everything next time
+            raise
+        self.sent.applied(settings)
         self.timings["verify"] = time.monotonic()
         targets = sorted(reload)
         if restart_only:
@@ -326,22 +357,6 @@ class Reloader:
                     raise
         raise AssertionError("unreachable")
 
-    def _listener_settings(self, listener: str) -> dict[str, str]:
-        config = self.config
-        kafka_current = (config.kafka_volume_dir or config.volume_dir) / layout.CURRENT
-        keystore, truststore = STORE_FILES[config.keystore_type]
-        prefix = f"listener.name.{listener.lower()}."
-        out = {prefix + "ssl.keystore.type": config.keystore_type,
-               prefix + "ssl.keystore.location": str(kafka_current / keystore),
-               prefix + "ssl.truststore.type": config.keystore_type,
-               prefix + "ssl.truststore.location": str(kafka_current / truststore)}
-        password = self.password()
-        if config.alter_passwords and config.keystore_type != "PEM" and password:
-            for name in ("ssl.keystore.password", "ssl.key.password",
-                         "ssl.truststore.password"):
-                out[prefix + name] = password
-        return out
-
     def _touch_stores(self, directory: Path) -> None:
         """Kafka reloads a same-path store only if its modification time changed."""
         stamp = time.time_ns()
@@ -350,13 +365,20 @@ class Reloader:
 
     def _verify(self, listeners: dict[str, tuple[str, int]], context: ssl.SSLContext,
                 manifest: Manifest) -> None:
-        deadline = time.monotonic() + self.config.verify_timeout
+        """Probe until every listener serves the manifest's serial. Kafka answers the alter
+        before it applies it (100-300 ms later, plus its validation: about a second on a
+        busy broker), so the probes come every 50 ms for the first FAST_VERIFY seconds, then
+        back off; a listener already seen serving it is not probed again."""
+        now = time.monotonic()
+        deadline, fast_until = now + self.config.verify_timeout, now + FAST_VERIFY
         delay = 0.05
+        pending = dict(listeners)
         while True:
             self.heartbeat = time.monotonic()
-            mismatched, last = self._probe(listeners, context, manifest.serial)
+            mismatched, last = self._probe(pending, context, manifest.serial)
             if not mismatched:
                 return
+            pending = {name: pending[name] for name in mismatched}
             newest = self.volume.current_generation_dir()
             if newest is not None and newest.name.isdigit() \
                     and int(newest.name) > manifest.generation:
@@ -367,7 +389,8 @@ class Reloader:
                                    f"{self.config.verify_timeout:.0f}s: {last}")
             if self.stop.wait(delay):
                 raise Stopped("stopping: verification abandoned")
-            delay = min(delay * 2, 2.0)
+            if time.monotonic() >= fast_until:
+                delay = min(delay * 2, 2.0)
 
     @staticmethod
     def _probe(listeners: dict[str, tuple[str, int]], context: ssl.SSLContext,

@@ -233,12 +233,43 @@ def _ts(event: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
-def bench_rotation(brokers: int, clients: int) -> None:
-    """One drill (no faults, no dwell); the A->B rotation split by phase and by step."""
+def alter_breakdown(result: Any) -> list[dict[str, float]]:
+    """Every broker reload of a drill, split: admin client, request (to its answer), applied
+    (answer -> the broker double serves it on every listener), detected (served -> verified)."""
+    rows = []
+    for p in result.participants:
+        if p.broker is None:
+            continue
+        for event in _events(result.base / f"{p.name}-monitor.log"):
+            if event.get("event") != "reload_verified" or "request_seconds" not in event:
+                continue
+            serial = int(event["serial"].replace(":", ""), 16)
+            swaps = [at for at, _, s in p.broker.swaps if s == serial]
+            verified = _ts(event)
+            answered = verified - event["verify_seconds"]
+            served = max(swaps, default=answered)
+            rows.append({"admin": event["admin_seconds"], "request": event["request_seconds"],
+                         "applied": served - answered, "detected": verified - served,
+                         "alter_to_verified": event["alter_seconds"] + event["verify_seconds"]})
+    return rows
+
+
+def print_alter_breakdown(rows: list[dict[str, float]]) -> None:
+    columns = ("admin", "request", "applied", "detected", "alter_to_verified")
+    print(f"alter step, {len(rows)} broker reloads (A->B and back), seconds:")
+    print(f"{'':>8}" + "".join(f"{c:>19}" for c in columns))
+    for name, pick in (("median", statistics.median), ("max", max)):
+        print(f"{name:>8}" + "".join(f"{pick([r[c] for r in rows]):>19.3f}" for c in columns))
+
+
+def bench_rotation(brokers: int, clients: int, broker_mode: str = "kraft") -> None:
+    """One drill (no faults, no dwell); the A->B rotation split by phase and by step, and the
+    monitor's alter step split (admin client, request, applied, detected)."""
     from tests.drill import run_drill
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_drill(brokers, clients, [], keep=Path(tmp))
+        result = run_drill(brokers, clients, [], keep=Path(tmp),
+                           broker_mode="zk" if broker_mode == "zk" else "kraft")
         if not result.converged:
             print(result.report)
             raise SystemExit("the rotation did not converge")
@@ -274,7 +305,8 @@ def bench_rotation(brokers: int, clients: int) -> None:
             row = (f"{record.phase}", end - start, watch, vault, write, reload, verify,
                    end - acked)
             print(f"{row[0]:>9}" + "".join(f"{v:>9.3f}" for v in row[1:]))
-        print(f"rotation_seconds={result.rotation_seconds:.2f}")
+        print_alter_breakdown(alter_breakdown(result))
+        print(f"broker_mode={broker_mode} rotation_seconds={result.rotation_seconds:.2f}")
 
 
 def _proc_sample(pid: int) -> tuple[float, float]:
@@ -324,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     rotation = sub.add_parser("rotation", help="A->B rotation split by phase and step")
     rotation.add_argument("--brokers", type=int, default=3)
     rotation.add_argument("--clients", type=int, default=3)
+    rotation.add_argument("--broker-mode", choices=("kraft", "zk"), default="kraft",
+                          help="zk: brokers as the 2.4 field broker (reload in the request, "
+                               "passwords sent)")
     footprint = sub.add_parser("footprint", help="idle RSS and CPU")
     footprint.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args(argv)
@@ -332,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "reaction":
         bench_reaction(args.watchers, args.flips, args.processes)
     elif args.what == "rotation":
-        bench_rotation(args.brokers, args.clients)
+        bench_rotation(args.brokers, args.clients, args.broker_mode)
     else:
         bench_footprint(args.seconds)
     return 0

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from monitor.checks import client_context
 from monitor.kafka import served_certificate
@@ -304,13 +304,16 @@ class Drill:
 
     def __init__(self, brokers: int, clients: int, faults: list[str], base: Path,
                  deadline: float = 120.0, seed: int = 1, min_dwell: float = 0.0,
-                 prometheus: bool = False) -> None:
+                 prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft") -> None:
         unknown = set(faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
         if "client-reload-fails" in faults and clients < 1:
             raise ValueError("the client-reload-fails fault needs a client")
         self.with_prometheus = prometheus
+        # "zk": brokers in ZooKeeper mode, like the 2.4 field broker, and the monitors send
+        # the store passwords too (the broker has a password encoder secret)
+        self.broker_mode = broker_mode
         self.prometheus: Prometheus | None = None
         self.exported: list[dict[str, str]] = []
         self.brokers_n, self.clients_n = brokers, clients
@@ -360,6 +363,8 @@ class Drill:
                 "MONITOR_INTER_BROKER_LISTENER": "INTERNAL",
                 "MONITOR_STORE_PASSWORD_FILE": str(p.secrets / "store-password"),
                 "MONITOR_ADMIN_HOSTNAME_VERIFICATION": "false"})
+            if self.broker_mode == "zk":
+                env["MONITOR_ALTER_PASSWORDS"] = "true"
         else:
             env.update({"MONITOR_MODE": "client", "MONITOR_RELOAD_ACTION": "http",
                         "MONITOR_RELOAD_URL": self.hooks.url(p.name)})
@@ -393,8 +398,11 @@ class Drill:
                 raise RuntimeError(f"--once failed for {p.name}: see {p.name}-once.log")
         for p in self.participants:
             if p.role == "broker":
-                p.broker = KafkaBrokerDouble(p.index, {"SSL": 0, "INTERNAL": 0},
-                                             _broker_config(p.volume), "INTERNAL")
+                config = _broker_config(p.volume)
+                if self.broker_mode == "zk":
+                    config["password.encoder.secret"] = "drill-encoder-secret"
+                p.broker = KafkaBrokerDouble(p.index, {"SSL": 0, "INTERNAL": 0}, config,
+                                             "INTERNAL", mode=self.broker_mode, seed=p.index)
                 p.broker.start()
             else:
                 p.loaded_generation = Volume(p.volume).generations()[-1]
@@ -854,10 +862,10 @@ def drill_dir(keep: Path | None) -> Iterator[Path]:
 
 def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 120.0,
               seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
-              prometheus: bool = False) -> Result:
+              prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft") -> Result:
     with drill_dir(keep) as base:
         result = Drill(brokers, clients, faults, base, deadline, seed, min_dwell,
-                       prometheus).run()
+                       prometheus, broker_mode).run()
     if keep is not None:
         # Imported here: matplotlib is loaded only when there is a directory to draw into.
         from tests.drill_picture import draw_timeline

@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.doubles.kafka_broker import AlterOp, KafkaBrokerDouble, tls_exchange
+from tests.doubles.kafka_timing import BrokerTiming
 from tests.kafka_setup import (
     API_VERSIONS_V0,
     CLIENT_DN,
@@ -91,6 +92,31 @@ def served_serial(broker: BrokerUnderTest, listener: str | None = None) -> int:
     return fetch_served_certificate(address, broker.client.ssl_context()).serial_number
 
 
+def served_serial_when(
+    broker: BrokerUnderTest,
+    wanted: Callable[[int], bool],
+    listener: str | None = None,
+    timeout: float = 10.0,
+) -> int:
+    """The served serial once ``wanted`` holds (or the last one seen after ``timeout``): Kafka
+    answers an alter before it applies it, so a test waits for the served certificate."""
+    deadline = time.monotonic() + timeout
+    while True:
+        serial = served_serial(broker, listener)
+        if wanted(serial) or time.monotonic() > deadline:
+            return serial
+        time.sleep(0.02)
+
+
+def settle(broker: BrokerUnderTest) -> None:
+    """Wait until the last accepted alter is applied, where no served serial shows it (a
+    truststore-only change). A real broker gives no signal for that: give it a second."""
+    if broker.double is not None:
+        assert broker.double.wait_applied()
+    else:
+        time.sleep(1.0)
+
+
 def new_keystore(broker: BrokerUnderTest, name: str, **leaf: object) -> dict[str, str]:
     """A new broker keystore of the broker's store type, signed by root A unless ``ca``."""
     ca = leaf.pop("ca", broker.root_a)
@@ -136,7 +162,7 @@ def test_reload_serves_the_new_keystore(tmp_path: Path, store_type: str) -> None
         before = served_serial(broker)
         settings = new_keystore(broker, f"reload-{time.monotonic_ns()}")
         assert alter(broker, broker.external, settings) is None
-        after = served_serial(broker)
+        after = served_serial_when(broker, lambda serial: serial != before)
         assert after != before
         if broker.double is not None:
             assert after == broker.double.served_certificate("SSL").serial_number
@@ -147,7 +173,7 @@ def test_switching_store_type_pkcs12_to_jks(kafka_broker: BrokerUnderTest) -> No
     ident = make_leaf(kafka_broker.root_a)
     settings = write_keystore(kafka_broker.pki_dir / "switch.jks", ident, "JKS")
     assert alter(kafka_broker, kafka_broker.external, settings) is None
-    assert served_serial(kafka_broker) == ident.serial
+    assert served_serial_when(kafka_broker, lambda s: s == ident.serial) == ident.serial
 
 
 @pytest.mark.parametrize(
@@ -179,15 +205,11 @@ def test_inter_broker_signer_switched_without_trust_is_refused(
 ) -> None:
     internal = kafka_broker.internal
     # A known start: keystore from root A, truststore trusting only root A.
-    assert alter(kafka_broker, internal, new_keystore(kafka_broker, "ib-a")) is None
-    assert (
-        alter(
-            kafka_broker,
-            internal,
-            write_truststore(kafka_broker.pki_dir / "ib-trust-a.p12", [kafka_broker.root_a]),
-        )
-        is None
+    start = new_keystore(kafka_broker, "ib-a") | write_truststore(
+        kafka_broker.pki_dir / "ib-trust-a.p12", [kafka_broker.root_a]
     )
+    assert alter(kafka_broker, internal, start) is None
+    settle(kafka_broker)  # validation compares with what is applied, not with what is stored
     double = kafka_broker.double
     before = double.served_certificate(internal).serial_number if double else None
 
@@ -213,6 +235,7 @@ def test_three_phase_rotation_and_rollback_on_inter_broker_listener(
     a_cert = new_keystore(b, "rot-a-key")
     a_trust = write_truststore(b.pki_dir / "rot-a.p12", [b.root_a])
     assert alter(b, internal, a_cert | a_trust) is None  # phase 0: {A}, A
+    settle(b)  # each step is validated against the applied one: wait for it
     both = write_truststore(b.pki_dir / "rot-ab.p12", [b.root_a, b.root_b])
     b_cert = new_keystore(b, "rot-b-key", ca=b.root_b)
     b_trust = write_truststore(b.pki_dir / "rot-b.p12", [b.root_b])
@@ -220,6 +243,7 @@ def test_three_phase_rotation_and_rollback_on_inter_broker_listener(
     assert alter(b, internal, b_trust) is not None
     for step in (both, b_cert, b_trust, both, a_cert, a_trust):  # A->B, then rolled back
         assert alter(b, internal, step) is None
+        settle(b)
     if b.double is not None:
         assert b.double.served_certificate(internal).issuer == b.root_a.cert.subject
 
@@ -247,12 +271,15 @@ def test_truststore_without_java_trust_marks_is_refused(kafka_broker: BrokerUnde
 
 def test_same_path_reloads_only_when_mtime_changes(kafka_broker: BrokerUnderTest) -> None:
     b = kafka_broker
+    before = served_serial(b)
     settings = new_keystore(b, "same-path")
     assert alter(b, b.external, settings) is None
-    first = served_serial(b)
+    first = served_serial_when(b, lambda serial: serial != before)
+    settle(b)
     reloads = b.double.reload_count if b.double else 0
 
     assert alter(b, b.external, settings) is None  # same path, file untouched
+    settle(b)
     assert served_serial(b) == first
     if b.double is not None:
         assert b.double.reload_count == reloads
@@ -263,7 +290,7 @@ def test_same_path_reloads_only_when_mtime_changes(kafka_broker: BrokerUnderTest
     write_keystore(path, replacement, b.store_type)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     assert alter(b, b.external, settings) is None  # same path, new mtime
-    assert served_serial(b) == replacement.serial
+    assert served_serial_when(b, lambda s: s == replacement.serial) == replacement.serial
 
 
 @pytest.mark.parametrize("mode", ["kraft", "zk"])
@@ -277,6 +304,7 @@ def test_same_path_incompatible_rewrite(tmp_path: Path, mode: str) -> None:
         write_keystore(path, make_leaf(b.root_a, "CN=imposter,OU=kafka,O=Example"))
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
         result = alter(b, "SSL", {"ssl.keystore.location": settings["ssl.keystore.location"]})
+        settle(b)  # KRaft: refused after the answer, in the config publisher
         assert served_serial(b) == before
         assert any("Keystore DistinguishedName does not match" in line for line in double.log)
         if mode == "kraft":
@@ -287,6 +315,57 @@ def test_same_path_incompatible_rewrite(tmp_path: Path, mode: str) -> None:
                 "Invalid config value for resource ConfigResource(type=BROKER, name='1'): "
                 "Validation of dynamic config update of SSLFactory failed: "
             )
+
+
+@pytest.mark.parametrize("mode", ["kraft", "zk"])
+def test_alter_is_answered_before_it_is_applied(tmp_path: Path, mode: str) -> None:
+    """Kafka applies a changed config when it processes the config notification (ZooKeeper)
+    or replays the record (KRaft), after the answer."""
+    timing = BrokerTiming(apply_delay=(0.3, 0.3))
+    with broker_with_stores(tmp_path, "PKCS12", mode=mode, timing=timing) as b:
+        double = b.require_double()
+        before = served_serial(b)
+        ident = make_leaf(b.root_a)
+        location = write_keystore(b.pki_dir / "later.p12", ident)["ssl.keystore.location"]
+        assert alter(b, "SSL", {"ssl.keystore.location": location}) is None  # same password
+        answered = time.time()
+        assert served_serial(b) == before  # answered, not applied
+        assert served_serial_when(b, lambda s: s == ident.serial) == ident.serial
+        (at, listener, serial), = double.swaps
+        assert (listener, serial) == ("SSL", ident.serial)
+        assert at - answered >= 0.25
+
+
+def test_validation_takes_the_time_of_kafkas_factory_builds(tmp_path: Path) -> None:
+    """Each network processor validates its own SslFactory; the inter-broker listener's also
+    runs two validator handshakes (lower bounds only: the machine may be slower)."""
+    timing = BrokerTiming(network_threads=3, factory_build=0.01, validator_handshake=0.05,
+                          apply_delay=(0.0, 0.0))
+    with broker_with_stores(tmp_path, "PKCS12", timing=timing) as b:
+        for listener, least in (("SSL", 3 * 0.01), ("INTERNAL", 3 * (0.01 + 2 * 0.05))):
+            settings = new_keystore(b, f"cost-{listener}")
+            started = time.monotonic()
+            assert alter(b, listener, settings, validate_only=True) is None
+            assert time.monotonic() - started >= least
+
+
+def test_zookeeper_reloads_same_path_files_of_every_listener_in_the_request(
+    tmp_path: Path,
+) -> None:
+    """reloadUpdatedFilesWithoutConfigChange runs in ZkAdminManager's request: a same-value SET
+    naming one listener reloads every listener whose store files changed, before answering."""
+    with broker_with_stores(tmp_path, "PKCS12", mode="zk") as b:
+        double = b.require_double()
+        idents = {}
+        for listener in ("SSL", "INTERNAL"):
+            path = Path(b.stores[listener]["ssl.keystore.location"])
+            idents[listener] = make_leaf(b.root_a)
+            write_keystore(path, idents[listener])
+            os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+        location = b.stores["SSL"]["ssl.keystore.location"]
+        assert alter(b, "SSL", {"ssl.keystore.location": location}) is None
+        for listener, ident in idents.items():  # no wait: applied before the answer
+            assert double.served_certificate(listener).serial_number == ident.serial
 
 
 def test_validate_only_checks_without_reloading(kafka_broker: BrokerUnderTest) -> None:
@@ -341,7 +420,8 @@ def test_established_connection_survives_reload(kafka_broker: BrokerUnderTest) -
         old = sock.getpeercert(binary_form=True)
         assert _api_versions_roundtrip(sock) == 7
         assert alter(b, b.external, settings) is None
-        assert served_serial(b) == replacement.serial  # new connections: new certificate
+        # new connections: new certificate (once applied)
+        assert served_serial_when(b, lambda s: s == replacement.serial) == replacement.serial
         assert _api_versions_roundtrip(sock) == 7  # the old connection still works
         assert sock.getpeercert(binary_form=True) == old
 
@@ -352,6 +432,7 @@ def test_accept_but_keep_old_fault(kafka_broker: BrokerUnderTest) -> None:
     double.accept_but_keep_old(True)
     settings = new_keystore(kafka_broker, "ignored")
     assert alter(kafka_broker, "SSL", settings) is None
+    settle(kafka_broker)
     assert served_serial(kafka_broker) == before  # only a handshake tells the truth
     assert (
         double.dynamic_config["listener.name.ssl.ssl.keystore.location"]
@@ -366,6 +447,7 @@ def test_refuse_next_reload_control(kafka_broker: BrokerUnderTest) -> None:
     settings = new_keystore(kafka_broker, "refused")
     assert alter(kafka_broker, "SSL", settings) == (INVALID_REQUEST, "broker says no")
     assert alter(kafka_broker, "SSL", settings) is None  # one-shot
+    settle(kafka_broker)
     assert double.reload_count == 1
 
 
@@ -487,6 +569,7 @@ def test_keystore_compatibility_rules(
         new = write_keystore(tmp_path / "ks1.p12", make_leaf(root, **leaf))  # type: ignore[arg-type]
         ops = [AlterOp(f"listener.name.ssl.{k}", 0, v) for k, v in new.items()]
         code, message = double.alter_broker_configs("1", ops, validate_only=False)
+        assert double.wait_applied()
         if refusal is None:
             assert (code, message) == (0, None)
             assert double.reload_count == 1

@@ -111,7 +111,8 @@ def test_verification_catches_a_broker_that_keeps_the_old_certificate(
         vault: VaultTarget, tmp_path: Path) -> None:
     with broker_rig(vault, tmp_path) as rig:
         broker = rig.require_double()
-        reloader, metrics, log = rig.monitor(verify_timeout=1.0)
+        # long enough for the double's apply delay and inter-broker validation (~0.8 s)
+        reloader, metrics, log = rig.monitor(verify_timeout=3.0)
         assert reloader.handle()
         broker.accept_but_keep_old(True)
         rig.install(PHASES[1])
@@ -222,3 +223,55 @@ def add_key_entry(directory: Path) -> None:
     manifest = Manifest.from_json((directory / layout.MANIFEST).read_bytes())
     files = {**manifest.files, layout.KEYSTORE_JKS: sha256_hex(path.read_bytes())}
     (directory / layout.MANIFEST).write_bytes(dataclasses.replace(manifest, files=files).to_json())
+
+
+def test_types_and_passwords_are_sent_once_locations_every_time(vault: VaultTarget,
+                                                                tmp_path: Path) -> None:
+    """A SET leaves the listener's other settings as the broker holds them: after the first
+    alter only the store locations (what makes Kafka re-read the files) are sent, until an
+    alter fails and the broker's view is unknown again."""
+    with broker_rig(vault, tmp_path) as rig:
+        broker = rig.require_double()
+        reloader, _, log = rig.monitor(alter_passwords=True)
+        assert reloader.handle()
+        location = {"ssl.keystore.location", "ssl.truststore.location"}
+        everything = location | {"ssl.keystore.type", "ssl.truststore.type",
+                                 "ssl.keystore.password", "ssl.key.password",
+                                 "ssl.truststore.password"}
+        sent = []
+        for desired in PHASES[1:3]:
+            rig.install(desired)
+            assert reloader.handle(), log.events
+            sent.append(log.named("reload_requested")[-1])
+        assert [set(e["settings"]) for e in sent] == [everything, location]
+        assert [e["entries"] for e in sent] == [14, 4]
+        assert broker.dynamic_config["listener.name.internal.ssl.key.password"] == PASSWORD
+        broker.refuse_next_reload("Simulated refusal")
+        rig.install(PHASES[3])
+        assert not reloader.handle()
+        assert reloader.handle()
+        assert set(log.named("reload_requested")[-1]["settings"]) == everything
+
+
+def test_admin_client_is_kept_until_a_transport_error(vault: VaultTarget,
+                                                      tmp_path: Path) -> None:
+    from monitor.kafka import BrokerAdmin
+
+    with broker_rig(vault, tmp_path) as rig:
+        broker = rig.require_double()
+        gens = sorted((rig.volume / "generations").glob("[0-9]*"))
+        admin = BrokerAdmin(rig.addresses["SSL"], 1, False, 2.0)
+        client = admin.client(gens[-1])
+        assert admin.client(gens[-1]) is client, "kept for the same material"
+        keystore = str(rig.volume / layout.CURRENT / layout.KEYSTORE_P12)
+        settings = {"listener.name.ssl.ssl.keystore.location": keystore}
+        broker.refuse_next_reload("Simulated refusal")
+        with pytest.raises(KafkaRefused):
+            admin.alter(gens[-1], settings)
+        assert admin.client(gens[-1]) is client, "the broker's answer: the client is fine"
+        admin.alter(gens[-1], settings)
+        broker.stop()
+        with pytest.raises(KafkaRefused) as info:
+            admin.alter(gens[-1], settings)
+        assert info.value.code is None or info.value.code < 0
+        assert admin.client(gens[-1]) is not client, "a transport failure: reconnect"

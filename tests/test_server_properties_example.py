@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import MonitorConfig
+from monitor.listener_settings import listener_settings
 from monitor.metrics import MonitorMetrics
 from monitor.reloader import Reloader
 from monitor.stores import STORE_FILES
@@ -98,7 +99,7 @@ def test_stores_are_the_volumes_stable_paths_the_monitor_alters(tmp_path: Path) 
     for listener in addresses:
         assert effective(props, listener, "ssl.keystore.location") == f"{current}/{keystore}"
         assert effective(props, listener, "ssl.truststore.location") == f"{current}/{truststore}"
-        altered = reloader._listener_settings(listener)
+        altered = listener_settings(reloader.config, listener, reloader.password())
         prefix = f"listener.name.{listener.lower()}."
         assert altered, listener
         for key, value in altered.items():

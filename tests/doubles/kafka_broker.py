@@ -25,6 +25,11 @@ Dynamic keystore/truststore updates follow Kafka's own code, read from apache/ka
   ``Invalid config value for resource ConfigResource(type=BROKER, name='<id>'): ``.
 * KRaft applies an accepted change asynchronously in ``DynamicConfigPublisher``: a same-path
   reload that fails there is only logged, the client has already been told "success".
+* What that costs and when it is applied is ``kafka_timing.BrokerTiming`` (``timing=``): every
+  listener validation and reload takes the time of Kafka's factory builds and validator
+  handshakes, and a changed config is applied 100-300 ms *after* the answer (in ZooKeeper mode
+  too: the config-change notification). A test must wait for the served certificate, never
+  take the answer for the reload; ``timing=INSTANT`` applies before answering, at no cost.
 
 Limits: Java exception texts other than Kafka's own messages are approximations (for instance
 the PKIX message for an untrusted certificate); only one private key per keystore; the broker
@@ -40,6 +45,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -49,7 +55,8 @@ import struct
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +67,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12
+
+from tests.doubles.kafka_timing import INSTANT, BrokerTiming
 
 # --------------------------------------------------------------------------------------------
 # Java exceptions as Kafka renders them (Throwable.toString: "<class>: <message>")
@@ -1029,6 +1038,8 @@ class KafkaBrokerDouble:
         mode: Literal["kraft", "zk"] = "kraft",
         kafka_version: tuple[int, int] = (3, 9),
         on_request: Callable[[int, int], None] | None = None,
+        timing: BrokerTiming | None = None,
+        seed: int | None = None,
     ) -> None:
         self.broker_id = broker_id
         self.host = host
@@ -1041,8 +1052,13 @@ class KafkaBrokerDouble:
         self.inter_broker_listener = inter_broker_listener or self._static.get(
             "inter.broker.listener.name"
         )
-        self._dynamic: dict[str, str] = {}
-        self._lock = threading.RLock()
+        self.timing = timing or BrokerTiming()
+        self._rng = random.Random(seed)
+        self._dynamic: dict[str, str] = {}  # stored (ZooKeeper / the metadata log)
+        self._applied: dict[str, str] = {}  # what the listeners were last reconfigured with
+        self._lock = threading.RLock()  # listener state, read by every new connection
+        self._alter_lock = threading.RLock()  # one config change at a time (DynamicBrokerConfig)
+        self._pending: list[threading.Timer] = []
         self._listeners: dict[str, _Listener] = {}
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
@@ -1053,6 +1069,7 @@ class KafkaBrokerDouble:
         self.requests: list[tuple[int, int]] = []
         self.log: list[str] = []
         self.reload_count = 0
+        self.swaps: list[tuple[float, str, int]] = []  # (unix time, listener, serial) per reload
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -1092,6 +1109,10 @@ class KafkaBrokerDouble:
     def stop(self) -> None:
         """Close the listeners and every open connection."""
         self._stopping.set()
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for timer in pending:
+            timer.cancel()
         for lst in self._listeners.values():
             with contextlib.suppress(OSError):
                 lst.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
@@ -1141,6 +1162,16 @@ class KafkaBrokerDouble:
         """How many times this listener's SSL material was replaced."""
         with self._lock:
             return self._listeners[listener].reloads
+
+    def wait_applied(self, timeout: float = 10.0) -> bool:
+        """Wait until every accepted change has been applied (no config notification pending)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(t.is_alive() for t in self._pending):
+                    return True
+            time.sleep(0.01)
+        return False
 
     def refuse_next_reload(self, message: str, error_code: int = INVALID_REQUEST) -> None:
         """Answer the next (non validate-only) IncrementalAlterConfigs with this error."""
@@ -1195,8 +1226,12 @@ class KafkaBrokerDouble:
     def alter_broker_configs(
         self, resource: str, ops: list[AlterOp], validate_only: bool
     ) -> tuple[int, str | None]:
-        """The broker side of IncrementalAlterConfigs for resource BROKER: (error, message)."""
-        with self._lock:
+        """The broker side of IncrementalAlterConfigs for resource BROKER: (error, message).
+
+        Takes the time Kafka's validation takes; a success is answered before it is applied
+        (see ``kafka_timing``), unless ``timing`` has no apply delay."""
+        with self._alter_lock:
+            started = time.monotonic()
             try:
                 broker = int(resource)
             except ValueError:
@@ -1227,7 +1262,7 @@ class KafkaBrokerDouble:
                     return INVALID_REQUEST, f"Unknown operations type {o.op}"
             try:
                 self._validate_configs(new_dynamic)
-                validated = self._process_reconfiguration(new_dynamic)
+                changed = self._process_reconfiguration(new_dynamic, started)
             except JavaError as e:
                 return INVALID_REQUEST, self._wrap(resource, e.message)
             if validate_only:
@@ -1245,10 +1280,19 @@ class KafkaBrokerDouble:
                     resource, "Password encoder secret not configured"
                 )
             if self._keep_old:
-                self._dynamic = new_dynamic
+                with self._lock:
+                    self._dynamic = new_dynamic
                 self.log.append("accept_but_keep_old: stored the configs, kept the old material")
                 return NONE, None
-            return self._apply(resource, new_dynamic, validated)
+            if self.mode == "zk":  # ZkAdminManager.alterBrokerConfigs: in the request thread
+                error = self._reload_modified_files(new_dynamic, exclude=changed)
+                if error is not None:
+                    return INVALID_REQUEST, self._wrap(resource, error.message)
+            with self._lock:
+                self._dynamic = new_dynamic
+            if changed or self.mode == "kraft":
+                self._schedule_apply()
+            return NONE, None
 
     def _validate_configs(self, props: Mapping[str, str]) -> None:
         """DynamicBrokerConfig.validateConfigs, narrowed to what this double can reconfigure."""
@@ -1272,13 +1316,15 @@ class KafkaBrokerDouble:
             )
 
     def _process_reconfiguration(
-        self, new_dynamic: Mapping[str, str]
-    ) -> dict[str, SslEngineFactory]:
-        """processReconfiguration(validateOnly=true) for the listeners whose configs changed."""
-        out: dict[str, SslEngineFactory] = {}
+        self, new_dynamic: Mapping[str, str], started: float
+    ) -> set[str]:
+        """processReconfiguration(validateOnly=true): the listeners whose configs changed
+        (against what is applied), each validated once per network processor."""
+        out: set[str] = set()
+        cost = 0.0
         try:
             for name, lst in self._listeners.items():
-                old_cfg = self._effective_ssl(name, self._dynamic)
+                old_cfg = self._effective_ssl(name, self._applied)
                 new_cfg = self._effective_ssl(name, new_dynamic)
                 if old_cfg == new_cfg:
                     continue
@@ -1292,68 +1338,110 @@ class KafkaBrokerDouble:
                         f"existing listener ListenerName({name}), restart broker or "
                         "create a new listener for update",
                     )
-                out[name] = create_new_factory(
-                    lst.factory,
-                    new_cfg,
-                    self._tmpdir,
-                    name == self.inter_broker_listener,
-                    self.kafka_version < (3, 7),
-                )
+                cost += self.timing.validate(name == self.inter_broker_listener)
+                self._new_factory(name, lst.factory, new_cfg)
+                out.add(name)
         except JavaError as e:
             raise JavaError(
                 CONFIG_EXCEPTION,
                 f"Invalid value {e} for configuration Invalid dynamic configuration",
             ) from e
+        finally:
+            self._spend(started, cost)
         return out
 
-    def _apply(
-        self, resource: str, new_dynamic: dict[str, str], validated: Mapping[str, SslEngineFactory]
-    ) -> tuple[int, str | None]:
-        """Apply an accepted change and re-read unchanged listeners' modified store files.
+    def _new_factory(
+        self, name: str, old: SslEngineFactory, configs: Mapping[str, str]
+    ) -> SslEngineFactory:
+        return create_new_factory(
+            old,
+            configs,
+            self._tmpdir,
+            name == self.inter_broker_listener,
+            self.kafka_version < (3, 7),
+        )
 
-        ZooKeeper mode (ZkAdminManager.alterBrokerConfigs) re-reads files in the request, before
-        persisting, and answers a failure. KRaft (DynamicConfigPublisher) applies the change
-        after answering; a failed re-read is only logged.
-        """
-        if self.mode == "zk":
-            error = self._reload_modified_files(exclude=validated)
-            if error is not None:
-                return INVALID_REQUEST, self._wrap(resource, error.message)
-        self._dynamic = new_dynamic
-        for name, factory in validated.items():
-            self._swap(name, factory)
-        if self.mode == "kraft":
-            self._reload_modified_files(exclude=validated)
-        return NONE, None
+    def _spend(self, started: float, seconds: float) -> None:
+        """Take ``seconds`` since ``started`` in all (the double's own work counts)."""
+        left = seconds - (time.monotonic() - started)
+        if left > 0:
+            self._stopping.wait(left)
 
-    def _reload_modified_files(self, exclude: Mapping[str, object]) -> JavaError | None:
+    def _schedule_apply(self) -> None:
+        """The config notification (ZooKeeper) or the replayed record (KRaft), later."""
+        delay = self.timing.delay(self._rng)
+        if delay <= 0:
+            self._apply_stored()
+            return
+        timer = threading.Timer(delay, self._apply_stored)
+        timer.daemon = True
+        with self._lock:
+            self._pending = [t for t in self._pending if t.is_alive()] + [timer]
+        timer.start()
+
+    def _apply_stored(self) -> None:
+        """DynamicBrokerConfig.updateBrokerConfig with the stored configs: rebuild (validate,
+        then reconfigure) every listener whose configs changed, reading the store files as
+        they are now. A failure is only logged: the client was told "success" long ago.
+        KRaft's DynamicConfigPublisher then reloads unchanged listeners' modified files."""
+        with self._alter_lock:
+            if self._stopping.is_set():
+                return
+            started = time.monotonic()
+            target = dict(self._dynamic)
+            built: dict[str, SslEngineFactory] = {}
+            cost = 0.0
+            try:
+                for name, lst in self._listeners.items():
+                    new_cfg = self._effective_ssl(name, target)
+                    if self._effective_ssl(name, self._applied) == new_cfg:
+                        continue
+                    cost += self.timing.apply(name == self.inter_broker_listener)
+                    built[name] = self._new_factory(name, lst.factory, new_cfg)
+            except JavaError as e:
+                self._spend(started, cost)
+                self.log.append(f"Per-broker configs of {self.broker_id} could not be applied: {e}")
+                return
+            self._spend(started, cost)
+            self._applied = target
+            for name, factory in built.items():
+                self._swap(name, factory)
+            if self.mode == "kraft":
+                self._reload_modified_files(target, exclude=built)
+
+    def _reload_modified_files(
+        self, dynamic: Mapping[str, str], exclude: Collection[str]
+    ) -> JavaError | None:
         """reloadUpdatedFilesWithoutConfigChange: rebuild listeners whose store files changed."""
         for name, lst in self._listeners.items():
             if name in exclude:
                 continue
+            configs = self._effective_ssl(name, dynamic)
+            if not lst.factory.should_be_rebuilt(configs):
+                continue
+            started = time.monotonic()
             try:
-                factory = create_new_factory(
-                    lst.factory,
-                    self._effective_ssl(name, self._dynamic),
-                    self._tmpdir,
-                    name == self.inter_broker_listener,
-                    self.kafka_version < (3, 7),
-                )
+                factory = self._new_factory(name, lst.factory, configs)
             except JavaError as e:
                 self.log.append(f"listener {name}: {e}")
                 return e
+            finally:
+                self._spend(started, self.timing.apply(name == self.inter_broker_listener))
             self._swap(name, factory)
         return None
 
     def _swap(self, name: str, factory: SslEngineFactory) -> None:
-        lst = self._listeners[name]
-        if factory is not lst.factory:
+        with self._lock:
+            lst = self._listeners[name]
+            if factory is lst.factory:
+                return
             lst.factory = factory
             lst.reloads += 1
             self.reload_count += 1
-            self.log.append(
-                f"listener {name}: new SSL material, serial {factory.certificate.serial_number:x}"
-            )
+            self.swaps.append((time.time(), name, factory.certificate.serial_number))
+        self.log.append(
+            f"listener {name}: new SSL material, serial {factory.certificate.serial_number:x}"
+        )
 
     # --- network ---------------------------------------------------------------------------
 
@@ -1694,8 +1782,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="server.properties (or .json)")
     parser.add_argument("--mode", choices=("kraft", "zk"), default="kraft")
     parser.add_argument("--kafka-version", default="3.9", help="major.minor, e.g. 3.6")
+    parser.add_argument("--instant", action="store_true",
+                        help="no validation cost, apply before answering (kafka_timing.INSTANT)")
     args = parser.parse_args(argv)
     broker = broker_from_properties(args.broker_id, read_properties(args.config))
+    if args.instant:
+        broker.timing = INSTANT
     broker.mode = args.mode
     major, minor = args.kafka_version.split(".")[:2]
     broker.kafka_version = (int(major), int(minor))
