@@ -2,7 +2,10 @@
 
 Tests taking ``vault`` must pass unchanged against a real Vault (set VAULT_ADDR and
 VAULT_TOKEN to a root token of a disposable dev server); those taking ``vault_double`` use
-fault injection or auth methods that ``prepare`` does not set up.
+fault injection or auth methods that ``prepare`` does not set up. Tests taking
+``vault_versioned`` check behaviour that differs between Vault versions: they run against
+each profile of the double (1.7, current), or against the real Vault with the profile of the
+version its ``sys/health`` reports.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from tests.vault_setup import VaultTarget, prepare
 
 vault = vault_setup.vault
 vault_double = vault_setup.vault_double
+vault_versioned = vault_setup.vault_versioned
 
 ROOT = Path(__file__).resolve().parents[1]
 MOUNT_A, MOUNT_B = "pki_root_a", "pki_root_b"
@@ -199,7 +203,8 @@ def test_san_outside_allowed_domains(vault: VaultTarget) -> None:
     assert errors_of(exc) == ["subject alternate name evil.example.com not allowed by this role"]
 
 
-def test_ip_sans_refused_by_role_and_invalid_ip(vault: VaultTarget) -> None:
+def test_ip_sans_refused_by_role_and_invalid_ip(vault_versioned: VaultTarget) -> None:
+    vault = vault_versioned
     client = vault.client()
     ensure_role(client, "kafka-noip", allow_ip_sans=False)
     csr, _ = make_csr(BROKER, dns=[BROKER], ips=["10.0.0.7"])
@@ -213,16 +218,18 @@ def test_ip_sans_refused_by_role_and_invalid_ip(vault: VaultTarget) -> None:
         client.secrets.pki.generate_certificate(
             "kafka-issue-ec", BROKER, extra_params={"ip_sans": "10.0.0.300"}, mount_point=MOUNT_A
         )
-    assert errors_of(exc) == ['the value "10.0.0.300" is not a valid IP address']
+    quoted = "'10.0.0.300'" if vault.profile.single_quotes else '"10.0.0.300"'
+    assert errors_of(exc) == [f"the value {quoted} is not a valid IP address"]
 
 
-def test_ttl_above_role_max_is_capped(vault: VaultTarget) -> None:
+def test_ttl_above_role_max_is_capped(vault_versioned: VaultTarget) -> None:
+    """Both cap; current Vault warns, 1.7 does not (FIELD-NOTES, Vault 1.7.10)."""
     csr, _ = make_csr(BROKER)
-    resp = sign(vault.client(), csr, ttl="100h")
+    resp = sign(vault_versioned.client(), csr, ttl="100h")
     assert 72 * 3600 - 120 < remaining(load(resp["data"]["certificate"])) <= 72 * 3600
     capped = 'TTL "100h0m0s" is longer than permitted maxTTL "72h0m0s", so maxTTL is being used'
-    if vault.is_double:
-        assert capped in resp["warnings"]
+    warned = capped in (resp["warnings"] or [])
+    assert warned is vault_versioned.profile.warns_ttl_cap, resp["warnings"]
 
 
 def test_ttl_beyond_the_ca_is_refused(vault: VaultTarget) -> None:
@@ -241,11 +248,44 @@ def test_unknown_role(vault: VaultTarget) -> None:
     assert errors_of(exc) == ["unknown role: nope"]
 
 
-def test_unknown_mount(vault: VaultTarget) -> None:
+def test_unknown_mount(vault_versioned: VaultTarget) -> None:
     csr, _ = make_csr(BROKER)
     with pytest.raises(hvac.exceptions.InvalidPath) as exc:
-        sign(vault.client(), csr, mount="pki_nope")
-    assert errors_of(exc) == ['no handler for route "pki_nope/sign/kafka". route entry not found.']
+        sign(vault_versioned.client(), csr, mount="pki_nope")
+    expected = {
+        True: "no handler for route 'pki_nope/sign/kafka'",
+        False: 'no handler for route "pki_nope/sign/kafka". route entry not found.',
+    }[vault_versioned.profile.single_quotes]
+    assert errors_of(exc) == [expected]
+
+
+def test_sys_health_reports_the_version(vault_versioned: VaultTarget) -> None:
+    health = requests.get(f"{vault_versioned.url}/v1/sys/health", timeout=5).json()
+    version = health["version"]
+    assert version == vault_versioned.profile.version or not vault_versioned.is_double
+    if vault_versioned.is_double:
+        assert version in ("1.7.10", "1.17.3")
+
+
+def test_role_without_key_type_is_rsa_and_a_write_replaces_the_role(
+    vault_versioned: VaultTarget,
+) -> None:
+    """A role is written whole: fields left out return to their defaults (key_type rsa)."""
+    client = vault_versioned.client()
+    ensure_role(client, "kafka-rewrite", ttl="1h", max_ttl="5h")
+    ec_csr, _ = make_csr(BROKER)
+    sign(client, ec_csr, role="kafka-rewrite")  # key_type any: signs
+    client.secrets.pki.create_or_update_role(
+        "kafka-rewrite", extra_params={"allowed_domains": ["kafka.test"],
+                                       "allow_subdomains": True}, mount_point=MOUNT_A)
+    role = client.secrets.pki.read_role("kafka-rewrite", mount_point=MOUNT_A)["data"]
+    assert role["key_type"] == "rsa" and role["max_ttl"] == 0 and role["ou"] == []
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(client, ec_csr, role="kafka-rewrite")
+    assert errors_of(exc) == ["role requires keys of type rsa"]
+    rsa_csr, _ = make_csr(BROKER, key=rsa_key())
+    cert = load(sign(client, rsa_csr, role="kafka-rewrite")["data"]["certificate"])
+    assert cert.subject.rfc4514_string() == f"CN={BROKER}", "ou/organization are gone too"
 
 
 def test_sys_mounts_lists_the_pki_roots(vault: VaultTarget) -> None:
@@ -271,15 +311,38 @@ def test_prepare_is_idempotent(vault: VaultTarget) -> None:
 # ----------------------------------------------------------------------------- tokens (portable)
 
 
-def test_bad_or_missing_token_is_forbidden(vault: VaultTarget) -> None:
+def test_unknown_or_missing_token_is_forbidden(vault_versioned: VaultTarget) -> None:
+    profile = vault_versioned.profile
     csr, _ = make_csr(BROKER)
-    for token in ("hvs.not-a-real-token", ""):
+    unknown = profile.token_prefixes[0] + "A1b2C3d4E5f6G7h8I9j0K1l2"
+    for token in (unknown, ""):
         with pytest.raises(hvac.exceptions.Forbidden) as exc:
-            sign(vault.client(token=token), csr)
-        assert "permission denied" in errors_of(exc)
+            sign(vault_versioned.client(token=token), csr)
+        assert profile.permission_denied() in errors_of(exc)
+    with pytest.raises(hvac.exceptions.Forbidden) as exc:
+        vault_versioned.client(token=unknown).auth.token.lookup_self()
+    assert errors_of(exc) == profile.invalid_token_errors()
 
 
-def test_token_lookup_renew_and_revoke(vault: VaultTarget) -> None:
+def test_malformed_token(vault_versioned: VaultTarget) -> None:
+    """A token this version reads a namespace suffix from: 400 on 1.7, 403 on current Vault."""
+    token = "hvs.not-a-real-token" if vault_versioned.profile.malformed_token_is_400 \
+        else "s.not-a-real.token"
+    assert vault_versioned.profile.is_malformed_token(token)
+    client = vault_versioned.client(token=token)
+    if vault_versioned.profile.malformed_token_is_400:
+        with pytest.raises(hvac.exceptions.InvalidRequest) as bad:
+            client.auth.token.lookup_self()
+        assert errors_of(bad) == ["error performing token check: failed to look up namespace "
+                                  "from the token: no namespace"]
+    else:
+        with pytest.raises(hvac.exceptions.Forbidden) as denied:
+            client.auth.token.lookup_self()
+        assert errors_of(denied) == vault_versioned.profile.invalid_token_errors()
+
+
+def test_token_lookup_renew_and_revoke(vault_versioned: VaultTarget) -> None:
+    vault = vault_versioned
     root = vault.client()
     auth = root.auth.token.create(policies=["default"], ttl="1h", explicit_max_ttl="2h")["auth"]
     assert auth["policies"] == ["default"] and auth["renewable"] is True
@@ -297,7 +360,7 @@ def test_token_lookup_renew_and_revoke(vault: VaultTarget) -> None:
     csr, _ = make_csr(BROKER)
     with pytest.raises(hvac.exceptions.Forbidden) as exc:  # default policy grants no PKI
         sign(user, csr)
-    assert errors_of(exc) == ["permission denied"]
+    assert errors_of(exc) == [vault.profile.permission_denied()]  # 1.7: in a multierror
 
     user.auth.token.revoke_self()
     with pytest.raises(hvac.exceptions.Forbidden):
@@ -471,15 +534,20 @@ def test_corrupt_mismatched_and_expired_certificates(vault_double: VaultDouble) 
     assert same_public_key(good.public_key(), key.public_key()) and remaining(good) > 0
 
 
-def test_legacy_mode_has_no_root_chain() -> None:
-    with VaultDouble(legacy=True) as double:
-        client = hvac.Client(url=double.url, token=double.root_token, timeout=5)
-        csr, _ = make_csr(BROKER)
-        assert "ca_chain" not in sign(client, csr)["data"]
-        assert client.secrets.pki.read_ca_certificate_chain(mount_point=MOUNT_A) == ""
-        with pytest.raises(hvac.exceptions.Forbidden) as exc:
-            hvac.Client(url=double.url, token="hvs.bogus").auth.token.lookup_self()
-        assert errors_of(exc) == ["permission denied"]
+def test_root_in_the_chain_per_version(vault_versioned: VaultTarget) -> None:
+    """Vault < 1.11 leaves a self-signed root out of ca_chain and answers /ca_chain with 204."""
+    client = vault_versioned.client()
+    csr, _ = make_csr(BROKER)
+    in_chain = vault_versioned.profile.root_in_chain
+    assert ("ca_chain" in sign(client, csr)["data"]) is in_chain
+    chain = client.secrets.pki.read_ca_certificate_chain(mount_point=MOUNT_A)
+    assert bool(chain) is in_chain
+
+
+def test_legacy_flag_is_the_1_7_profile() -> None:
+    with VaultDouble(legacy=True, mounts=()) as double:
+        assert double.profile.version == "1.7.10" and double.legacy
+        assert double.root_token.startswith("s.")
 
 
 def test_start_is_fast() -> None:

@@ -10,6 +10,10 @@ Fixtures (load with ``pytest_plugins = ["tests.vault_setup"]`` or import them):
   (prepared with ``prepare``), else a fresh ``VaultDouble``. Tests using it must only rely
   on behaviour both share.
 * ``vault_double``: always a fresh ``VaultDouble`` (for fault injection and auth methods).
+* ``vault_versioned``: a ``VaultTarget`` for each profile of the double (``PROFILES``), or
+  the real Vault alone when ``VAULT_ADDR`` and ``VAULT_TOKEN`` are set; its ``profile`` says
+  what that version answers (read from ``sys/health`` for a real one). Tests of behaviour
+  that differs between Vault versions use it and compare with ``target.profile``.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from tests.doubles.vault import (
     DEFAULT_MOUNTS,
     DEFAULT_ROLE,
     KAFKA_ROLE_PARAMS,
+    PROFILES,
     ROOT_CA_TTL,
     VaultDouble,
+    VaultProfile,
     parse_duration,
     root_common_name,
 )
+from tests.doubles.vault.profiles import profile_for
 
 __all__ = [
     "VaultTarget",
@@ -40,6 +47,7 @@ __all__ = [
     "vault",
     "vault_double",
     "vault_target",
+    "vault_versioned",
 ]
 
 _ROOT_MAX_LEASE_TTL = parse_duration(ROOT_CA_TTL)
@@ -100,6 +108,14 @@ class VaultTarget:
     _ca_cache: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
+    def profile(self) -> VaultProfile:
+        """What this Vault's version answers: the double's profile, or the one for the version
+        a real Vault reports in ``sys/health``."""
+        if self.double is not None:
+            return self.double.profile
+        return profile_for(str(self.client().sys.read_health_status(method="GET")["version"]))
+
+    @property
     def is_double(self) -> bool:
         """True when the target is a ``VaultDouble`` (fault injection available)."""
         return self.double is not None
@@ -134,8 +150,15 @@ class VaultTarget:
         self.close()
 
 
-def vault_target(mounts: Sequence[str] = DEFAULT_MOUNTS, role: str = DEFAULT_ROLE) -> VaultTarget:
-    """A real Vault from ``VAULT_ADDR``/``VAULT_TOKEN`` (prepared), else a started double.
+def _real_vault() -> bool:
+    return bool(os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN"))
+
+
+def vault_target(
+    mounts: Sequence[str] = DEFAULT_MOUNTS, role: str = DEFAULT_ROLE, version: str = "1.17"
+) -> VaultTarget:
+    """A real Vault from ``VAULT_ADDR``/``VAULT_TOKEN`` (prepared), else a started double
+    imitating ``version``.
 
     Close it (or use it as a context manager) to stop the double.
     """
@@ -144,7 +167,7 @@ def vault_target(mounts: Sequence[str] = DEFAULT_MOUNTS, role: str = DEFAULT_ROL
         target = VaultTarget(url=addr.rstrip("/"), token=token, mounts=tuple(mounts), role=role)
         prepare(target.client(), mounts, role)
         return target
-    double = VaultDouble(mounts=mounts, role=role).start()
+    double = VaultDouble(mounts=mounts, role=role, version=version).start()
     return VaultTarget(
         url=double.url, token=double.root_token, mounts=tuple(mounts), role=role, double=double
     )
@@ -162,3 +185,10 @@ def vault_double() -> Iterator[VaultDouble]:
     """A fresh, prepared VaultDouble (for fault injection and auth-method tests)."""
     with VaultDouble() as double:
         yield double
+
+
+@pytest.fixture(params=["server"] if _real_vault() else sorted(PROFILES))
+def vault_versioned(request: pytest.FixtureRequest) -> Iterator[VaultTarget]:
+    """The real Vault (VAULT_ADDR and VAULT_TOKEN set), else a double of each version."""
+    with vault_target(version="1.17" if request.param == "server" else request.param) as target:
+        yield target

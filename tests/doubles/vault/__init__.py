@@ -13,8 +13,11 @@ It comes up prepared like ``tests.vault_setup.prepare`` leaves a real Vault: PKI
 ``pki_root_a``/``pki_root_b`` (max_lease_ttl 87600h), each with its own EC P-256 root CA
 ("Kafka Root A"/"Kafka Root B") and a role ``kafka``.
 
-Behaviour follows current Vault (1.15+) unless ``legacy=True``; see ``VaultDouble`` for the
-few differences from Vault 1.7. Fault injection (down, sealed, failing, corrupt, mismatched
+Behaviour follows current Vault (1.17) unless ``version="1.7"``: what differs between the
+two (error texts, status codes, warnings, the root in the chain) is one ``VaultProfile`` each,
+in ``tests.doubles.vault.profiles``; ``sys/health`` reports the profile's version.
+
+Fault injection (down, sealed, failing, corrupt, mismatched
 or expired certificates, revoked/expired tokens) is driven from Python, thread-safely.
 
 Run standalone (for multi-process drills)::
@@ -51,12 +54,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.doubles.vault.profiles import CURRENT, PROFILES, VaultProfile, profile_for
+
 __all__ = [
     "DEFAULT_MOUNTS",
     "DEFAULT_ROLE",
     "KAFKA_ROLE_PARAMS",
+    "PROFILES",
     "ROOT_CA_TTL",
     "VaultDouble",
+    "VaultProfile",
     "root_common_name",
 ]
 
@@ -77,13 +84,11 @@ KAFKA_ROLE_PARAMS: dict[str, Any] = {
     "organization": ["Example"],
 }
 
-VAULT_VERSION = "1.17.3"
+VAULT_VERSION = CURRENT.version
 SYSTEM_DEFAULT_TTL = 768 * 3600  # Vault's built-in default_lease_ttl and max_lease_ttl (32 days)
 SYSTEM_MAX_TTL = 768 * 3600
 NOT_BEFORE_SKEW = 30  # seconds; Vault backdates notBefore by the role's not_before_duration
 
-PERMISSION_DENIED = "permission denied"
-INVALID_TOKEN = "invalid token"
 SEALED = "Vault is sealed"
 
 # Vault's hostnameRegex (builtin/logical/pki/cert_util.go).
@@ -441,8 +446,8 @@ class _Mount:
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
     issued: dict[str, str] = field(default_factory=dict)  # colon serial -> PEM
 
-    def info(self) -> dict[str, Any]:
-        plugin = f"v{VAULT_VERSION}+builtin.vault"
+    def info(self, version: str = VAULT_VERSION) -> dict[str, Any]:
+        plugin = f"v{version}+builtin.vault"
         return {
             "accessor": self.accessor,
             "config": {
@@ -583,9 +588,14 @@ class VaultDouble:
       (CN from ``root_common_name``) and the ``role`` (``KAFKA_ROLE_PARAMS``). Pass ``()`` for
       an empty Vault, e.g. to exercise ``vault_setup.prepare``.
     * ``port``: 0 picks a free port; ``root_token``: fixed root token (random by default).
-    * ``legacy``: behave like Vault 1.7 where it differs from current Vault: no ``ca_chain`` in
-      sign/issue answers of a root-signed mount and an empty 204 from ``/ca_chain``; an invalid
-      token gets ``["permission denied"]`` only (1.17+ adds ``"invalid token"``).
+    * ``version``: the Vault version to behave like, "1.17" (current, the default) or "1.7"
+      (any version is mapped to one of the two, ``profiles.profile_for``). 1.7: no
+      ``ca_chain`` in sign/issue answers of a root-signed mount and an empty 204 from
+      ``/ca_chain``; single-quoted values and ``no handler for route 'x'``; permission denied
+      wrapped as ``1 error occurred:\n\t* permission denied\n\n`` and without
+      ``"invalid token"``; 400 ``error performing token check: ...`` for a token with an
+      unknown namespace suffix (current Vault: 403); no warning when max_ttl caps the TTL.
+      ``legacy=True`` is the old spelling of ``version="1.7"``.
 
     Python-side configuration: ``add_mount``, ``add_policy``, ``add_approle``,
     ``add_kubernetes_role``, ``create_token``. Faults: ``set_down``, ``set_sealed``,
@@ -602,13 +612,16 @@ class VaultDouble:
         host: str = "127.0.0.1",
         port: int = 0,
         root_token: str | None = None,
+        version: str = "1.17",
         legacy: bool = False,
     ) -> None:
         self._lock = threading.RLock()
         self._host = host
         self._port = port
         self._role_name = role
-        self.legacy = legacy
+        self.profile: VaultProfile = profile_for("1.7" if legacy else version)
+        #: True for the Vault 1.7 profile (kept for callers of the old flag).
+        self.legacy = not self.profile.root_in_chain
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._started = False
@@ -642,7 +655,7 @@ class VaultDouble:
                 local=kind == "cubbyhole",
                 accessor=f"{kind}_{secrets.token_hex(4)}",
             )
-        token = root_token or _random_id("hvs.")
+        token = root_token or _random_id(self._token_prefix)
         now = time.time()
         self._tokens[token] = _Token(
             id=token,
@@ -1064,15 +1077,19 @@ class VaultDouble:
             value = lowered["authorization"][len("bearer ") :]
         value = value.strip()
         if not value:
-            raise _Reply(403, [PERMISSION_DENIED])
+            raise _Reply(403, [self.profile.permission_denied()])
         with self._lock:
             token = self._tokens.get(value)
+            if token is None and self.profile.is_malformed_token(value):
+                raise _Reply(*self.profile.malformed_token_reply())
             if token is None or not token.valid(time.time()):
-                raise _Reply(403, self._invalid_token_errors())
+                raise _Reply(403, self.profile.invalid_token_errors())
             return token
 
-    def _invalid_token_errors(self) -> list[str]:
-        return [PERMISSION_DENIED] if self.legacy else [PERMISSION_DENIED, INVALID_TOKEN]
+    @property
+    def _token_prefix(self) -> str:
+        """Service tokens are ``hvs.`` from Vault 1.10, ``s.`` before."""
+        return self.profile.token_prefixes[0]
 
     def _authorize(self, token: _Token, rel: str) -> None:
         if "root" in token.policies:
@@ -1082,7 +1099,7 @@ class VaultDouble:
                 for pattern in self._policies.get(policy, []):
                     if pattern.fullmatch(rel):
                         return
-        raise _Reply(403, [PERMISSION_DENIED])
+        raise _Reply(403, [self.profile.permission_denied()])
 
     def _consume_use(self, token: _Token) -> None:
         with self._lock:
@@ -1113,7 +1130,7 @@ class VaultDouble:
         if bound and ttl > bound:
             ttl = bound
         token = _Token(
-            id=_random_id("hvs."),
+            id=_random_id(self._token_prefix),
             accessor=_random_id(),
             policies=policies,
             path=path,
@@ -1169,7 +1186,7 @@ class VaultDouble:
             if role is None:
                 raise _bad(f'invalid role name "{role_name}"')
             if jwt not in role.accepted_jwts:
-                raise _Reply(403, [PERMISSION_DENIED])
+                raise _Reply(403, [self.profile.permission_denied()])
             token = self._new_token(
                 policies=_sanitize_policies(role.policies),
                 path="auth/kubernetes/login",
@@ -1202,7 +1219,7 @@ class VaultDouble:
         with self._lock:
             mount = self._find_mount(rel)
         if mount is None:
-            raise _Reply(404, [f'no handler for route "{rel}". route entry not found.'])
+            raise _Reply(404, [self.profile.no_handler(rel)])
         sub = rel[len(mount.path) :].strip("/")
         if mount.type == "pki":
             return self._pki(method, mount, sub, params)
@@ -1230,7 +1247,7 @@ class VaultDouble:
             "replication_performance_mode": "disabled",
             "replication_dr_mode": "disabled",
             "server_time_utc": int(time.time()),
-            "version": VAULT_VERSION,
+            "version": self.profile.version,
             "cluster_name": "vault-double",
             "cluster_id": self.cluster_id,
         }
@@ -1247,7 +1264,7 @@ class VaultDouble:
             "n": 1,
             "progress": 0,
             "nonce": "",
-            "version": VAULT_VERSION,
+            "version": self.profile.version,
             "build_date": "",
             "migration": False,
             "cluster_name": "vault-double",
@@ -1258,7 +1275,7 @@ class VaultDouble:
 
     def _list_mounts(self) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
-            data = {f"{m.path}/": m.info() for m in self._mounts.values()}
+            data = {f"{m.path}/": m.info(self.profile.version) for m in self._mounts.values()}
         body = self._envelope(data)
         body.update(data)  # Vault also repeats the mounts at the top level (legacy shape)
         return self._json(200, body)
@@ -1292,7 +1309,7 @@ class VaultDouble:
             if method == "GET":
                 if mount is None:
                     raise _bad(f"No secret engine mount at {path}/")
-                info = mount.info()
+                info = mount.info(self.profile.version)
                 body = self._envelope(info)
                 body.update(info)
                 return self._json(200, body)
@@ -1493,7 +1510,7 @@ class VaultDouble:
     def _chain_pems(self, mount: _Mount) -> list[str]:
         with self._lock:
             cert = mount.ca_cert
-        if cert is None or self.legacy:
+        if cert is None or not self.profile.root_in_chain:
             return []  # Vault < 1.11 leaves a self-signed root out of the chain
         return [_pem(cert)]
 
@@ -1966,7 +1983,9 @@ class VaultDouble:
                 try:
                     ips.append(ipaddress.ip_address(value))
                 except ValueError:
-                    raise _bad(f'the value "{value}" is not a valid IP address') from None
+                    raise _bad(
+                        f"the value {self.profile.quote(value)} is not a valid IP address"
+                    ) from None
             uri_alt = _parse_list(params.get("uri_sans"))
             if uri_alt and not role["allowed_uri_sans"]:
                 raise _bad(
@@ -1999,12 +2018,12 @@ class VaultDouble:
         max_ttl = role["max_ttl"] or mount.effective_max_ttl()
         if ttl == 0:
             ttl = mount.effective_default_ttl()
-        if ttl > max_ttl:
+        if ttl > max_ttl and self.profile.warns_ttl_cap:
             warnings.append(
                 f'TTL "{go_duration(ttl)}" is longer than permitted maxTTL '
                 f'"{go_duration(max_ttl)}", so maxTTL is being used'
             )
-            ttl = max_ttl
+        ttl = min(ttl, max_ttl)
         now = dt.datetime.now(dt.UTC)
         not_after = now + dt.timedelta(seconds=ttl)
         ca_not_after = ca_cert.not_valid_after_utc
@@ -2109,11 +2128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also print the bare root token on a second stdout line (for shell use)",
     )
     parser.add_argument(
-        "--legacy", action="store_true", help="Vault 1.7 behaviour (see VaultDouble)"
+        "--version", default="1.17", choices=sorted(PROFILES), help="Vault version to imitate"
     )
+    parser.add_argument("--legacy", action="store_true", help="the same as --version 1.7")
     args = parser.parse_args(argv)
     double = VaultDouble(
-        host=args.host, port=args.port, root_token=args.root_token, legacy=args.legacy
+        host=args.host, port=args.port, root_token=args.root_token,
+        version=args.version, legacy=args.legacy
     )
     stop = threading.Event()
 
