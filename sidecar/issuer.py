@@ -8,7 +8,7 @@ import datetime as dt
 from cryptography import x509
 
 from sidecar.keys import build_csr, csr_pem, generate_private_key, load_private_key, parse_subject
-from sidecar.material import Material, check_material
+from sidecar.material import Material, check_material, ttl_cap
 from sidecar.renewal import Desired, Identity
 from sidecar.vault import VaultError, VaultPKI
 
@@ -34,6 +34,7 @@ class Issuer:
         Raises VaultError (Vault failed) or MaterialError (Vault's answer is unusable).
         """
         ident = self.identity
+        requested_at = dt.datetime.now(dt.UTC)
         if self.mode == "issue":
             signed = self.vault.issue(desired.signer, self.pki_role, self.common_name,
                                       ident.dns_sans, ident.ip_sans, self.ttl, ident.key_type)
@@ -50,7 +51,8 @@ class Issuer:
                                      self.common_name, ident.dns_sans, ident.ip_sans, self.ttl)
         trust = {mount: self.vault.ca_certificates(mount) for mount in desired.trust}
         material = Material(key=key, certificate=signed.certificate, chain=signed.chain,
-                            trust=trust, signer=desired.signer, vault_warnings=signed.warnings)
+                            trust=trust, signer=desired.signer, vault_warnings=signed.warnings,
+                            ttl_capped=ttl_cap(signed.certificate, self.ttl, requested_at))
         check_material(material, subject=ident.subject, dns_names=ident.dns_sans,
                        ip_addresses=ident.ip_sans, now=now)
         return material

@@ -172,8 +172,11 @@ class AuthManager:
                       rotation_id=new.rotation_id, phase=new.phase,
                       vault_seconds=round(obtained - started, 4),
                       write_seconds=round(written - obtained, 4))
+        if material.ttl_capped is not None:  # read from the certificate: 1.7 does not warn
+            self.log.warning("vault_ttl_capped", requested=material.ttl_capped.requested,
+                             granted=material.ttl_capped.granted, serial=new.serial,
+                             signer=desired.signer)
         for warning in material.vault_warnings:
-            # Most often the role's max_ttl capped the requested ttl: renewals come sooner.
             self.log.warning("vault_warning", operation=f"sign with {desired.signer}",
                              warning=warning, serial=new.serial)
         self.metrics.renewals.labels(result="ok").inc()

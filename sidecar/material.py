@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from cryptography import x509
@@ -30,8 +31,10 @@ class Material:
     chain: tuple[x509.Certificate, ...]
     trust: Mapping[str, tuple[x509.Certificate, ...]]
     signer: str
-    #: What Vault warned about while signing (e.g. the TTL was capped by the role's max_ttl).
+    #: What Vault warned about while signing, the warnings every sign gets left out.
     vault_warnings: tuple[str, ...] = ()
+    #: Set when Vault granted less than the requested TTL (see :func:`ttl_cap`).
+    ttl_capped: TtlCap | None = None
 
     @property
     def serial_hex(self) -> str:
@@ -40,6 +43,47 @@ class Material:
     @property
     def trust_certificates(self) -> list[x509.Certificate]:
         return [cert for mount in sorted(self.trust) for cert in self.trust[mount]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TtlCap:
+    """Vault granted ``granted`` seconds of the ``requested`` (the role's or mount's max_ttl)."""
+
+    requested: int
+    granted: int
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600,
+                   "d": 86400}
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds of a Vault duration ("24h", "1h30m", "3600"); ValueError if it is not one."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Vault duration: {value!r}")
+    return int(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def ttl_cap(cert: x509.Certificate, requested: str, requested_at: dt.datetime) -> TtlCap | None:
+    """Whether Vault granted ``cert`` less than the ``requested`` TTL, read from the
+    certificate itself: Vault < 1.11 caps a TTL above the role's max_ttl without a warning.
+
+    Vault backdates notBefore (the role's not_before_duration, 30 s by default) and sets
+    notAfter to issue time + granted TTL, so notAfter - notBefore is at least the granted TTL
+    whatever the clocks: a lifetime shorter than the request is a cap. ``granted`` is
+    notAfter - ``requested_at`` (when the request was sent, our clock), at most the lifetime.
+    """
+    wanted = duration_seconds(requested)
+    lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
+    if lifetime >= wanted:
+        return None
+    granted = min(lifetime, (cert.not_valid_after_utc - requested_at).total_seconds())
+    return TtlCap(requested=wanted, granted=max(0, round(granted)))
 
 
 def format_serial(serial: int) -> str:

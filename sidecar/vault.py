@@ -7,6 +7,7 @@ The only module that talks to Vault. Every failure surfaces as :class:`VaultErro
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,11 +117,31 @@ class KubernetesAuth:
                                      use_token=True)
 
 
+#: Vault < 1.11 wraps some errors in a go-multierror: "1 error occurred:\n\t* permission
+#: denied\n\n". The items are what an operator needs.
+_MULTIERROR = re.compile(r"^\d+ errors? occurred:")
+
+
+def _unwrap(error: str) -> list[str]:
+    if not _MULTIERROR.match(error):
+        return [error.strip()]
+    items = (line.strip().removeprefix("* ") for line in error.splitlines()[1:])
+    return [item.strip() for item in items if item.strip()]
+
+
 def _errors_text(exc: hvac.exceptions.VaultError) -> str:
     errors = getattr(exc, "errors", None)
     if isinstance(errors, list | tuple) and errors:
-        return "; ".join(str(e) for e in errors)
+        return "; ".join(item for e in errors for item in _unwrap(str(e)))
     return str(exc).split(", on ")[0] or type(exc).__name__
+
+
+def _token_refused(exc: hvac.exceptions.VaultError) -> bool:
+    """A 400 that refuses the token, not the request: Vault 1.7 answers a token it cannot
+    parse (one with an unknown namespace suffix) with 400 "error performing token check:
+    ..." where current Vault answers 403 (hashicorp/vault#6287, #23216). It is the token's
+    fault, so it is handled like a 403: log in again once, then permanent."""
+    return "token check" in _errors_text(exc)
 
 
 def translate(exc: Exception, operation: str, addr: str) -> VaultError:
@@ -134,7 +155,8 @@ def translate(exc: Exception, operation: str, addr: str) -> VaultError:
     if isinstance(exc, hvac.exceptions.VaultDown):
         return VaultError(f"Vault {operation}: Vault is sealed or in maintenance "
                           f"({_errors_text(exc)})", "sealed")
-    if isinstance(exc, hvac.exceptions.Forbidden):
+    if isinstance(exc, hvac.exceptions.Forbidden) or (
+            isinstance(exc, hvac.exceptions.InvalidRequest) and _token_refused(exc)):
         return VaultError(f"Vault {operation}: permission denied ({_errors_text(exc)}); check "
                           "the token's policy", "forbidden")
     if isinstance(exc, hvac.exceptions.InvalidPath):
@@ -313,9 +335,12 @@ def _parse_signed(response: Any, operation: str, with_key: bool) -> SignedCertif
 
 
 def _expected(warning: str) -> bool:
-    """Vault warns on every sign that common_name/alt_names were sent although the role takes
-    them from the CSR; they are sent on purpose, for roles that do not."""
-    return "field was provided but the role is set with" in warning
+    """Warnings that are not news. Vault warns on every sign that common_name/alt_names were
+    sent although the role takes them from the CSR; they are sent on purpose, for roles that
+    do not. Vault 1.11+ warns that max_ttl capped the TTL ("... so maxTTL is being used"), and
+    1.7 does not: the issuer reads the cap from the certificate on every version instead."""
+    return ("field was provided but the role is set with" in warning
+            or "so maxTTL is being used" in warning)
 
 
 def authenticator_from(method: str, *, token: str | None, token_file: Path | None,

@@ -30,13 +30,16 @@ from sidecar.manager import StaticSource
 from sidecar.material import certificate_pem, parse_certificates
 from sidecar.renewal import Desired
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
+from tests import vault_setup
 from tests.console import run_script
 from tests.doubles.vault import VaultDouble
 from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
 from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager, metric
 from tests.pki import LocalRoot
-from tests.vault_setup import VaultTarget
+from tests.vault_setup import VaultTarget, vault_target
+
+vault_versioned = vault_setup.vault_versioned
 
 DESIRED_A = Desired(signer="pki_root_a", trust=("pki_root_a",))
 DESIRED_AB = Desired(signer="pki_root_a", trust=("pki_root_a", "pki_root_b"))
@@ -399,18 +402,80 @@ def test_issue_mode(vault: VaultTarget, tmp_path: Path) -> None:
     assert manifest.key_type == "ec-p256" and manifest.subject == SUBJECT
 
 
-def test_ttl_capped_by_the_role_is_logged(vault: VaultTarget, tmp_path: Path) -> None:
+def test_ttl_capped_by_the_role_is_logged(vault_versioned: VaultTarget, tmp_path: Path
+                                          ) -> None:
+    """Read from the certificate, so it holds on 1.7 too, which gives no warning."""
+    vault = vault_versioned
     config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path, ttl="100h")
     manager, _, log = make_manager(config)
     manifest = manager.reconcile(DESIRED_A)
     lifetime = (dt.datetime.fromisoformat(manifest.not_after)
                 - dt.datetime.fromisoformat(manifest.not_before))
     assert lifetime <= dt.timedelta(hours=72, minutes=1), "the role's max_ttl (72h) applies"
-    warnings = log.named("vault_warning")
-    # only that one: the use_csr_* warnings every sign gets are expected and not logged
-    assert [w["warning"] for w in warnings if "maxTTL" not in w["warning"]] == [], warnings
-    assert warnings and "maxTTL" in warnings[0]["warning"], log.events
-    assert warnings[0]["serial"] == manifest.serial
+    capped = log.named("vault_ttl_capped")
+    assert len(capped) == 1, log.events
+    assert capped[0]["requested"] == 100 * 3600
+    assert 72 * 3600 - 120 <= capped[0]["granted"] <= 72 * 3600
+    assert capped[0]["serial"] == manifest.serial
+    # Vault's own cap warning (current Vault only) and the use_csr_* ones are not repeated
+    assert log.named("vault_warning") == [], log.events
+    manager.reconcile(DESIRED_A)  # nothing to renew: no second report for that certificate
+    assert len(log.named("vault_ttl_capped")) == 1
+
+
+def test_ttl_within_the_role_max_is_not_reported(vault_versioned: VaultTarget,
+                                                 tmp_path: Path) -> None:
+    config = make_config(vault_versioned.url, vault_versioned.token, tmp_path / "volume",
+                         tmp_path, ttl="72h")
+    manager, _, log = make_manager(config)
+    manager.reconcile(DESIRED_A)
+    assert log.named("vault_ttl_capped") == [] and log.named("vault_warning") == []
+
+
+def _refusal(vault: VaultPKI, call: str) -> VaultError:
+    csr = csr_pem(build_csr(generate_private_key("ec-p256"),
+                            parse_subject("CN=broker-1.kafka.test"), ["broker-1.kafka.test"], []))
+    with pytest.raises(VaultError) as info:
+        if call == "ca":
+            vault.ca_certificates("pki_root_a")
+        elif call == "bad_ip":
+            vault.issue("pki_root_a", "kafka-issue", "broker-1.kafka.test", [],
+                        ["10.0.0.300"], "1h", "ec-p256")
+        else:
+            vault.sign(call, "kafka", csr, "broker-1.kafka.test", [], [], "1h")
+    return info.value
+
+
+@pytest.mark.parametrize("version", sorted(vault_setup.PROFILES))
+def test_vault_refusals_are_classified_on_every_version(version: str) -> None:
+    """By status code and meaning, never by text: each version's wording gets the same
+    reason, and the operator's message has no go-multierror wrapping."""
+    with vault_target(version=version) as target:
+        assert target.double is not None
+        double = target.double
+        double.add_policy("sign-only", ["pki_root_a/sign/kafka"])
+        client = target.client()
+        client.secrets.pki.create_or_update_role(
+            "kafka-issue", extra_params={**vault_setup.KAFKA_ROLE_PARAMS, "key_type": "ec",
+                                         "key_bits": 256}, mount_point="pki_root_a")
+        root = VaultPKI(target.url, TokenAuth(token=target.token))
+
+        missing = _refusal(root, "pki_nope")
+        assert (missing.reason, missing.permanent) == ("not_found", True)
+        assert "no handler for route" in str(missing)
+
+        bad_ip = _refusal(root, "bad_ip")
+        assert (bad_ip.reason, bad_ip.permanent) == ("invalid_request", True)
+        assert "10.0.0.300" in str(bad_ip) and "is not a valid IP address" in str(bad_ip)
+
+        denied = _refusal(VaultPKI(target.url, TokenAuth(
+            token=double.create_token(["sign-only"], "1h"))), "ca")
+        assert (denied.reason, denied.permanent) == ("forbidden", True)
+        assert "(permission denied)" in str(denied) and "error occurred" not in str(denied)
+
+        malformed = double.profile.token_prefixes[0] + "not-a.real-token"
+        refused = _refusal(VaultPKI(target.url, TokenAuth(token=malformed)), "pki_root_a")
+        assert (refused.reason, refused.permanent) == ("forbidden", True), str(refused)
 
 
 def test_health_endpoints(vault: VaultTarget, tmp_path: Path) -> None:
