@@ -55,6 +55,8 @@ setup_root() {
       key_type=ec key_bits=256 ttl=87600h >/dev/null
     log "$root mounted with a new internal root CA (Example Kafka Root $letter)"
   fi
+  # A role write replaces the whole role, and one without key_type is rsa on every Vault
+  # version (1.7 included): it would refuse the sidecars' EC CSRs. key_type=any signs both.
   vault write "$root/roles/kafka" \
     allowed_domains="kafka.test,localhost" allow_subdomains=true allow_localhost=true \
     allow_ip_sans=true allow_bare_domains=true key_type=any \

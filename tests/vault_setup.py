@@ -92,6 +92,8 @@ def prepare(
                 extra_params={"ttl": ROOT_CA_TTL, "key_type": "ec", "key_bits": 256},
                 mount_point=mount,
             )
+        # Written whole (a role write replaces the role); KAFKA_ROLE_PARAMS sets key_type=any,
+        # without which the role is rsa-only and refuses EC CSRs on every Vault version.
         params = {k: (list(v) if isinstance(v, list) else v) for k, v in KAFKA_ROLE_PARAMS.items()}
         client.secrets.pki.create_or_update_role(role, extra_params=params, mount_point=mount)
 
