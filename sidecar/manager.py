@@ -172,10 +172,12 @@ class AuthManager:
                       rotation_id=new.rotation_id, phase=new.phase,
                       vault_seconds=round(obtained - started, 4),
                       write_seconds=round(written - obtained, 4))
-        if material.ttl_capped is not None:  # read from the certificate: 1.7 does not warn
-            self.log.warning("vault_ttl_capped", requested=material.ttl_capped.requested,
-                             granted=material.ttl_capped.granted, serial=new.serial,
-                             signer=desired.signer)
+        # Read from the certificate, not from Vault's warning: Vault 1.7 caps without one.
+        # (getattr: the fleet simulator's FakeMaterial has no ttl_capped.)
+        capped = getattr(material, "ttl_capped", None)
+        if capped is not None:
+            self.log.warning("vault_ttl_capped", requested=capped.requested,
+                             granted=capped.granted, serial=new.serial, signer=desired.signer)
         for warning in material.vault_warnings:
             self.log.warning("vault_warning", operation=f"sign with {desired.signer}",
                              warning=warning, serial=new.serial)
