@@ -173,8 +173,7 @@ class AuthManager:
                       vault_seconds=round(obtained - started, 4),
                       write_seconds=round(written - obtained, 4))
         # Read from the certificate, not from Vault's warning: Vault 1.7 caps without one.
-        # (getattr: the fleet simulator's FakeMaterial has no ttl_capped.)
-        capped = getattr(material, "ttl_capped", None)
+        capped = material.ttl_capped
         if capped is not None:
             self.log.warning("vault_ttl_capped", requested=capped.requested,
                              granted=capped.granted, serial=new.serial, signer=desired.signer)

@@ -70,6 +70,7 @@ class FakeMaterial:
     not_before: dt.datetime
     not_after: dt.datetime
     vault_warnings: tuple[str, ...] = ()
+    ttl_capped: None = None
 
 
 class FakeVault:
