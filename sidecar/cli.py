@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import AuthManagerConfig, check_files, load_config
+from sidecar.consul_store import SIDECAR_POLICY, ConsulError
 from sidecar.health import check_heartbeat, serve_health
 from sidecar.issuer import Issuer
 from sidecar.lifecycle import install_stop_handlers, run_until_stopped
@@ -134,8 +135,9 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
     """Init-container mode: valid, current material on the volume, or a non-zero exit.
 
     Transient failures (Vault or Consul not up yet, the rotation record not there yet) are
-    retried with backoff until ``timeout`` seconds have passed (exit 1). A permanent Vault
-    refusal (see VaultError.permanent) ends it at once with exit 2: retrying cannot help.
+    retried with backoff until ``timeout`` seconds have passed (exit 1). A permanent refusal
+    (a Vault one, see VaultError.permanent, or a Consul ACL 403) ends it at once with exit 2:
+    retrying cannot help.
     """
     deadline = time.monotonic() + timeout
     attempt = 0
@@ -151,8 +153,7 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
                 kind = error_kind(exc)
                 if is_permanent(exc):
                     log.error("once_failed", error=str(exc), kind=kind, attempts=attempt,
-                              permanent=True, action="not retried: fix the Vault role, "
-                              "policy or mount names, then run again")
+                              permanent=True, action=permanent_action(exc))
                     return 2
                 delay = backoff_delay(attempt - 1, manager.backoff_initial, manager.backoff_max,
                                       manager.rng.random())
@@ -171,6 +172,14 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
     log.info("once_ok", generation=manifest.generation, serial=manifest.serial,
              not_after=manifest.not_after)
     return 0
+
+
+def permanent_action(exc: Exception) -> str:
+    """What to fix after a permanent refusal (the ``action`` of ``once_failed``)."""
+    if isinstance(exc, ConsulError):
+        return (f"not retried: give CONSUL_HTTP_TOKEN a token whose policy allows this (see "
+                f"{SIDECAR_POLICY}), then run again")
+    return "not retried: fix the Vault role, policy or mount names, then run again"
 
 
 def manager_health(manager: AuthManager, config: AuthManagerConfig) -> tuple[bool, str]:

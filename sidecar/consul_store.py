@@ -27,12 +27,23 @@ T = TypeVar("T")
 TIMEOUT_MARGIN = 5.0
 
 
+#: Where the sidecar's Consul ACL policy is shown (the 403 message points there).
+SIDECAR_POLICY = "docker/consul/kafka-pki-sidecar.policy.hcl"
+
+
 class ConsulError(Exception):
-    """A Consul request failed; ``reason`` labels it for metrics."""
+    """A Consul request failed; ``reason`` labels it for metrics (``forbidden``: ACL 403,
+    ``unavailable``, ``timeout``, ``not_found``, ``error`` for other answers, ...)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def permanent(self) -> bool:
+        """An ACL refusal (403 "Permission denied" / "ACL not found"): retrying with the same
+        token cannot help until someone fixes the token or its policy."""
+        return self.reason == "forbidden"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +149,9 @@ class ConsulStore:
             raise ConsulError(f"Consul {what}: cannot connect to {self.addr}",
                               "unavailable") from None
         except consul.ACLPermissionDenied as exc:
-            raise ConsulError(f"Consul {what}: permission denied ({exc}); check "
-                              "CONSUL_HTTP_TOKEN's policy", "forbidden") from None
+            raise ConsulError(f"Consul {what} under {self.prefix}: permission denied ({exc}); "
+                              f"check CONSUL_HTTP_TOKEN and its policy (see {SIDECAR_POLICY})",
+                              "forbidden") from None
         except consul.NotFound as exc:
             raise ConsulError(f"Consul {what}: not found ({exc})", "not_found") from None
         except consul.ConsulException as exc:

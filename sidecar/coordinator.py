@@ -320,7 +320,7 @@ class RotationParticipant:
             return self._desired()
         except ConsulError as exc:
             self.metrics.consul_errors.labels(reason=exc.reason).inc()
-            raise RotationConsulError(str(exc)) from exc
+            raise RotationConsulError(str(exc), exc.reason) from exc
 
     def _desired(self) -> Desired:
         installed = self.manager.current_manifest()
@@ -464,10 +464,8 @@ class RotationParticipant:
 
 
 class RotationConsulError(ConsulError):
-    """Consul failed during a reconcile pass; the material stays as it is."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "consul")
+    """Consul failed during a reconcile pass; the material stays as it is. Keeps the
+    underlying ConsulError's reason: a 403 must stay permanent (``forbidden``)."""
 
 
 __all__ = ["ACTIVE_ROOT", "KEEPER", "NODES", "ROTATION", "RotationConsulError",

@@ -27,13 +27,18 @@ RECOVERABLE = (VaultError, MaterialError, VolumeError, ConsulError, RotationInpu
 
 
 def is_permanent(exc: Exception) -> bool:
-    """A Vault refusal that retrying cannot fix (a role, policy or mount to correct)."""
+    """A refusal that retrying cannot fix: Vault's (a role, policy or mount to correct) or
+    Consul's ACL 403 (CONSUL_HTTP_TOKEN missing, unknown, or its policy lacks the key).
+    Consul unreachable, timing out or answering 5xx is transient."""
+    if isinstance(exc, ConsulError):
+        return exc.permanent
     return isinstance(exc, VaultError) and exc.permanent
 
 
 def error_kind(exc: Exception) -> str:
-    """The metric label of a failure: the Vault reason (``permanent_`` in front for a
-    permanent refusal), ``bad_material``, ``volume``, ``rotation_input``, ``consul_*``."""
+    """The metric label of a failure: the Vault reason or ``consul_<reason>``
+    (``permanent_`` in front for a permanent refusal), ``bad_material``, ``volume``,
+    ``rotation_input``."""
     if isinstance(exc, MaterialError):
         return "bad_material"
     if isinstance(exc, VolumeError):
@@ -41,9 +46,10 @@ def error_kind(exc: Exception) -> str:
     if isinstance(exc, RotationInputError):
         return "rotation_input"
     if isinstance(exc, ConsulError):
-        return f"consul_{exc.reason}"
-    kind = getattr(exc, "reason", None) or type(exc).__name__
-    return f"permanent_{kind}" if is_permanent(exc) else str(kind)
+        kind = f"consul_{exc.reason}"
+    else:
+        kind = str(getattr(exc, "reason", None) or type(exc).__name__)
+    return f"permanent_{kind}" if is_permanent(exc) else kind
 
 
 class DesiredSource(Protocol):

@@ -68,6 +68,11 @@ RELOAD_FAILS_ALERTS = ("PkiRotationPhaseStuck", "PkiRotationParticipantBehind",
 PROMETHEUS_SCALE = 1 / 30
 # Root ignores file modes through these capabilities: the volume-read-only victim runs without.
 DAC_CAPABILITIES = ("dac_override", "dac_read_search", "fowner")
+#: Teardown: how long a sidecar may take to exit after SIGTERM before it is killed -9.
+STOP_GRACE = 10.0
+#: Teardown: how long to wait for a sidecar started moments ago (a kill fault's restart) to
+#: log ``started`` before sending it SIGTERM (earlier, the signal finds no handler yet).
+START_GRACE = 10.0
 PASSWORD = "drill-store-pass"
 PREFIX, CLUSTER = "kafka-pki", "drill"
 A, B, C = "pki_root_a", "pki_root_b", "pki_root_c"
@@ -93,6 +98,18 @@ class Mark:
     kind: str = "fault"  # or "operator"
 
 
+@dataclasses.dataclass(frozen=True)
+class StopTime:
+    """How one sidecar ended at teardown."""
+
+    kind: str  # pki-auth-manager or tls-monitor
+    participant: str
+    outcome: str  # "exited" (by itself after SIGTERM), "killed" (-9 after STOP_GRACE),
+    #               "killed by a fault" (kill -9, not restarted), "exited before teardown"
+    seconds: float | None = None  # SIGTERM to exit
+    returncode: int | None = None
+
+
 class Proc:
     """A sidecar process (restartable; logs to a file)."""
 
@@ -101,10 +118,15 @@ class Proc:
         self.name, self.args, self.env, self.log_file = name, args, env, log_file
         self.wrapper = wrapper  # a command the process is started (and restarted) under
         self.popen: subprocess.Popen[bytes] | None = None
+        self.killed = False  # the current process was killed -9 (a fault)
+        self._log_offset = 0  # where the current process's output starts in the log file
 
     def start(self) -> Proc:
         # Output goes through a pipe, copied to the log file here: a pipe is not subject to
         # the file size limit the volume-full fault puts on the process.
+        self.killed = False
+        with suppress(FileNotFoundError):
+            self._log_offset = self.log_file.stat().st_size
         self.popen = subprocess.Popen([*self.wrapper, sys.executable, *self.args], env=self.env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         threading.Thread(target=self._copy, args=(self.popen,), daemon=True).start()
@@ -121,14 +143,16 @@ class Proc:
         if self.popen and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGKILL)
             self.popen.wait()
+            self.killed = True
 
-    def stop(self) -> None:
-        if self.popen and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+    def started(self) -> bool:
+        """The current process logged ``started`` (its stop handlers are installed)."""
+        try:
+            with self.log_file.open("rb") as handle:
+                handle.seek(self._log_offset)
+                return b'"started"' in handle.read()
+        except FileNotFoundError:
+            return False
 
     @property
     def pid(self) -> int:
@@ -297,6 +321,7 @@ class Result:
     failures: list[tuple[float, str, str, str]] = dataclasses.field(  # at, from, to, why
         default_factory=list)
     picture: Path | None = None  # timeline.svg, when the directory is kept
+    stops: list[StopTime] = dataclasses.field(default_factory=list)
 
 
 class Drill:
@@ -327,6 +352,7 @@ class Drill:
         self.marks: list[Mark] = []  # the notes worth a mark in the picture, with times
         self._fault_threads: list[threading.Thread] = []
         self._stop_faults = threading.Event()
+        self.stops: list[StopTime] = []  # how each sidecar ended at teardown
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -443,10 +469,13 @@ class Drill:
         for thread in self._fault_threads:
             thread.join(timeout=10)
         self._stop_prometheus()
+        # Every sidecar at once, as an orchestrator stops a deployment, while the brokers,
+        # Vault and Consul still answer; then the brokers.
+        self.stops = stop_sidecars(
+            [(kind, p.name, proc) for p in self.participants
+             for kind, proc in (("pki-auth-manager", p.auth), ("tls-monitor", p.monitor))
+             if proc is not None])
         for p in self.participants:
-            for proc in (p.auth, p.monitor):
-                if proc is not None:
-                    proc.stop()
             if p.broker is not None:
                 p.broker.stop()
         self.hooks.stop()
@@ -674,7 +703,8 @@ class Drill:
         alerts = list(self.prometheus.alerts.values()) if self.prometheus else []
         return Result(len(traffic.failures), converged, rotation_seconds, traffic.attempts,
                       report, self.timeline.events, self.participants, self.base, alerts,
-                      self.exported, self.faults, self.marks, traffic.failures)
+                      self.exported, self.faults, self.marks, traffic.failures,
+                      stops=self.stops)
 
     def _scenario(self) -> tuple[bool, float]:
         if "malformed-root" in self.faults:
@@ -753,6 +783,8 @@ class Drill:
                 lines.append(f"  {p.name:<10} {p.role:<7} gen {manifest.generation:<3} serial "
                              f"{manifest.serial}  issuer {manifest.issuer}")
         lines += ["", "== volumes =="] + [f"  {line}" for line in self._check_volumes()]
+        lines += ["", "== stopping (SIGTERM to every sidecar at once) =="]
+        lines += [f"  {line}" for line in stop_lines(self.stops)]
         lines += ["", "== errors logged by the sidecars =="]
         lines += [f"  {count:>3} x {what}" for what, count in self._logged_errors().items()]
         if self.prometheus is not None:
@@ -801,6 +833,63 @@ class Drill:
                     detail = event.get("kind") or event.get("result") or ""
                     counts[f"{event.get('event')} {detail}".strip()] += 1
         return counts
+
+
+def stop_sidecars(procs: list[tuple[str, str, Proc]]) -> list[StopTime]:
+    """SIGTERM every running sidecar at once and time each one's exit (``kind``,
+    participant, process); kill -9 one still running STOP_GRACE seconds later."""
+    up_by = time.monotonic() + START_GRACE
+    while not all(proc.started() for _, _, proc in procs
+                  if proc.popen is not None and proc.popen.poll() is None) \
+            and time.monotonic() < up_by:
+        time.sleep(0.05)
+    stops: list[StopTime | None] = [None] * len(procs)
+
+    def wait(slot: int, kind: str, who: str, popen: subprocess.Popen[bytes],
+             sent: float) -> None:
+        try:
+            code = popen.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            stops[slot] = StopTime(kind, who, "killed", time.monotonic() - sent, popen.wait())
+            return
+        stops[slot] = StopTime(kind, who, "exited", time.monotonic() - sent, code)
+
+    waiters = []
+    for slot, (kind, who, proc) in enumerate(procs):
+        popen = proc.popen
+        if popen is None:
+            continue
+        if popen.poll() is not None:
+            outcome = "killed by a fault" if proc.killed else "exited before teardown"
+            stops[slot] = StopTime(kind, who, outcome, returncode=popen.returncode)
+            continue
+        sent = time.monotonic()
+        popen.send_signal(signal.SIGTERM)
+        waiter = threading.Thread(target=wait, args=(slot, kind, who, popen, sent))
+        waiter.start()
+        waiters.append(waiter)
+    for waiter in waiters:
+        waiter.join()
+    return [stop for stop in stops if stop is not None]
+
+
+def stop_lines(stops: list[StopTime]) -> list[str]:
+    """The slowest stop per kind, then every stop that was not a clean exit (code 0)."""
+    slowest: dict[str, StopTime] = {}
+    for stop in stops:
+        if stop.seconds is not None and (stop.kind not in slowest
+                                         or stop.seconds > (slowest[stop.kind].seconds or 0)):
+            slowest[stop.kind] = stop
+    lines = ["slowest stop: " + ", ".join(
+        f"{kind} {stop.seconds:.2f} s ({stop.participant})"
+        for kind, stop in sorted(slowest.items()) if stop.seconds is not None)]
+    for stop in stops:
+        if stop.outcome != "exited" or stop.returncode != 0:
+            took = f" after {stop.seconds:.2f} s" if stop.seconds is not None else ""
+            lines.append(f"{stop.participant} {stop.kind}: {stop.outcome}{took}, "
+                         f"exit code {stop.returncode}")
+    return lines
 
 
 def _broker_config(volume: Path) -> dict[str, str]:

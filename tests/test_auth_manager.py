@@ -32,6 +32,8 @@ from sidecar.renewal import Desired
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
 from tests import vault_setup
 from tests.console import run_script
+from tests.consul_setup import consul_client
+from tests.doubles.consul import ConsulDouble
 from tests.doubles.vault import VaultDouble
 from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
@@ -508,3 +510,51 @@ def test_hvac_client_used_over_a_real_socket(vault_double: VaultDouble, tmp_path
     paths = [r[1] for r in vault_double.request_log]
     assert "/v1/pki_root_a/sign/kafka" in paths
     assert vault_double.sign_count["pki_root_a"] == 1
+
+
+def _coordinated_env(vault_double: VaultDouble, consul: ConsulDouble, tmp_path: Path,
+                     **values: str) -> dict[str, str]:
+    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
+                         mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
+    env = env_for(target, tmp_path / "v", tmp_path)
+    del env["PKI_ROOT"], env["PKI_TRUST"]
+    return env | {"CONSUL_HTTP_ADDR": consul.url, "PKI_CONSUL_PREFIX": "kafka-pki-once",
+                  "PKI_CLUSTER": "demo"} | values
+
+
+def test_once_ends_at_once_when_consul_denies_the_token(vault_double: VaultDouble,
+                                                        tmp_path: Path) -> None:
+    with ConsulDouble(acl_token="the-sidecars-token") as consul:
+        consul_client(consul.host, consul.port, token="the-sidecars-token").kv.put(
+            "kafka-pki-once/demo/active-root", "pki_root_a")
+        env = _coordinated_env(vault_double, consul, tmp_path,
+                               CONSUL_HTTP_TOKEN="a-revoked-token")
+        started = time.monotonic()
+        result = run_script("pki-auth-manager", ["--once"], env)
+        seconds = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert seconds < 15, "not retried until once_timeout (120 s)"
+    failed = [json.loads(line) for line in result.stderr.splitlines() if '"once_failed"' in line]
+    assert len(failed) == 1, result.stderr
+    assert failed[0]["kind"] == "permanent_consul_forbidden" and failed[0]["permanent"] is True
+    # names the operation and the prefix, and says what to check
+    assert "Consul create session under kafka-pki-once/demo/: permission denied (ACL not " \
+           "found)" in failed[0]["error"]
+    assert "CONSUL_HTTP_TOKEN" in failed[0]["action"]
+    assert "docker/consul/kafka-pki-sidecar.policy.hcl" in failed[0]["action"]
+    assert "once_retrying" not in result.stderr
+    assert not (tmp_path / "v" / "current").exists()
+
+
+def test_once_retries_while_consul_is_unreachable(vault_double: VaultDouble,
+                                                  tmp_path: Path) -> None:
+    with ConsulDouble() as consul:
+        pass  # stopped: its port now refuses connections
+    env = _coordinated_env(vault_double, consul, tmp_path, PKI_ONCE_TIMEOUT="3",
+                           PKI_BACKOFF_INITIAL="0.2")
+    result = run_script("pki-auth-manager", ["--once"], env)
+    assert result.returncode == 1, result.stderr
+    assert "once_retrying" in result.stderr
+    failed = [json.loads(line) for line in result.stderr.splitlines() if '"once_failed"' in line]
+    assert len(failed) == 1 and failed[0]["kind"] == "consul_unavailable", result.stderr
+    assert "permanent" not in failed[0]

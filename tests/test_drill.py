@@ -23,6 +23,25 @@ def check(result: Result) -> None:
     for p in result.participants:  # never a mixed or half-written generation on any volume
         for number in Volume(p.volume).generations():
             read_generation(layout.generation_dir(p.volume, number))
+    check_stops(result)
+
+
+#: The README's promise: both sidecars stop within 2 s of SIGTERM, whatever they are doing.
+STOP_SECONDS = 2.0
+
+
+def check_stops(result: Result) -> None:
+    """Every sidecar, sent SIGTERM at teardown (all at once), exited by itself with code 0
+    within STOP_SECONDS; only a process a fault killed -9 (and did not restart) is exempt."""
+    kinds = {"pki-auth-manager", "tls-monitor"}
+    assert len(result.stops) == len(kinds) * len(result.participants), result.report
+    for stop in result.stops:
+        if stop.outcome == "killed by a fault":
+            continue
+        assert stop.outcome == "exited" and stop.returncode == 0, (stop, result.report)
+        assert stop.seconds is not None and stop.seconds < STOP_SECONDS, (stop, result.report)
+    line = next(line for line in result.report.splitlines() if "slowest stop:" in line)
+    assert all(kind in line for kind in kinds), result.report
 
 
 def logged(result: Result, process: str) -> list[dict[str, Any]]:

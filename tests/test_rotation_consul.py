@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import layout
+from sidecar.consul_store import ConsulError, ConsulStore
 from sidecar.coordinator import published_state
 from sidecar.manifest import Manifest
 from sidecar.operator_cli import status_data
@@ -432,5 +435,52 @@ def test_vault_outage_during_a_phase_resumes(consul: ConsulTarget, vault_double:
         assert node.served() == (("pki_root_a",), "pki_root_a"), "old material kept"
         vault_double.reset_faults()
         cluster.wait_until(lambda: cluster.converged("pki_root_b"), "resumed to B")
+    finally:
+        cluster.stop()
+
+
+def _denying(consul: ConsulTarget) -> ConsulTarget:
+    """``consul`` with ACLs on: the double is given a token; a real Consul must deny a wrong
+    token by itself (ACLs enabled, default policy deny), or the test cannot run there."""
+    if consul.double is not None:
+        consul.double.acl_token = consul.token or "the-sidecars-token"
+        return dataclasses.replace(consul, token=consul.double.acl_token)
+    try:
+        ConsulStore(consul.url, consul.prefix, "not-a-known-token").get("active-root")
+    except ConsulError as exc:
+        if exc.reason == "forbidden":
+            return consul
+    pytest.skip("this Consul accepts an unknown token (ACLs disabled)")
+
+
+def test_consul_acl_denied_is_permanent_unreachable_is_not(
+        consul: ConsulTarget, vault: VaultTarget, tmp_path: Path) -> None:
+    """A 403 (token unknown, or its policy lacks the key) is reported as permanent and retried
+    only at backoff_max; Consul not answering keeps the exponential back-off."""
+    cluster = Cluster(_denying(consul), vault, tmp_path, backoff_initial=2.0, backoff_max=60.0)
+    try:
+        cluster.set_root("pki_root_a")
+        denied = cluster.start("broker-1", run=False, consul_token="not-a-known-token")
+        assert 30.0 <= denied.manager.step(denied.source) <= 60.0, "at once backoff_max"
+        (failed,) = denied.log.named("renewal_failed")
+        assert failed["permanent"] is True and failed["kind"] == "permanent_consul_forbidden"
+        assert "permission denied" in failed["error"] and "CONSUL_HTTP_TOKEN" in failed["error"]
+        assert "kafka-pki-sidecar.policy.hcl" in failed["error"]
+        metrics = denied.manager.metrics
+        assert metric(metrics, "pki_renewals_total",
+                      result="error_permanent_consul_forbidden") == 1
+        assert metric(metrics, "pki_errors_total", kind="permanent_consul_forbidden") == 1
+        assert metric(metrics, "pki_consul_errors_total", reason="forbidden") == 1
+        ready, detail = denied.manager.readiness()
+        assert not ready and "failing permanently" in detail and "CONSUL_HTTP_TOKEN" in detail
+
+        with socket.socket() as unused:  # a port nothing listens on
+            unused.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        down = cluster.start("broker-2", run=False, consul_addr=closed)
+        assert down.manager.step(down.source) < 30.0, "transient: exponential back-off"
+        (failed,) = down.log.named("renewal_failed")
+        assert failed["permanent"] is False and failed["kind"] == "consul_unavailable"
+        assert "failing permanently" not in down.manager.readiness()[1]
     finally:
         cluster.stop()
