@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-#: Renewal results created at start: success and the permanent Vault refusals (the others
-#: appear with their first occurrence).
+#: Renewal results created at start: success and the permanent refusals, Vault's and
+#: Consul's (the others appear with their first occurrence).
 RENEWAL_RESULTS = ("ok", "error_permanent_invalid_request", "error_permanent_forbidden",
-                   "error_permanent_not_found")
+                   "error_permanent_not_found", "error_permanent_consul_forbidden")
 #: ConsulError reasons (sidecar.consul_store) that mean Consul cannot be used.
 CONSUL_REASONS = ("unavailable", "timeout", "forbidden", "error")
 
