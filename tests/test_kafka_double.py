@@ -1,7 +1,10 @@
 """The Kafka broker double, driven by confluent-kafka's AdminClient over real mutual TLS.
 
 Runs unchanged against a real broker when ``KAFKA_BOOTSTRAP_SERVERS`` is set (see
-``tests/kafka_setup.py``); tests that need the double's controls then skip.
+``tests/kafka_setup.py``); tests that need the double's controls then skip. Tests whose
+expectations depend on the Kafka version take the ``profiled`` fixture: one run per profile of
+the double (``tests/doubles/kafka_profiles.py``), or one run against the real broker with the
+profile read from its DescribeConfigs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException
@@ -31,9 +35,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.doubles.kafka_broker import AlterOp, KafkaBrokerDouble, tls_exchange
+from tests.doubles.kafka_profiles import PROFILES, KafkaProfile, profile_of_server
 from tests.doubles.kafka_timing import BrokerTiming
 from tests.kafka_setup import (
     API_VERSIONS_V0,
+    BROKER_DN,
+    BROKER_SANS,
     CLIENT_DN,
     BrokerUnderTest,
     ClientFiles,
@@ -50,6 +57,7 @@ from tests.kafka_setup import kafka_broker as kafka_broker  # the fixture
 
 INVALID_REQUEST = 42
 Result = tuple[int, str] | None
+ZK_PREFIX = "Invalid config value for resource ConfigResource(type=BROKER, name='1'): "
 
 
 def admin(broker: BrokerUnderTest) -> AdminClient:
@@ -117,6 +125,44 @@ def settle(broker: BrokerUnderTest) -> None:
         time.sleep(1.0)
 
 
+def describe(broker: BrokerUnderTest, client: AdminClient | None = None) -> dict[str, Any]:
+    """DescribeConfigs of the broker: name -> confluent-kafka ConfigEntry."""
+    client = client if client is not None else admin(broker)
+    resource = ConfigResource(ResourceType.BROKER, str(broker.broker_id))
+    configs: dict[str, Any] = client.describe_configs([resource], request_timeout=10)[
+        resource
+    ].result(timeout=15)
+    return configs
+
+
+def unchanged_passwords(settings: dict[str, str]) -> dict[str, str]:
+    """The settings without the (unchanged) passwords: a ZooKeeper-mode broker takes
+    passwords only with ``password.encoder.secret`` set, and the profile tests need none."""
+    return {k: v for k, v in settings.items() if not k.endswith("password")}
+
+
+def server_profile(broker: BrokerUnderTest) -> KafkaProfile:
+    """The profile whose rules the broker follows, read from the broker itself."""
+    return profile_of_server({k: e.value for k, e in describe(broker).items()})
+
+
+@pytest.fixture(params=list(PROFILES), ids=list(PROFILES))
+def profiled(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
+    tuple[BrokerUnderTest, KafkaProfile]
+]:
+    """A broker and the profile to expect of it: each profile of the double in turn, or the
+    real broker once, with the profile read from the server."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        if request.param != next(iter(PROFILES)):
+            pytest.skip("the real broker runs once, as the version it is")
+        broker: BrokerUnderTest = request.getfixturevalue("kafka_broker")
+        yield broker, server_profile(broker)
+        return
+    profile = PROFILES[request.param]
+    with broker_with_stores(tmp_path, "PKCS12", profile=profile) as b:
+        yield b, profile
+
+
 def new_keystore(broker: BrokerUnderTest, name: str, **leaf: object) -> dict[str, str]:
     """A new broker keystore of the broker's store type, signed by root A unless ``ca``."""
     ca = leaf.pop("ca", broker.root_a)
@@ -138,7 +184,7 @@ def test_describe_configs_reports_static_and_dynamic_listener_settings(
     location = configs[prefix + "ssl.keystore.location"]
     password = configs[prefix + "ssl.keystore.password"]
     assert password.value is None and password.is_sensitive
-    assert not location.is_read_only
+    assert location.is_read_only  # though alterable: see test_listener_ssl_settings_...
     if kafka_broker.double is None:
         return
     assert location.value == kafka_broker.stores["SSL"]["ssl.keystore.location"]
@@ -317,12 +363,13 @@ def test_same_path_incompatible_rewrite(tmp_path: Path, mode: str) -> None:
             )
 
 
-@pytest.mark.parametrize("mode", ["kraft", "zk"])
-def test_alter_is_answered_before_it_is_applied(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_alter_is_answered_before_it_is_applied(tmp_path: Path, name: str) -> None:
     """Kafka applies a changed config when it processes the config notification (ZooKeeper)
-    or replays the record (KRaft), after the answer."""
+    or replays the record (KRaft), after the answer: on every version."""
     timing = BrokerTiming(apply_delay=(0.3, 0.3))
-    with broker_with_stores(tmp_path, "PKCS12", mode=mode, timing=timing) as b:
+    profile = PROFILES[name]
+    with broker_with_stores(tmp_path, "PKCS12", profile=profile, timing=timing) as b:
         double = b.require_double()
         before = served_serial(b)
         ident = make_leaf(b.root_a)
@@ -599,3 +646,152 @@ def test_api_versions_answers_unsupported_version_with_v0_and_its_range(
         for i in range(count)
     }
     assert ranges[18] == (0, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# What differs by Kafka version (tests/doubles/kafka_profiles.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_profile_is_read_from_the_server(
+    profiled: tuple[BrokerUnderTest, KafkaProfile],
+) -> None:
+    """DescribeConfigs tells the mode and the version's rules apart (the double lists the
+    same marker configs a real broker does)."""
+    broker, profile = profiled
+    read = server_profile(broker)
+    assert read.mode == profile.mode
+    assert read.combined_keystore_message == profile.combined_keystore_message
+    assert read.old_keystore_from_disk == profile.old_keystore_from_disk
+
+
+def test_listener_ssl_settings_are_read_only_yet_alterable(
+    profiled: tuple[BrokerUnderTest, KafkaProfile],
+) -> None:
+    """DescribeConfigs looks the read-only flag up by the full name among the unprefixed
+    dynamic configs: ``listener.name.ssl.ssl.keystore.location`` is reported read-only on 2.4
+    and trunk alike, and a SET of it is accepted all the same."""
+    broker, _ = profiled
+    configs = describe(broker)
+    prefix = f"listener.name.{broker.external.lower()}."
+    for name in ("ssl.keystore.location", "ssl.truststore.location", "ssl.keystore.password"):
+        assert configs[prefix + name].is_read_only, name
+    settings = unchanged_passwords(new_keystore(broker, "read-only-yet"))
+    assert alter(broker, broker.external, settings) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "leaf"),
+    [("dn", {"dn": "CN=broker-9.kafka.test,OU=kafka,O=Example"}),
+     ("san", {"sans": BROKER_SANS[:1]})],
+    ids=["dn-changed", "san-dropped"],
+)
+def test_identity_change_refusal_reads_as_the_version_writes_it(
+    profiled: tuple[BrokerUnderTest, KafkaProfile], kind: str, leaf: dict[str, object]
+) -> None:
+    """A new path (validated against what is served on every version): ZooKeeper mode prefixes
+    the resource; before 3.7 one message covers DN and SANs, later each has its own."""
+    broker, profile = profiled
+    before = served_serial(broker)
+    settings = unchanged_passwords(new_keystore(broker, f"bad-{kind}", **leaf))
+    result = alter(broker, broker.external, settings)
+    assert result is not None
+    code, message = result
+    assert code == INVALID_REQUEST
+    assert profile.keystore_refusal("dn" if kind == "dn" else "san") in message
+    assert message.startswith(ZK_PREFIX) == (profile.mode == "zk"), message
+    if not profile.combined_keystore_message:
+        assert "DistinguishedName or SubjectAltNames" not in message
+    assert served_serial(broker) == before
+
+
+@pytest.mark.parametrize("same_path", [False, True], ids=["new-path", "same-path"])
+def test_inter_broker_signer_switch_refusal_reads_as_the_version_writes_it(
+    profiled: tuple[BrokerUnderTest, KafkaProfile], same_path: bool
+) -> None:
+    """SslEngineValidator's old-server/new-client handshake fails; on 2.4 the old server
+    received no client certificate at all ("Empty client certificate chain"). A changed path
+    is wrapped by DynamicBrokerConfig.processReconfiguration ("Invalid value ... for
+    configuration Invalid dynamic configuration"); the product's same-path reload
+    (reloadUpdatedFilesWithoutConfigChange) is not, so in ZooKeeper mode the answer ends in
+    the Java exception. KRaft answers a same-path reload first and only logs the failure."""
+    broker, profile = profiled
+    internal = broker.internal
+    start = new_keystore(broker, "ibv-a") | write_truststore(
+        broker.pki_dir / "ibv-trust-a.p12", [broker.root_a]
+    )
+    assert alter(broker, internal, unchanged_passwords(start)) is None
+    settle(broker)
+    before = served_serial(broker, internal) if internal in broker.addresses else None
+    expected = "javax.net.ssl.SSLHandshakeException: " + (
+        "Empty client certificate chain" if profile.empty_client_chain else ""
+    )
+    if same_path:
+        path = Path(start["ssl.keystore.location"])
+        write_keystore(path, make_leaf(broker.root_b), broker.store_type)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+        result = alter(broker, internal, {"ssl.keystore.location": str(path)})
+        settle(broker)
+        if profile.mode == "kraft":
+            assert result is None
+            if broker.double is not None:
+                assert any(expected in line for line in broker.double.log)
+        else:
+            assert result is not None and result[0] == INVALID_REQUEST
+            assert result[1].startswith(ZK_PREFIX + "Validation of dynamic config update")
+            if profile.empty_client_chain:
+                assert result[1].endswith(expected), result[1]
+    else:
+        switched = unchanged_passwords(new_keystore(broker, "ibv-b", ca=broker.root_b))
+        result = alter(broker, internal, switched)
+        assert result is not None
+        code, message = result
+        assert code == INVALID_REQUEST
+        assert message.startswith(ZK_PREFIX) == (profile.mode == "zk"), message
+        assert "Validation of dynamic config update of SSLFactory failed: " + expected in message
+        if not profile.empty_client_chain:
+            assert "Empty client certificate chain" not in message
+    if before is not None:
+        assert served_serial(broker, internal) == before
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [{"dn": "CN=imposter,OU=kafka,O=Example"}, {"sans": BROKER_SANS[:1]}],
+    ids=["dn-changed", "san-dropped"],
+)
+def test_same_path_identity_change_is_caught_only_from_2_6(
+    profiled: tuple[BrokerUnderTest, KafkaProfile], leaf: dict[str, object]
+) -> None:
+    """The product's stable ``current/`` path: new content under the path the listener
+    already uses. Before 2.6 SslFactory compares with that path read again (the new keystore
+    itself) and accepts; DefaultSslEngineFactory (2.6+) compares with the keystore in memory
+    and refuses (ZooKeeper: in the answer; KRaft: after it, only logged)."""
+    broker, profile = profiled
+    settings = unchanged_passwords(new_keystore(broker, "stable"))
+    original = served_serial(broker)
+    assert alter(broker, broker.external, settings) is None
+    first = served_serial_when(broker, lambda s: s != original)
+    settle(broker)
+    path = Path(settings["ssl.keystore.location"])
+    changed = make_leaf(broker.root_a, **leaf)  # type: ignore[arg-type]
+    write_keystore(path, changed, broker.store_type)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+    result = alter(broker, broker.external, {"ssl.keystore.location": str(path)})
+    if profile.accepts_same_path_identity_change():
+        assert result is None
+        assert served_serial_when(broker, lambda s: s == changed.serial) == changed.serial
+        # put the broker's own identity back (accepted the same way)
+        write_keystore(path, make_leaf(broker.root_a, BROKER_DN, BROKER_SANS), broker.store_type)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 4_000_000_000))
+        assert alter(broker, broker.external, {"ssl.keystore.location": str(path)}) is None
+        return
+    settle(broker)
+    assert served_serial(broker) == first
+    if profile.mode == "zk":
+        assert result is not None and result[0] == INVALID_REQUEST
+    else:
+        assert result is None  # answered first; the replayed record's reload fails
+        if broker.double is not None:
+            assert any(profile.keystore_refusal("dn" if "dn" in leaf else "san") in line
+                       for line in broker.double.log)

@@ -23,6 +23,8 @@ Dynamic keystore/truststore updates follow Kafka's own code, read from apache/ka
 * ``ConfigAdminManager.scala`` (KRaft) -- the refusal is answered with INVALID_REQUEST (42) and
   the ConfigException message; ``ZkAdminManager.scala`` (ZooKeeper mode) prefixes
   ``Invalid config value for resource ConfigResource(type=BROKER, name='<id>'): ``.
+* What differs between Kafka versions (the refusal texts, what a new keystore is compared
+  with, the mode) is a ``kafka_profiles.KafkaProfile`` (``profile=``; default the newest).
 * KRaft applies an accepted change asynchronously in ``DynamicConfigPublisher``: a same-path
   reload that fails there is only logged, the client has already been told "success".
 * What that costs and when it is applied is ``kafka_timing.BrokerTiming`` (``timing=``): every
@@ -58,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import jks
 from cryptography import x509
@@ -68,6 +70,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from tests.doubles.kafka_profiles import PROFILES, KafkaProfile, Mode, profile_for
 from tests.doubles.kafka_timing import INSTANT, BrokerTiming
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +93,7 @@ INVALID_REQUEST = 42
 
 RESOURCE_BROKER = 4
 OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
-SOURCE_DYNAMIC_BROKER, SOURCE_STATIC_BROKER = 2, 4
+SOURCE_DYNAMIC_BROKER, SOURCE_STATIC_BROKER, SOURCE_DEFAULT = 2, 4, 5
 TYPE_BOOLEAN, TYPE_STRING, TYPE_INT, TYPE_PASSWORD = 1, 2, 3, 9
 
 
@@ -158,6 +161,18 @@ PASSWORDS = frozenset(
     }
 )
 _LISTENER_KEY = re.compile(r"listener\.name\.([^.]*)\.(.*)")
+#: DynamicBrokerConfig.AllDynamicConfigs, narrowed to the names this double reports: the
+#: SSL ones (DynamicSecurityConfigs) and DynamicListenerConfig.ReconfigurableConfigs.
+ALL_DYNAMIC = RECONFIGURABLE | {"listeners", "advertised.listeners",
+                                "listener.security.protocol.map"}
+
+
+def read_only(name: str) -> bool:
+    """DescribeConfigs' read-only flag of a broker config: ``!AllDynamicConfigs.contains(name)``
+    (``AdminManager.createBrokerConfigEntry`` in 2.4, ``ConfigHelper`` later), the full name
+    looked up. A listener-prefixed SSL setting is therefore reported read-only although it is
+    the only form that may be altered (seen on 2.4.1 and trunk alike)."""
+    return name not in ALL_DYNAMIC
 
 
 def _base_name(name: str) -> str:
@@ -763,23 +778,45 @@ def ensure_compatible(
                     )
 
 
+class HandshakeFailed(JavaError):
+    """SslEngineValidator's failure; ``server_refused_client``: the server side refused the
+    client's certificate (rather than the client the server's)."""
+
+    def __init__(self, message: str, server_refused_client: bool) -> None:
+        super().__init__(SSL_HANDSHAKE_EXCEPTION, message)
+        self.server_refused_client = server_refused_client
+
+
 def tls_exchange(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
     """A handshake in memory, then one byte each way (TLS 1.3 reports a refused client
-    certificate only on the first read). Raises JavaError like SslEngineValidator's failure."""
+    certificate only on the first read). Raises HandshakeFailed like SslEngineValidator's
+    failure."""
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    acting = client  # the side whose call raised
 
     def pump() -> None:
         s_in.write(c_out.read())
         c_in.write(s_out.read())
 
     def step(obj: ssl.SSLObject) -> bool:
+        nonlocal acting
+        acting = obj
         try:
             obj.do_handshake()
             return True
         except ssl.SSLWantReadError:
             return False
+
+    def exchange(writer: ssl.SSLObject, reader: ssl.SSLObject, byte: bytes) -> None:
+        nonlocal acting
+        acting = writer
+        writer.write(byte)
+        pump()
+        acting = reader
+        if reader.read(1) != byte:
+            raise HandshakeFailed("no application data", reader is server)
 
     try:
         done_c = done_s = False
@@ -791,28 +828,33 @@ def tls_exchange(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None
             if done_c and done_s:
                 break
         if not (done_c and done_s):
-            raise JavaError(SSL_HANDSHAKE_EXCEPTION, "Did not finish handshake")
-        client.write(b"\x00")
-        pump()
-        if server.read(1) != b"\x00":
-            raise JavaError(SSL_HANDSHAKE_EXCEPTION, "no application data")
-        server.write(b"\x01")
-        pump()
-        if client.read(1) != b"\x01":
-            raise JavaError(SSL_HANDSHAKE_EXCEPTION, "no application data")
+            raise HandshakeFailed("Did not finish handshake", False)
+        exchange(client, server, b"\x00")
+        exchange(server, client, b"\x01")
     except ssl.SSLError as e:
         reason = e.reason or str(e)
+        # The server refused the client's certificate: its own verification failed, or the
+        # client read the server's alert about it.
+        server_refused = acting is server or any(
+            alert in reason for alert in ("UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "BAD_CERTIFICATE")
+        )
         if "CERTIFICATE_VERIFY_FAILED" in reason or "UNKNOWN_CA" in reason:
-            raise JavaError(SSL_HANDSHAKE_EXCEPTION, PKIX_FAILURE) from e
-        raise JavaError(SSL_HANDSHAKE_EXCEPTION, reason) from e
+            raise HandshakeFailed(PKIX_FAILURE, server_refused) from e
+        raise HandshakeFailed(reason, server_refused) from e
 
 
-def validate_handshakes(old: SslEngineFactory, new: SslEngineFactory) -> None:
-    """Old server with new client, then new server with old client, as SslEngineValidator."""
+def validate_handshakes(
+    old: SslEngineFactory, new: SslEngineFactory, empty_client_chain: bool = False
+) -> None:
+    """Old server with new client, then new server with old client, as SslEngineValidator.
+
+    ``empty_client_chain`` (``KafkaProfile``): a server that refuses the client's certificate
+    reports it as Java's key manager makes it happen on TLS 1.2: the client found no
+    certificate issued by a CA the server names and sent none."""
     for server, client in ((old, new), (new, old)):
         try:
             tls_exchange(server.server_context, client.client_context)
-        except JavaError as e:
+        except HandshakeFailed as e:
             empty = [
                 f
                 for f in (server, client)
@@ -822,6 +864,8 @@ def validate_handshakes(old: SslEngineFactory, new: SslEngineFactory) -> None:
                 raise JavaError(
                     SSL_HANDSHAKE_EXCEPTION, "the trustAnchors parameter must be non-empty"
                 ) from e
+            if empty_client_chain and e.server_refused_client:
+                raise JavaError(SSL_HANDSHAKE_EXCEPTION, "Empty client certificate chain") from e
             raise
 
 
@@ -830,10 +874,13 @@ def create_new_factory(
     next_configs: Mapping[str, str],
     tmpdir: str,
     inter_broker: bool,
-    legacy_check: bool,
+    profile: KafkaProfile,
 ) -> SslEngineFactory:
     """SslFactory.createNewSslEngineFactory: the old factory if nothing changed, else a new,
-    validated one. Raises JavaError(ConfigException, 'Validation of ... failed: ...')."""
+    validated one. Raises JavaError(ConfigException, 'Validation of ... failed: ...').
+
+    Before 2.6 (``profile.old_keystore_from_disk``) SslFactory compared the new keystore with
+    ``this.keystore.load()``: the old *path* read again, not what the listener serves."""
     if not old.should_be_rebuilt(next_configs):
         return old
     try:
@@ -852,12 +899,17 @@ def create_new_factory(
                     "Cannot remove the SSL keystore from an existing"
                     " listener for which a keystore was configured.",
                 )
+            old_store = old.keystore.store
+            if profile.old_keystore_from_disk:
+                reread = create_keystore(old.configs)
+                assert reread is not None  # the old configs name a keystore
+                old_store = reread.store
             ensure_compatible(
                 new.keystore.store,
-                old.keystore.store,
+                old_store,
                 _true(next_configs.get(ALLOW_DN_CHANGES)),
                 _true(next_configs.get(ALLOW_SAN_CHANGES)),
-                legacy_check,
+                profile.combined_keystore_message,
             )
         if old.truststore is None and new.truststore is not None:
             raise JavaError(
@@ -866,7 +918,7 @@ def create_new_factory(
                 "for which no truststore was configured.",
             )
         if inter_broker:  # SslEngineValidator.validate(old, new)
-            validate_handshakes(old, new)
+            validate_handshakes(old, new, profile.empty_client_chain)
         return new
     except JavaError as e:
         raise JavaError(
@@ -1022,8 +1074,9 @@ class KafkaBrokerDouble:
     ``listeners`` maps listener names to ports (0 = any free port). ``config`` holds the static
     broker properties as in server.properties: ``ssl.*`` and ``listener.name.<lower-case
     listener>.ssl.*`` (store type/location/passwords, ``ssl.allow.dn.changes`` ...).
-    ``mode`` is "kraft" (default) or "zk"; ``kafka_version`` below (3, 7) selects the pre-KIP-978
-    keystore check (DN and SANs must be equal, one combined message).
+    ``profile`` is the Kafka version and metadata mode played (``kafka_profiles``; default the
+    newest). ``mode`` ("kraft" or "zk") and ``kafka_version`` instead pick the profile with
+    ``kafka_profiles.profile_for``.
     """
 
     def __init__(
@@ -1035,8 +1088,9 @@ class KafkaBrokerDouble:
         *,
         host: str = "127.0.0.1",
         cluster_id: str = "kafka-pki-double",
-        mode: Literal["kraft", "zk"] = "kraft",
-        kafka_version: tuple[int, int] = (3, 9),
+        mode: Mode | None = None,
+        kafka_version: tuple[int, int] | None = None,
+        profile: KafkaProfile | None = None,
         on_request: Callable[[int, int], None] | None = None,
         timing: BrokerTiming | None = None,
         seed: int | None = None,
@@ -1044,15 +1098,14 @@ class KafkaBrokerDouble:
         self.broker_id = broker_id
         self.host = host
         self.cluster_id = cluster_id
-        self.mode = mode
-        self.kafka_version = kafka_version
+        self.profile = profile or profile_for(kafka_version, mode)
         self.on_request = on_request
         self._static = dict(config or {})
         self._listener_ports = dict(listeners or {"SSL": 0})
         self.inter_broker_listener = inter_broker_listener or self._static.get(
             "inter.broker.listener.name"
         )
-        self.timing = timing or BrokerTiming()
+        self.timing = timing or self.profile.timing
         self._rng = random.Random(seed)
         self._dynamic: dict[str, str] = {}  # stored (ZooKeeper / the metadata log)
         self._applied: dict[str, str] = {}  # what the listeners were last reconfigured with
@@ -1070,6 +1123,15 @@ class KafkaBrokerDouble:
         self.log: list[str] = []
         self.reload_count = 0
         self.swaps: list[tuple[float, str, int]] = []  # (unix time, listener, serial) per reload
+
+    @property
+    def mode(self) -> Mode:
+        """"zk" or "kraft", the profile's."""
+        return self.profile.mode
+
+    @property
+    def kafka_version(self) -> tuple[int, int]:
+        return self.profile.version
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -1212,16 +1274,30 @@ class KafkaBrokerDouble:
         }
         if self.inter_broker_listener:
             view["inter.broker.listener.name"] = self.inter_broker_listener
+        if self.mode == "kraft":
+            view["process.roles"] = "broker,controller"
+        else:
+            view["zookeeper.connect"] = "127.0.0.1:2181"
         view.update(self._static)
         return view
+
+    def _defaults(self) -> dict[str, str | None]:
+        """The defaults DescribeConfigs lists that tell a version apart (a real broker lists
+        every config it knows): ``ssl.engine.factory.class`` from 2.6 (KIP-519), the allow
+        flags from 3.7 (KIP-978), ``process.roles`` (empty in ZooKeeper mode) from 2.8."""
+        out: dict[str, str | None] = {}
+        if self.kafka_version >= (2, 6):
+            out["ssl.engine.factory.class"] = None
+        if self.kafka_version >= (2, 8):
+            out["process.roles"] = ""
+        if self.kafka_version >= (3, 7):
+            out[ALLOW_DN_CHANGES] = out[ALLOW_SAN_CHANGES] = "false"
+        return out
 
     # --- IncrementalAlterConfigs -----------------------------------------------------------
 
     def _wrap(self, resource: str, message: str) -> str:
-        if self.mode == "zk":
-            resource_text = f"ConfigResource(type=BROKER, name='{resource}')"
-            return f"Invalid config value for resource {resource_text}: {message}"
-        return message
+        return self.profile.wrap(resource, message)
 
     def alter_broker_configs(
         self, resource: str, ops: list[AlterOp], validate_only: bool
@@ -1358,7 +1434,7 @@ class KafkaBrokerDouble:
             configs,
             self._tmpdir,
             name == self.inter_broker_listener,
-            self.kafka_version < (3, 7),
+            self.profile,
         )
 
     def _spend(self, started: float, seconds: float) -> None:
@@ -1647,14 +1723,17 @@ class KafkaBrokerDouble:
             )
         with self._lock:
             static, dynamic = self._static_view(), dict(self._dynamic)
+        defaults = self._defaults()
         entries = []
-        for key in sorted(static.keys() | dynamic.keys()):
+        for key in sorted(static.keys() | dynamic.keys() | defaults.keys()):
             if keys is not None and key not in keys:
                 continue
             base = _base_name(key)
             sensitive = base in PASSWORDS
             in_dynamic = key in dynamic
-            value = dynamic[key] if in_dynamic else static[key]
+            source = (SOURCE_DYNAMIC_BROKER if in_dynamic
+                      else SOURCE_STATIC_BROKER if key in static else SOURCE_DEFAULT)
+            value = dynamic[key] if in_dynamic else static[key] if key in static else defaults[key]
             syn: list[tuple[str, str | None, int]] = []
             if synonyms:
                 if in_dynamic:
@@ -1667,8 +1746,8 @@ class KafkaBrokerDouble:
                 {
                     "name": key,
                     "value": None if sensitive else value,
-                    "read_only": not (base != key and base in RECONFIGURABLE),
-                    "source": SOURCE_DYNAMIC_BROKER if in_dynamic else SOURCE_STATIC_BROKER,
+                    "read_only": read_only(key),
+                    "source": source,
                     "sensitive": sensitive,
                     "synonyms": syn,
                     "type": TYPE_PASSWORD
@@ -1752,7 +1831,9 @@ def read_properties(path: str) -> dict[str, str]:
     return props
 
 
-def broker_from_properties(broker_id: int, props: Mapping[str, str]) -> KafkaBrokerDouble:
+def broker_from_properties(
+    broker_id: int, props: Mapping[str, str], profile: KafkaProfile | None = None
+) -> KafkaBrokerDouble:
     """A double configured like a broker: ``listeners=SSL://127.0.0.1:0,INTERNAL://...``."""
     props = dict(props)
     listeners: dict[str, int] = {}
@@ -1764,7 +1845,7 @@ def broker_from_properties(broker_id: int, props: Mapping[str, str]) -> KafkaBro
         listeners[m.group(1)] = int(m.group(3))
         host = m.group(2) or host
     inter = props.pop("inter.broker.listener.name", None)
-    return KafkaBrokerDouble(broker_id, listeners, props, inter, host=host)
+    return KafkaBrokerDouble(broker_id, listeners, props, inter, host=host, profile=profile)
 
 
 @contextlib.contextmanager
@@ -1780,17 +1861,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker-id", type=int, default=1)
     parser.add_argument("--config", required=True, help="server.properties (or .json)")
-    parser.add_argument("--mode", choices=("kraft", "zk"), default="kraft")
-    parser.add_argument("--kafka-version", default="3.9", help="major.minor, e.g. 3.6")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="a supported Kafka version and mode (default: the newest)")
+    parser.add_argument("--mode", choices=("kraft", "zk"), help="instead of --profile")
+    parser.add_argument("--kafka-version", help="major.minor, e.g. 3.6 (instead of --profile)")
     parser.add_argument("--instant", action="store_true",
                         help="no validation cost, apply before answering (kafka_timing.INSTANT)")
     args = parser.parse_args(argv)
-    broker = broker_from_properties(args.broker_id, read_properties(args.config))
+    if args.profile:
+        profile = PROFILES[args.profile]
+    else:
+        version = None
+        if args.kafka_version:
+            major, minor = args.kafka_version.split(".")[:2]
+            version = (int(major), int(minor))
+        profile = profile_for(version, args.mode)
+    broker = broker_from_properties(args.broker_id, read_properties(args.config), profile)
     if args.instant:
         broker.timing = INSTANT
-    broker.mode = args.mode
-    major, minor = args.kafka_version.split(".")[:2]
-    broker.kafka_version = (int(major), int(minor))
     with _signals_stop() as done, broker:
         print(
             json.dumps(
