@@ -50,7 +50,12 @@ def check_material(new: StoreMaterial, now: dt.datetime) -> None:
 
 def check_compatible(new: StoreMaterial, served: x509.Certificate, *, allow_dn_changes: bool,
                      allow_san_changes: bool, old_key_entries: int | None) -> None:
-    """The update keeps what Kafka insists on: DN, SANs, entry count."""
+    """The update keeps what Kafka insists on: DN, SANs, entry count.
+
+    Compared with the certificate the listener *serves*, never with the file at its path: a
+    Kafka broker before 2.6 (``SslFactory``) compares with the old path read again, which on
+    the stable ``current/`` paths is the new keystore itself, and accepts a DN change or a
+    dropped SAN. On those brokers this check is the only guard."""
     cert = new.certificate
     if not allow_dn_changes and cert.subject != served.subject:
         raise PredictedRefusal(

@@ -24,12 +24,38 @@ from sidecar.lifecycle import STOP_CHECK, Stopped
 _API_VERSIONS = struct.pack(">hhih", 18, 0, 1, 11) + b"tls-monitor"
 
 
+#: Kafka error codes (org.apache.kafka.common.protocol.Errors) and what they mean to a reload.
+_REFUSAL_KINDS = {
+    40: "config_refused",  # INVALID_CONFIG
+    42: "config_refused",  # INVALID_REQUEST: every SslFactory validation failure, any version
+    44: "config_refused",  # POLICY_VIOLATION (alter.config.policy.class.name)
+    31: "not_authorized",  # CLUSTER_AUTHORIZATION_FAILED: no ALTER_CONFIGS on the cluster
+    7: "unavailable",  # REQUEST_TIMED_OUT
+    41: "unavailable",  # NOT_CONTROLLER (KRaft: forwarded to a controller that moved)
+}
+
+
+def refusal_kind(code: int | None) -> str:
+    """What a failed alter means, from Kafka's error code alone.
+
+    The refusal's text differs by Kafka version and mode (ZooKeeper mode prefixes "Invalid
+    config value for resource ConfigResource(...)"; before 3.7 one message covers a DN or a
+    SAN change, later two; a refused signer switch reads "Empty client certificate chain" on
+    2.4 and a PKIX failure elsewhere), so it is logged, never parsed. ``transport``: no answer
+    from the broker (librdkafka's own negative codes, timeouts, TLS)."""
+    if code is None or code < 0:
+        return "transport"
+    return _REFUSAL_KINDS.get(code, "broker_error")
+
+
 class KafkaRefused(Exception):
-    """The broker refused (or failed) the alter; ``code`` is Kafka's error code if known."""
+    """The broker refused (or failed) the alter; ``code`` is Kafka's error code if known,
+    ``kind`` what it means (``refusal_kind``)."""
 
     def __init__(self, message: str, code: int | None) -> None:
         super().__init__(message)
         self.code = code
+        self.kind = refusal_kind(code)
 
 
 def admin_config(bootstrap: str, generation_dir: Path, hostname_verification: bool,
@@ -119,7 +145,7 @@ class BrokerAdmin:
             alter_broker_configs({}, self.broker_id, settings, self.timeout, stop,
                                  admin=self.client(generation_dir))
         except KafkaRefused as exc:
-            if exc.code is None or exc.code < 0:  # librdkafka's own (negative) codes
+            if exc.kind == "transport":  # no answer: reconnect from scratch next time
                 self.drop()
             raise
 

@@ -156,6 +156,7 @@ class Reloader:
             return False
         except KafkaRefused as exc:  # may be transient (broker busy, restarting): retried
             self._fail("refused_by_kafka", str(exc), manifest, kafka_error_code=exc.code,
+                       refusal=exc.kind,
                        action="the broker keeps its current material; retrying")
             return False
         except VerifyFailed as exc:

@@ -1,25 +1,60 @@
 """The TLS monitor against a broker: reload, verify by handshake, acknowledge; refusals
-predicted locally and refused by the broker alike."""
+predicted locally and refused by the broker alike. Tests taking ``profile`` run once per Kafka
+profile of the double (``tests/doubles/kafka_profiles.py``), or once against a real broker
+with the profile read from its DescribeConfigs."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
+import os
 from pathlib import Path
 
 import jks
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from monitor.kafka import KafkaRefused, admin_config, alter_broker_configs
 from monitor.reloader import write_ack
 from sidecar import layout
 from sidecar.manifest import Acknowledgement, Manifest, sha256_hex
+from sidecar.material import format_serial
 from sidecar.renewal import Desired
 from sidecar.volume import Volume
+from tests.doubles.kafka_broker import KafkaBrokerDouble
+from tests.doubles.kafka_profiles import PROFILES, KafkaProfile, profile_of_server
 from tests.manager_kit import PASSWORD, metric
 from tests.monitor_kit import PHASES, Rig, broker_rig
 from tests.vault_setup import VaultTarget
+
+
+@pytest.fixture(params=list(PROFILES), ids=list(PROFILES))
+def profile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> KafkaProfile:
+    """The Kafka profile the rig's broker double plays (the real broker: once, as it is)."""
+    chosen = PROFILES[request.param]
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        if request.param != next(iter(PROFILES)):
+            pytest.skip("the real broker runs once, as the version it is")
+        return chosen  # replaced by rig_profile() once the rig is up
+    monkeypatch.setattr("tests.monitor_kit.KafkaBrokerDouble",
+                        functools.partial(KafkaBrokerDouble, profile=chosen))
+    return chosen
+
+
+def rig_profile(rig: Rig, profile: KafkaProfile) -> KafkaProfile:
+    """The double's profile, or the real broker's, read from its DescribeConfigs."""
+    if rig.broker is not None:
+        assert rig.broker.profile == profile
+        return profile
+    ack = Volume(rig.volume).read_ack()
+    assert ack is not None
+    accepted = rig.volume / "generations" / f"{ack.generation:08d}"
+    client = AdminClient(admin_config(rig.addresses["SSL"], accepted, False, 10))
+    resource = ConfigResource(ResourceType.BROKER, os.environ.get("KAFKA_BROKER_ID", "1"))
+    configs = client.describe_configs([resource], request_timeout=10)[resource].result(15)
+    return profile_of_server({k: e.value for k, e in configs.items()})
 
 
 def served_serial(rig: Rig, listener: str) -> str:
@@ -57,14 +92,15 @@ def test_reload_through_all_phases(vault: VaultTarget, tmp_path: Path, store_typ
 
 
 def refuse_case(vault: VaultTarget, tmp_path: Path, change: dict[str, object],
-                desired: Desired, reason: str) -> None:
+                desired: Desired, reason: str, profile: KafkaProfile) -> None:
     with broker_rig(vault, tmp_path) as rig:
+        profile = rig_profile(rig, profile)
         reloader, metrics, log = rig.monitor()
         assert reloader.handle()
         before = {n: served_serial(rig, n) for n in rig.addresses}
         rig.manager.issuer.identity = dataclasses.replace(rig.manager.issuer.identity,
                                                           **change)
-        rig.install(desired)
+        refused = rig.install(desired)
         alters_before = rig.broker.requests.count((44, 1)) if rig.broker else 0
         assert not reloader.handle()
         failed = log.named("reload_failed")
@@ -77,34 +113,64 @@ def refuse_case(vault: VaultTarget, tmp_path: Path, change: dict[str, object],
         assert {n: served_serial(rig, n) for n in rig.addresses} == before
         ack = Volume(rig.volume).read_ack()
         assert ack is not None and ack.generation == 1, "the refused generation is not acked"
-        # And the broker itself refuses it when asked anyway (a new path, so that KRaft
-        # validates before answering rather than after, see the double's notes).
+        # And the broker itself, asked anyway (a new path, so that KRaft validates before
+        # answering rather than after, see the double's notes): 2.6+ refuses, whatever its
+        # words; before 2.6 SslFactory compares the new keystore with the old *path* read
+        # again, which is current/, the refused generation itself: it accepts a DN change or
+        # a dropped SAN, and the monitor's prediction is the only guard.
         directory = Volume(rig.volume).current_generation_dir()
         assert directory is not None
         listener = "internal" if reason == "handshake" else "ssl"
         accepted = rig.volume / "generations" / f"{ack.generation:08d}"
+        settings = {f"listener.name.{listener}.ssl.keystore.location":
+                    str(directory / layout.KEYSTORE_P12)}
+        config = admin_config(rig.addresses["SSL"], accepted, False, 10)
+        if reason != "handshake" and profile.accepts_same_path_identity_change():
+            if rig.broker is not None:  # (a real broker is not left serving the bad identity)
+                alter_broker_configs(config, 1, settings, 10)
+                assert rig.broker.wait_applied()
+                served = rig.broker.served_certificate("SSL").serial_number
+                assert format_serial(served) == refused.serial, "2.4 took it"
+            return
         with pytest.raises(KafkaRefused) as info:
-            alter_broker_configs(
-                admin_config(rig.addresses["SSL"], accepted, False, 10), 1,
-                {f"listener.name.{listener}.ssl.keystore.location":
-                    str(directory / layout.KEYSTORE_P12)}, 10)
+            alter_broker_configs(config, 1, settings, 10)
         assert info.value.code == 42
+        assert info.value.kind == "config_refused"
 
 
-def test_dn_change_is_predicted_and_refused(vault: VaultTarget, tmp_path: Path) -> None:
+def test_dn_change_is_predicted_and_refused(vault: VaultTarget, tmp_path: Path,
+                                            profile: KafkaProfile) -> None:
+    """On every version; on 2.4 the broker would have accepted it (see refuse_case)."""
     refuse_case(vault, tmp_path, {"subject": "CN=broker-9.kafka.test,OU=kafka,O=Example"},
-                PHASES[0], "dn_changed")
+                PHASES[0], "dn_changed", profile)
 
 
-def test_dropped_san_is_predicted_and_refused(vault: VaultTarget, tmp_path: Path) -> None:
+def test_dropped_san_is_predicted_and_refused(vault: VaultTarget, tmp_path: Path,
+                                              profile: KafkaProfile) -> None:
+    """On every version; on 2.4 the broker would have accepted it (see refuse_case)."""
     refuse_case(vault, tmp_path, {"dns_sans": ("broker-1.kafka.test",)}, PHASES[0],
-                "san_dropped")
+                "san_dropped", profile)
 
 
-def test_signer_switch_without_trust_is_predicted_and_refused(vault: VaultTarget,
-                                                              tmp_path: Path) -> None:
+def test_signer_switch_without_trust_is_predicted_and_refused(
+        vault: VaultTarget, tmp_path: Path, profile: KafkaProfile) -> None:
     # phase 0 -> phase 2: signed by B while the served truststore trusts only A
-    refuse_case(vault, tmp_path, {}, PHASES[2], "handshake")
+    refuse_case(vault, tmp_path, {}, PHASES[2], "handshake", profile)
+
+
+def test_rotation_holds_on_every_version(vault: VaultTarget, tmp_path: Path,
+                                         profile: KafkaProfile) -> None:
+    """A→B through the four phases, each reloaded and verified, on each profile."""
+    with broker_rig(vault, tmp_path) as rig:
+        rig_profile(rig, profile)
+        reloader, _, log = rig.monitor()
+        assert reloader.handle(), log.events
+        for desired in PHASES[1:]:
+            manifest = rig.install(desired)
+            assert reloader.handle(), log.events
+            for listener in rig.addresses:
+                assert served_serial(rig, listener) == manifest.serial
+        assert not log.named("reload_failed"), log.named("reload_failed")
 
 
 def test_verification_catches_a_broker_that_keeps_the_old_certificate(
@@ -126,17 +192,23 @@ def test_verification_catches_a_broker_that_keeps_the_old_certificate(
         assert Volume(rig.volume).read_ack().generation == 2
 
 
-def test_kafka_refusal_is_reported_with_its_code(vault: VaultTarget, tmp_path: Path) -> None:
+def test_kafka_refusal_is_reported_with_its_code(vault: VaultTarget, tmp_path: Path,
+                                                 profile: KafkaProfile) -> None:
+    """Each version words a refusal its own way; the monitor classifies it by code alone."""
     with broker_rig(vault, tmp_path) as rig:
         broker = rig.require_double()
         reloader, metrics, log = rig.monitor()
         assert reloader.handle()
-        broker.refuse_next_reload("Simulated refusal")
+        words = ("Validation of dynamic config update of SSLFactory failed: "
+                 f"org.apache.kafka.common.config.ConfigException: "
+                 f"{profile.keystore_refusal('dn')}")
+        broker.refuse_next_reload(profile.wrap("1", words))
         rig.install(PHASES[1])
         assert not reloader.handle()
         failed = log.named("reload_failed")[-1]
         assert failed["result"] == "refused_by_kafka" and failed["kafka_error_code"] == 42
-        assert "Simulated refusal" in failed["error"]
+        assert failed["refusal"] == "config_refused"
+        assert words in failed["error"]
         assert metric(metrics, "tls_monitor_reloads_total", result="refused_by_kafka") == 1
         assert metric(metrics, "tls_monitor_served_matches_disk") == 0
         assert reloader.handle(), "a Kafka refusal is retried (it may be transient)"
