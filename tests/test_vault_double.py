@@ -589,3 +589,149 @@ def test_policy_wildcards_follow_vault(vault_double: VaultDouble) -> None:
         client.secrets.pki.sign_certificate(name="kafka", csr=pem,
                                             common_name="broker-1.kafka.test",
                                             mount_point="pki_root_a")
+
+
+# ----------------------------------------------------------------------------- identity templating
+# builtin/logical/pki/cert_util.go validateNames; sdk/helper/identitytpl/templating.go;
+# builtin/credential/approle/path_login.go (alias = role_id, metadata role_name);
+# vault-plugin-auth-kubernetes backend.go getAliasName (alias = SA UID or <ns>/<name>).
+
+
+def test_auth_methods_list_their_accessors(vault_double: VaultDouble) -> None:
+    auths = hvac.Client(url=vault_double.url, token=vault_double.root_token).sys.list_auth_methods()
+    assert auths["data"]["approle/"]["accessor"] == vault_double.auth_accessor("approle")
+    assert auths["data"]["kubernetes/"]["type"] == "kubernetes"
+    assert vault_double.auth_accessor("approle").startswith("auth_approle_")
+
+
+def test_approle_login_carries_an_entity_aliased_by_role_id(vault_double: VaultDouble) -> None:
+    vault_double.add_approle("id-of-broker-1", "s1", ["default"], role_name="broker-1")
+    client = hvac.Client(url=vault_double.url, timeout=5)
+    first = client.auth.approle.login("id-of-broker-1", "s1")["auth"]
+    entity = vault_double.entity_for(first["client_token"])
+    assert entity is not None and first["entity_id"] == entity.id
+    (alias,) = entity.aliases
+    assert alias.name == "id-of-broker-1" and alias.metadata == {"role_name": "broker-1"}
+    assert alias.mount_accessor == vault_double.auth_accessor("approle")
+    again = client.auth.approle.login("id-of-broker-1", "s1")["auth"]
+    assert again["entity_id"] == entity.id  # the same alias finds the same entity
+
+
+def _templated_target(double: VaultDouble) -> vault_setup.VaultTarget:
+    return VaultTarget(url=double.url, token=double.root_token, double=double)
+
+
+@pytest.mark.parametrize("version", ["1.7", "1.17"])
+def test_templated_role_signs_only_the_callers_own_name(version: str) -> None:
+    with VaultDouble(version=version) as double:
+        creds = vault_setup.prepare_least_privilege(
+            _templated_target(double), {"broker-1": "broker", "producer": "client"})
+        broker = hvac.Client(url=double.url, timeout=5)
+        broker.auth.approle.login(*creds["broker-1"])
+        csr, _ = make_csr(BROKER, dns=[BROKER, "localhost"], ips=["127.0.0.1"])
+        cert = load(sign(broker, csr, role="kafka-broker")["data"]["certificate"])
+        assert sans(cert) == ({BROKER, "localhost"}, {"127.0.0.1"})
+        csr, _ = make_csr("broker-2.kafka.test")
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            sign(broker, csr, role="kafka-broker")
+        # the words a real Vault 1.7.10 answered (same text in current Vault)
+        assert errors_of(exc) == ["common name broker-2.kafka.test not allowed by this role"]
+        producer = hvac.Client(url=double.url, timeout=5)
+        producer.auth.approle.login(*creds["producer"])
+        csr, _ = make_csr(BROKER)
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            sign(producer, csr, role="kafka-client")
+        assert errors_of(exc) == [f"common name {BROKER} not allowed by this role"]
+        with pytest.raises(hvac.exceptions.Forbidden):  # the broker role is not its to use
+            sign(producer, csr, role="kafka-broker")
+        csr, _ = make_csr("producer.kafka.test")
+        cert = load(sign(producer, csr, "producer.kafka.test", role="kafka-client")
+                    ["data"]["certificate"])
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_templated_role_without_an_entity_keeps_the_template_literal(
+    vault_double: VaultDouble,
+) -> None:
+    accessor = vault_double.auth_accessor("approle")
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    ensure_role(client, "tpl", allowed_domains=[
+        f"{{{{identity.entity.aliases.{accessor}.name}}}}.kafka.test"],
+        allowed_domains_template=True, allow_subdomains=False)
+    csr, _ = make_csr(BROKER)
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        sign(client, csr, role="tpl")  # root has no entity: nothing is allowed
+    assert errors_of(exc) == [f"common name {BROKER} not allowed by this role"]
+
+
+def test_kubernetes_alias_by_name_and_namespace_metadata(vault_double: VaultDouble) -> None:
+    accessor = vault_double.auth_accessor("kubernetes")
+    vault_double.add_kubernetes_role("brokers", ["jwt-b1"], ["kafka-signer"],
+                                     service_account_name="broker-1", namespace="kafka",
+                                     alias_name_source="serviceaccount_name")
+    vault_double.add_kubernetes_role("by-uid", ["jwt-u"], ["kafka-signer"],
+                                     service_account_name="broker-1", namespace="kafka")
+    vault_double.add_policy("kafka-signer", ["pki_root_a/sign/*"])
+    root = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    ensure_role(root, "by-sa", allowed_domains=[
+        f"{{{{identity.entity.aliases.{accessor}.metadata.service_account_name}}}}"
+        f".{{{{identity.entity.aliases.{accessor}.metadata.service_account_namespace}}}}.test"],
+        allowed_domains_template=True, allow_subdomains=False)
+    client = hvac.Client(url=vault_double.url, timeout=5)
+    client.auth.kubernetes.login("brokers", "jwt-b1")
+    entity = vault_double.entity_for(client.token)
+    assert entity is not None and entity.aliases[0].name == "kafka/broker-1"
+    csr, _ = make_csr("broker-1.kafka.test")
+    sign(client, csr, "broker-1.kafka.test", role="by-sa")
+    csr, _ = make_csr("broker-2.kafka.test")
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        sign(client, csr, "broker-2.kafka.test", role="by-sa")
+    sa = f"{{{{identity.entity.aliases.{accessor}.metadata.service_account_name}}}}"
+    ns = f"{{{{identity.entity.aliases.{accessor}.metadata.service_account_namespace}}}}"
+    ensure_role(root, "pods", allowed_domains=[f"{sa}-*.{sa}.{ns}.svc.cluster.local"],
+                allowed_domains_template=True, allow_glob_domains=True, allow_subdomains=False)
+    pod = "broker-1-0.broker-1.kafka.svc.cluster.local"  # docker/k8s/broker-pod.yaml's form
+    csr, _ = make_csr(pod)
+    sign(client, csr, pod, role="pods")
+    csr, _ = make_csr("producer-0.producer.kafka.svc.cluster.local")
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        sign(client, csr, "producer-0.producer.kafka.svc.cluster.local", role="pods")
+    uid_client = hvac.Client(url=vault_double.url, timeout=5)
+    uid_client.auth.kubernetes.login("by-uid", "jwt-u")
+    uid_entity = vault_double.entity_for(uid_client.token)
+    assert uid_entity is not None
+    assert uid_entity.aliases[0].name == uid_entity.aliases[0].metadata["service_account_uid"]
+
+
+@pytest.mark.parametrize("template", [
+    "{{identity.groups.names.kafka.name}}.kafka.test",
+    "{{identity.entity.metadata.host}}.kafka.test",
+    "{{time.now}}.kafka.test",
+])
+def test_a_template_the_double_does_not_model_fails_loudly(
+    vault_double: VaultDouble, template: str
+) -> None:
+    client = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    with pytest.raises(hvac.exceptions.InternalServerError) as exc:
+        ensure_role(client, "tpl", allowed_domains=[template], allowed_domains_template=True)
+    assert "does not model" in errors_of(exc)[0]
+
+
+def test_a_template_vault_cannot_populate_allows_nothing(vault_double: VaultDouble) -> None:
+    vault_double.add_approle("p", "s", ["signer"], role_name="producer")
+    vault_double.add_policy("signer", ["pki_root_a/sign/tpl"])
+    root = hvac.Client(url=vault_double.url, token=vault_double.root_token, timeout=5)
+    accessor = vault_double.auth_accessor("approle")
+    ensure_role(root, "tpl", allowed_domains=[
+        "{{identity.entity.aliases.auth_approle_nothere.name}}.kafka.test",
+        "{{identity.entity.aliases." + accessor + ".metadata.absent}}.kafka.test",
+        "{{identity.entity.name", "{{identity.entity.bogus}}"],
+        allowed_domains_template=True, allow_subdomains=True)
+    client = hvac.Client(url=vault_double.url, timeout=5)
+    client.auth.approle.login("p", "s")
+    for name in ("producer.kafka.test", "x.kafka.test", "kafka.test"):
+        csr, _ = make_csr(name)
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            sign(client, csr, name, role="tpl")
+        assert errors_of(exc) == [f"common name {name} not allowed by this role"]

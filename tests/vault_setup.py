@@ -42,8 +42,12 @@ from tests.doubles.vault import (
 from tests.doubles.vault.profiles import profile_for
 
 __all__ = [
+    "BROKER_ROLE",
+    "CLIENT_ROLE",
     "VaultTarget",
+    "least_privilege_roles",
     "prepare",
+    "prepare_least_privilege",
     "vault",
     "vault_double",
     "vault_target",
@@ -96,6 +100,72 @@ def prepare(
         # without which the role is rsa-only and refuses EC CSRs on every Vault version.
         params = {k: (list(v) if isinstance(v, list) else v) for k, v in KAFKA_ROLE_PARAMS.items()}
         client.secrets.pki.create_or_update_role(role, extra_params=params, mount_point=mount)
+
+
+BROKER_ROLE, CLIENT_ROLE = "kafka-broker", "kafka-client"
+
+
+def least_privilege_roles(name_template: str) -> dict[str, dict[str, Any]]:
+    """The PKI roles of the least-privilege set-up (docker/vault-init.sh writes the same):
+    ``kafka-broker`` and ``kafka-client`` allow only ``<name_template>.kafka.test`` (plus
+    localhost and IP SANs), the template naming the caller's auth identity, e.g.
+    ``{{identity.entity.aliases.<approle accessor>.metadata.role_name}}``; a client's
+    certificate is not valid for TLS servers."""
+    common: dict[str, Any] = {
+        **KAFKA_ROLE_PARAMS,
+        "allowed_domains": [f"{name_template}.kafka.test"],
+        "allowed_domains_template": True,
+        "allow_bare_domains": True,
+        "allow_subdomains": False,
+    }
+    return {BROKER_ROLE: dict(common), CLIENT_ROLE: {**common, "server_flag": False}}
+
+
+def prepare_least_privilege(
+    target: VaultTarget, participants: dict[str, str], mounts: Sequence[str] | None = None
+) -> dict[str, tuple[str, str]]:
+    """Templated roles, one policy per kind and one AppRole per participant.
+
+    ``participants`` maps an AppRole name to "broker" or "client"; the AppRole's role_id is
+    its name (as docker/vault-init.sh sets it). Each root mount gets ``least_privilege_roles``
+    templated on the AppRole's ``role_name``; policy ``kafka-pki-<kind>`` allows ``sign`` on
+    that kind's role only (and reading the CA chain). Returns name -> (role_id, secret_id).
+    Works on the double (its Python API for policies and AppRoles) and on a real Vault.
+    """
+    mounts = tuple(mounts or target.mounts)
+    client = target.client()
+    auths = client.sys.list_auth_methods()["data"]
+    if "approle/" not in auths:
+        client.sys.enable_auth_method("approle")
+        auths = client.sys.list_auth_methods()["data"]
+    accessor = auths["approle/"]["accessor"]
+    roles = least_privilege_roles(
+        f"{{{{identity.entity.aliases.{accessor}.metadata.role_name}}}}"
+    )
+    for mount in mounts:
+        for name, params in roles.items():
+            client.secrets.pki.create_or_update_role(name, extra_params=params, mount_point=mount)
+    credentials: dict[str, tuple[str, str]] = {}
+    for kind, role in (("broker", BROKER_ROLE), ("client", CLIENT_ROLE)):
+        paths = [f"{m}/sign/{role}" for m in mounts]
+        reads = [f"{m}/{p}" for m in mounts for p in ("ca_chain", "ca/pem", "cert/ca_chain")]
+        if target.double is not None:
+            target.double.add_policy(f"kafka-pki-{kind}", paths + reads)
+        else:
+            hcl = "\n".join([f'path "{p}" {{ capabilities = ["update"] }}' for p in paths]
+                            + [f'path "{p}" {{ capabilities = ["read"] }}' for p in reads])
+            client.sys.create_or_update_policy(f"kafka-pki-{kind}", hcl)
+    for name, kind in participants.items():
+        policy = f"kafka-pki-{kind}"
+        if target.double is not None:
+            secret_id = f"secret-{name}"
+            target.double.add_approle(name, secret_id, [policy], role_name=name)
+        else:
+            client.auth.approle.create_or_update_approle(name, token_policies=[policy])
+            client.auth.approle.update_role_id(name, name)
+            secret_id = client.auth.approle.generate_secret_id(name)["data"]["secret_id"]
+        credentials[name] = (name, secret_id)
+    return credentials
 
 
 @dataclass

@@ -54,6 +54,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.doubles.vault.identity import (
+    Entity,
+    IdentityStore,
+    TemplateError,
+    TemplateNotModelled,
+    check_modelled,
+    has_template,
+    populate,
+)
 from tests.doubles.vault.profiles import CURRENT, PROFILES, VaultProfile, profile_for
 
 __all__ = [
@@ -122,7 +131,7 @@ _ROLE_LIST_FIELDS = (
     "street_address", "postal_code", "cn_validations",
 )  # fmt: skip
 _ROLE_BOOL_FIELDS = (
-    "allow_bare_domains", "allow_subdomains", "allow_glob_domains",
+    "allow_bare_domains", "allow_subdomains", "allow_glob_domains", "allowed_domains_template",
     "allow_wildcard_certificates", "allow_localhost", "allow_any_name", "enforce_hostnames",
     "allow_ip_sans", "server_flag", "client_flag", "code_signing_flag", "email_protection_flag",
     "use_csr_common_name", "use_csr_sans", "generate_lease", "no_store", "require_cn",
@@ -137,6 +146,7 @@ _ROLE_DEFAULTS: dict[str, Any] = {
     "allow_bare_domains": False,
     "allow_subdomains": False,
     "allow_glob_domains": False,
+    "allowed_domains_template": False,
     "allow_wildcard_certificates": True,
     "allow_localhost": True,
     "allow_any_name": False,
@@ -493,6 +503,9 @@ class _KubeRole:
     token_max_ttl: int
     service_account_name: str
     namespace: str
+    #: vault-plugin-auth-kubernetes: the alias is the service account's UID
+    #: ("serviceaccount_uid", the default) or "<namespace>/<name>" ("serviceaccount_name").
+    alias_name_source: str = "serviceaccount_uid"
 
 
 @dataclass
@@ -635,6 +648,15 @@ class VaultDouble:
         self._approles: dict[str, _AppRole] = {}
         self._kube_roles: dict[str, _KubeRole] = {}
         self._mounts: dict[str, _Mount] = {}
+        #: Auth methods by path (``sys/auth``), each with the accessor that identity templates
+        #: name (``{{identity.entity.aliases.<accessor>.name}}``).
+        self._auth_mounts: dict[str, _Mount] = {
+            path: _Mount(path=path, type=path, description=desc,
+                         accessor=f"auth_{path}_{secrets.token_hex(4)}")
+            for path, desc in (("token", "token based credentials"), ("approle", ""),
+                               ("kubernetes", ""))
+        }
+        self.identity = IdentityStore()
         self.sign_count: dict[str, int] = {}
         self.issue_count: dict[str, int] = {}
         self.request_log: list[tuple[str, str, int]] = []
@@ -835,11 +857,17 @@ class VaultDouble:
         token_max_ttl: int | str = 0,
         service_account_name: str = "kafka-pki-sidecar",
         namespace: str = "kafka",
+        alias_name_source: str = "serviceaccount_uid",
     ) -> None:
         """Let ``auth/kubernetes/login`` accept these JWTs for ``role``.
 
-        Any other JWT is refused like a failed TokenReview: 403 permission denied.
+        Any other JWT is refused like a failed TokenReview: 403 permission denied. The service
+        account's UID is derived from the JWT; the entity alias is that UID or, with
+        ``alias_name_source="serviceaccount_name"``, ``<namespace>/<name>``.
         """
+        if alias_name_source not in ("serviceaccount_uid", "serviceaccount_name"):
+            raise ValueError("invalid alias_name_source, must be one of: "
+                             "serviceaccount_uid, serviceaccount_name")
         with self._lock:
             self._kube_roles[role] = _KubeRole(
                 name=role,
@@ -849,7 +877,20 @@ class VaultDouble:
                 token_max_ttl=parse_duration(token_max_ttl),
                 service_account_name=service_account_name,
                 namespace=namespace,
+                alias_name_source=alias_name_source,
             )
+
+    def auth_accessor(self, path: str) -> str:
+        """The mount accessor of the auth method at ``path`` ("approle", "kubernetes", "token"),
+        as ``sys/auth`` lists it."""
+        with self._lock:
+            return self._auth_mounts[path.strip("/")].accessor
+
+    def entity_for(self, token: str) -> Entity | None:
+        """The identity entity a token belongs to (None for root and token-store tokens)."""
+        with self._lock:
+            found = self._tokens.get(token)
+            return self.identity.entities.get(found.entity_id) if found else None
 
     def create_token(
         self,
@@ -974,6 +1015,8 @@ class VaultDouble:
             result = self._route(method, rel, query, headers, body)
         except _Reply as reply:
             return self._json(reply.status, {"errors": reply.errors})
+        except TemplateNotModelled as exc:
+            return self._json(500, {"errors": [f"the Vault double does not model {exc}"]})
         except Exception as exc:  # pragma: no cover - a bug in the double shows as a 500
             return self._json(500, {"errors": [f"1 error occurred:\n\t* {exc}\n\n"]})
         return result
@@ -1121,6 +1164,7 @@ class VaultDouble:
         meta: dict[str, str] | None = None,
         orphan: bool = False,
         num_uses: int = 0,
+        entity_id: str = "",
     ) -> _Token:
         now = time.time()
         is_root = "root" in policies
@@ -1144,7 +1188,7 @@ class VaultDouble:
             orphan=orphan,
             num_uses=num_uses,
             expire_at=now + ttl if ttl else None,
-            entity_id=str(uuid.uuid4()) if path != "auth/token/create" else "",
+            entity_id=entity_id,
         )
         self._tokens[token.id] = token
         return token
@@ -1162,6 +1206,11 @@ class VaultDouble:
                 raise _bad("missing secret_id")
             if not secrets.compare_digest(secret_id, role.secret_id):
                 raise _bad("invalid role or secret ID")
+            # approle/path_login.go: the alias is the role_id; metadata always has role_name.
+            meta = {"role_name": role.name}
+            entity = self.identity.login(
+                self._auth_mounts["approle"].accessor, "approle", role.role_id, meta
+            )
             token = self._new_token(
                 policies=_sanitize_policies(role.policies),
                 path="auth/approle/login",
@@ -1169,8 +1218,9 @@ class VaultDouble:
                 ttl=role.token_ttl,
                 renewable=True,
                 max_ttl=role.token_max_ttl,
-                meta={"role_name": role.name},
+                meta=meta,
                 orphan=True,
+                entity_id=entity.id,
             )
         return self._ok(None, auth=token.auth_block())
 
@@ -1187,6 +1237,20 @@ class VaultDouble:
                 raise _bad(f'invalid role name "{role_name}"')
             if jwt not in role.accepted_jwts:
                 raise _Reply(403, [self.profile.permission_denied()])
+            uid = str(uuid.uuid5(uuid.NAMESPACE_DNS, jwt))
+            meta = {
+                "role": role.name,
+                "service_account_name": role.service_account_name,
+                "service_account_namespace": role.namespace,
+                "service_account_secret_name": "",
+                "service_account_uid": uid,
+            }
+            alias_name = uid if role.alias_name_source == "serviceaccount_uid" \
+                else f"{role.namespace}/{role.service_account_name}"
+            alias_meta = {k: v for k, v in meta.items() if k != "role"}
+            entity = self.identity.login(
+                self._auth_mounts["kubernetes"].accessor, "kubernetes", alias_name, alias_meta
+            )
             token = self._new_token(
                 policies=_sanitize_policies(role.policies),
                 path="auth/kubernetes/login",
@@ -1194,14 +1258,9 @@ class VaultDouble:
                 ttl=role.token_ttl,
                 renewable=True,
                 max_ttl=role.token_max_ttl,
-                meta={
-                    "role": role.name,
-                    "service_account_name": role.service_account_name,
-                    "service_account_namespace": role.namespace,
-                    "service_account_secret_name": "",
-                    "service_account_uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, jwt)),
-                },
+                meta=meta,
                 orphan=True,
+                entity_id=entity.id,
             )
         return self._ok(None, auth=token.auth_block())
 
@@ -1214,6 +1273,8 @@ class VaultDouble:
             return self._token_api(method, rel[len("auth/token/") :], params, token)
         if rel == "sys/mounts" and method == "GET":
             return self._list_mounts()
+        if rel == "sys/auth" and method == "GET":
+            return self._list_auth()
         if rel.startswith("sys/mounts/"):
             return self._sys_mount(method, rel[len("sys/mounts/") :], params)
         with self._lock:
@@ -1222,7 +1283,7 @@ class VaultDouble:
             raise _Reply(404, [self.profile.no_handler(rel)])
         sub = rel[len(mount.path) :].strip("/")
         if mount.type == "pki":
-            return self._pki(method, mount, sub, params)
+            return self._pki(method, mount, sub, params, token)
         raise _Reply(404, ["unsupported path"])
 
     def _find_mount(self, rel: str) -> _Mount | None:
@@ -1278,6 +1339,13 @@ class VaultDouble:
             data = {f"{m.path}/": m.info(self.profile.version) for m in self._mounts.values()}
         body = self._envelope(data)
         body.update(data)  # Vault also repeats the mounts at the top level (legacy shape)
+        return self._json(200, body)
+
+    def _list_auth(self) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            data = {f"{m.path}/": m.info(self.profile.version) for m in self._auth_mounts.values()}
+        body = self._envelope(data)
+        body.update(data)
         return self._json(200, body)
 
     def _sys_mount(
@@ -1462,11 +1530,13 @@ class VaultDouble:
     # ------------------------------------------------------------------ PKI
 
     def _pki(
-        self, method: str, mount: _Mount, sub: str, params: dict[str, Any]
+        self, method: str, mount: _Mount, sub: str, params: dict[str, Any], token: _Token
     ) -> tuple[int, dict[str, str], bytes]:
         head, _, rest = sub.partition("/")
         if head in ("sign", "issue") and rest and method == "POST":
-            return self._sign_or_issue(mount, rest, params, sign=head == "sign")
+            with self._lock:
+                entity = self.identity.entities.get(token.entity_id)
+            return self._sign_or_issue(mount, rest, params, sign=head == "sign", entity=entity)
         if sub in ("ca", "ca/pem") and method == "GET":
             with self._lock:
                 cert = mount.ca_cert
@@ -1577,6 +1647,9 @@ class VaultDouble:
             raise _bad(f"unknown key type {key_type}")
         if role["max_ttl"] and role["ttl"] > role["max_ttl"]:
             raise _bad('"ttl" value must be less than "max_ttl" value')
+        if role["allowed_domains_template"]:
+            for domain in role["allowed_domains"]:
+                check_modelled(domain)  # a form the double lacks fails the set-up loudly
         return role
 
     def _generate_root(
@@ -1657,7 +1730,13 @@ class VaultDouble:
     # ------------------------------------------------------------------ sign / issue
 
     def _sign_or_issue(
-        self, mount: _Mount, role_name: str, params: dict[str, Any], *, sign: bool
+        self,
+        mount: _Mount,
+        role_name: str,
+        params: dict[str, Any],
+        *,
+        sign: bool,
+        entity: Entity | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             role = mount.roles.get(role_name)
@@ -1675,7 +1754,7 @@ class VaultDouble:
                 "backend must be configured with a CA certificate/key"
             )
         csr = self._parse_csr(role, params) if sign else None
-        plan = self._plan_certificate(mount, role, params, csr, ca_cert)
+        plan = self._plan_certificate(mount, role, params, csr, ca_cert, entity)
         private_key = None
         if csr is not None:
             if not csr.is_signature_valid:
@@ -1820,9 +1899,28 @@ class VaultDouble:
             raise _bad("RSA keys < 2048 bits are unsafe and not supported")
         return csr
 
-    # Vault's validateNames (builtin/logical/pki/cert_util.go), minus token display names.
     @staticmethod
-    def _bad_name(role: dict[str, Any], names: Iterable[str]) -> str:
+    def _allowed_domains(role: dict[str, Any], entity: Entity | None) -> list[str]:
+        """The role's allowed_domains as validateNames reads them for this request
+        (builtin/logical/pki/cert_util.go): with ``allowed_domains_template``, a templated
+        domain is populated for the token's entity; one that cannot be populated is skipped
+        (``continue``), and without an entity (a root or token-store token) it stays literal."""
+        domains: list[str] = []
+        for domain in role["allowed_domains"]:
+            if role["allowed_domains_template"] and entity is not None and has_template(domain):
+                try:
+                    domain = populate(domain, entity)
+                except TemplateError:
+                    continue
+            domains.append(domain)
+        return domains
+
+    # Vault's validateNames (builtin/logical/pki/cert_util.go), minus token display names.
+    @classmethod
+    def _bad_name(
+        cls, role: dict[str, Any], names: Iterable[str], entity: Entity | None = None
+    ) -> str:
+        allowed = cls._allowed_domains(role, entity)
         for name in names:
             sanitized = email_domain = name
             is_email = is_wildcard = False
@@ -1857,7 +1955,7 @@ class VaultDouble:
                 ):
                     continue
             valid = False
-            for domain in role["allowed_domains"]:
+            for domain in allowed:
                 if not domain:
                     continue
                 if role["allow_bare_domains"] and (
@@ -1897,6 +1995,7 @@ class VaultDouble:
         params: dict[str, Any],
         csr: x509.CertificateSigningRequest | None,
         ca_cert: x509.Certificate,
+        entity: Entity | None = None,
     ) -> dict[str, Any]:
         """Vault's generateCreationBundle: names, role checks, subject and validity."""
         cn = ""
@@ -1937,11 +2036,11 @@ class VaultDouble:
                     converted = self._to_dns(alt)
                     if converted:
                         dns_names.append(converted)
-        if cn and (bad := self._bad_name(role, [cn])):
+        if cn and (bad := self._bad_name(role, [cn], entity)):
             raise _bad(f"common name {bad} not allowed by this role")
-        if bad := self._bad_name(role, dns_names):
+        if bad := self._bad_name(role, dns_names, entity):
             raise _bad(f"subject alternate name {bad} not allowed by this role")
-        if bad := self._bad_name(role, emails):
+        if bad := self._bad_name(role, emails, entity):
             raise _bad(f"email address {bad} not allowed by this role")
 
         ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
