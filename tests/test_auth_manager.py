@@ -303,6 +303,37 @@ def test_once_ends_at_once_on_a_permanent_refusal(vault_double: VaultDouble, tmp
     assert not (tmp_path / "v" / "current").exists()
 
 
+def test_once_refuses_a_client_asking_for_a_brokers_name(tmp_path: Path) -> None:
+    """Least privilege: the AppRole ``producer`` (role ``kafka-client``, its name templated on
+    the AppRole) asks for the broker's DN: Vault's 400 is permanent, --once exits 2 at once
+    and writes nothing; asked for its own name, the same AppRole gets a certificate."""
+    with VaultDouble() as double:
+        target = VaultTarget(url=double.url, token=double.root_token, double=double)
+        creds = vault_setup.prepare_least_privilege(
+            target, {"broker-1": "broker", "producer": "client"})
+        role_id, secret_id = creds["producer"]
+        (tmp_path / "secret-id").write_text(secret_id)
+        env = env_for(target, tmp_path / "v", tmp_path)
+        del env["VAULT_TOKEN"]
+        env |= {"PKI_VAULT_AUTH": "approle", "PKI_VAULT_ROLE_ID": role_id,
+                "PKI_VAULT_SECRET_ID_FILE": str(tmp_path / "secret-id"),
+                "PKI_PKI_ROLE": vault_setup.CLIENT_ROLE}
+        started = time.monotonic()
+        result = run_script("pki-auth-manager", ["--once"], env)
+        assert result.returncode == 2, result.stderr
+        assert time.monotonic() - started < 15, "not retried until once_timeout"
+        failed = [json.loads(line) for line in result.stderr.splitlines()
+                  if '"once_failed"' in line]
+        assert len(failed) == 1, result.stderr
+        assert "common name broker-1.kafka.test not allowed by this role" in failed[0]["error"]
+        assert failed[0]["kind"] == "permanent_invalid_request"
+        assert not (tmp_path / "v" / "current").exists()
+        own = env | {"PKI_SUBJECT": "CN=producer.kafka.test,OU=kafka,O=Example",
+                     "PKI_DNS_SANS": "producer.kafka.test,localhost"}
+        assert run_script("pki-auth-manager", ["--once"], own).returncode == 0
+        assert (tmp_path / "v" / "current").exists()
+
+
 @pytest.mark.parametrize(("err", "message"), VOLUME_WRITE_ERRORS)
 def test_volume_write_failure_keeps_previous_generation(
         vault_double: VaultDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
