@@ -2,13 +2,25 @@
 # One-shot Vault set-up for the compose demo, run with the hashicorp/vault image against the
 # dev server (VAULT_ADDR, VAULT_TOKEN = the dev root token, from the service's environment).
 #
-#   - two PKI mounts, pki_root_a and pki_root_b, each with an internal root CA and the role
-#     `kafka` (its ou/organization make the issued DN equal the sidecars' PKI_SUBJECT);
-#   - the policy `kafka-pki` (sign on the roots' kafka role, read their CA chain) and
-#     `kafka-pki-operator` (read the CA chain: what `kafka-pki rotate` checks);
-#   - AppRole auth, one role per participant, role_id fixed to the participant's name (not a
-#     secret: the sidecars get it as PKI_VAULT_ROLE_ID), secret_id written to
-#     $CREDENTIALS_DIR/<participant>/secret-id (0600, owned by the sidecars' UID);
+#   - two PKI mounts, pki_root_a and pki_root_b, each with an internal root CA;
+#   - PKI_ROLES=templated (the default, least privilege): on each root the roles
+#     `kafka-broker` and `kafka-client`, whose only allowed name is
+#     `<AppRole name>.kafka.test` (plus localhost and IP SANs): allowed_domains is the identity
+#     template {{identity.entity.aliases.<approle accessor>.metadata.role_name}}.kafka.test, so
+#     the AppRole `producer` can get `producer.kafka.test` and never `kafka-1.kafka.test` (a
+#     broker's DN is a Kafka super user). Vault answers 400 "common name kafka-1.kafka.test
+#     not allowed by this role". Policies `kafka-pki-broker` / `kafka-pki-client` allow only
+#     `sign` on their own role (and reading the CA chains); a client's certificate is not
+#     valid for TLS servers (server_flag=false).
+#     PKI_ROLES=shared (quick start, less safe): one role `kafka` signing any name under
+#     kafka.test and one policy `kafka-pki` for every participant: any participant can
+#     obtain any other's certificate, a broker's included;
+#   - the ou/organization of every role make the issued DN equal the sidecars' PKI_SUBJECT;
+#   - `kafka-pki-operator` (read the CA chain: what `kafka-pki rotate` checks);
+#   - AppRole auth, one role per participant (BROKERS are brokers, the other PARTICIPANTS
+#     clients), role_id fixed to the participant's name (not a secret: the sidecars get it as
+#     PKI_VAULT_ROLE_ID), secret_id written to $CREDENTIALS_DIR/<participant>/secret-id
+#     (0600, owned by the sidecars' UID);
 #   - an operator token for `kafka-pki rotate` in $CREDENTIALS_DIR/operator/vault-token.
 #
 # Idempotent: `docker compose up` runs it again. Existing mounts are kept (a root CA is never
@@ -21,6 +33,12 @@ set -eu
 : "${VAULT_TOKEN:?VAULT_TOKEN must be set}"
 CREDENTIALS_DIR="${CREDENTIALS_DIR:-/credentials}"
 PARTICIPANTS="${PARTICIPANTS:-kafka-1 kafka-2 kafka-3 producer consumer}"
+BROKERS="${BROKERS:-kafka-1 kafka-2 kafka-3}"
+PKI_ROLES="${PKI_ROLES:-templated}"
+case "$PKI_ROLES" in
+  templated|shared) ;;
+  *) echo "vault-init: PKI_ROLES must be templated or shared, not $PKI_ROLES" >&2; exit 1 ;;
+esac
 ROOTS="pki_root_a pki_root_b"
 OWNER="${CREDENTIALS_OWNER:-1000:1000}"
 
@@ -57,19 +75,55 @@ setup_root() {
   fi
   # A role write replaces the whole role, and one without key_type is rsa on every Vault
   # version (1.7 included): it would refuse the sidecars' EC CSRs. key_type=any signs both.
-  vault write "$root/roles/kafka" \
-    allowed_domains="kafka.test,localhost" allow_subdomains=true allow_localhost=true \
-    allow_ip_sans=true allow_bare_domains=true key_type=any \
-    ou=kafka organization=Example max_ttl=72h >/dev/null
+  if [ "$PKI_ROLES" = shared ]; then
+    vault write "$root/roles/kafka" \
+      allowed_domains="kafka.test,localhost" allow_subdomains=true allow_localhost=true \
+      allow_ip_sans=true allow_bare_domains=true key_type=any \
+      ou=kafka organization=Example max_ttl=72h >/dev/null
+    return
+  fi
+  # The name comes from the caller's identity: the AppRole login's entity alias carries the
+  # metadata role_name (builtin/credential/approle/path_login.go), and Vault populates the
+  # template per request (builtin/logical/pki/cert_util.go validateNames). A template Vault
+  # cannot populate (a token without that alias, e.g. root) allows no name at all.
+  template="{{identity.entity.aliases.$APPROLE_ACCESSOR.metadata.role_name}}.kafka.test"
+  for kind in broker client; do
+    server_flag=true
+    [ "$kind" = client ] && server_flag=false
+    vault write "$root/roles/kafka-$kind" \
+      allowed_domains="$template" allowed_domains_template=true allow_bare_domains=true \
+      allow_subdomains=false allow_localhost=true allow_ip_sans=true key_type=any \
+      server_flag="$server_flag" client_flag=true \
+      ou=kafka organization=Example max_ttl=72h >/dev/null
+  done
+}
+
+enable_approle() {
+  if ! vault auth list -format=json | grep -q '"approle/"'; then
+    vault auth enable approle >/dev/null
+  fi
+  APPROLE_ACCESSOR=$(vault auth list -format=json \
+    | tr -d '\n ' | sed 's/.*"approle\/":{[^}]*"accessor":"\([^"]*\)".*/\1/')
+  case "$APPROLE_ACCESSOR" in
+    auth_approle_*) ;;
+    *) log "cannot read the approle/ mount accessor" >&2; exit 1 ;;
+  esac
+}
+
+is_broker() {
+  for broker in $BROKERS; do
+    [ "$broker" = "$1" ] && return 0
+  done
+  return 1
 }
 
 write_policies() {
   # Vault's `+` wildcard stands for a whole path segment only ("pki_root_+" would be a
   # literal), so every root mount is listed.
-  policy=""
   operator=""
+  shared=""
   for root in $ROOTS; do
-    policy="$policy
+    shared="$shared
 path \"$root/sign/kafka\" { capabilities = [\"update\"] }
 path \"$root/ca_chain\"   { capabilities = [\"read\"] }
 path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
@@ -77,9 +131,35 @@ path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
 path \"$root/ca_chain\"   { capabilities = [\"read\"] }
 path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
   done
-  printf '%s\n' "$policy" | vault policy write kafka-pki - >/dev/null
   printf '%s\n' "$operator" | vault policy write kafka-pki-operator - >/dev/null
-  log "policies kafka-pki and kafka-pki-operator written"
+  if [ "$PKI_ROLES" = shared ]; then
+    printf '%s\n' "$shared" | vault policy write kafka-pki - >/dev/null
+    log "policies kafka-pki and kafka-pki-operator written"
+    return
+  fi
+  for kind in broker client; do
+    # `sign` on this kind's role of every root (never issue, never the other role), and
+    # reading the roots' CA chains.
+    policy=""
+    for root in $ROOTS; do
+      policy="$policy
+path \"$root/sign/kafka-$kind\" { capabilities = [\"update\"] }
+path \"$root/ca_chain\"   { capabilities = [\"read\"] }
+path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
+    done
+    printf '%s\n' "$policy" | vault policy write "kafka-pki-$kind" - >/dev/null
+  done
+  log "policies kafka-pki-broker, kafka-pki-client and kafka-pki-operator written"
+}
+
+participant_policy() {
+  if [ "$PKI_ROLES" = shared ]; then
+    echo kafka-pki
+  elif is_broker "$1"; then
+    echo kafka-pki-broker
+  else
+    echo kafka-pki-client
+  fi
 }
 
 # install_secret FILE: move FILE.new into place as FILE, 0600, owned by the sidecars' UID.
@@ -90,11 +170,8 @@ install_secret() {
 }
 
 setup_approle() {
-  if ! vault auth list -format=json | grep -q '"approle/"'; then
-    vault auth enable approle >/dev/null
-  fi
   for name in $PARTICIPANTS; do
-    vault write "auth/approle/role/$name" token_policies=kafka-pki \
+    vault write "auth/approle/role/$name" token_policies="$(participant_policy "$name")" \
       token_ttl=1h token_max_ttl=4h secret_id_ttl=0 secret_id_num_uses=0 >/dev/null
     vault write "auth/approle/role/$name/role-id" role_id="$name" >/dev/null
     dir="$CREDENTIALS_DIR/$name"
@@ -131,6 +208,7 @@ setup_operator_token() {
 }
 
 wait_for_vault
+enable_approle
 for root in $ROOTS; do
   setup_root "$root"
 done
