@@ -18,6 +18,15 @@ With ``--keep DIR`` the volumes and the sidecars' logs stay in DIR, and ``timeli
 draws the drill (``tests/drill_picture.py``): one row per participant, the material it served
 over time, reloads, faults and failed handshakes.
 
+With ``--fault impersonation`` every participant logs in with an AppRole of its own and signs
+with the least-privilege roles (``tests.vault_setup.prepare_least_privilege``: ``kafka-broker``
+/ ``kafka-client``, allowed names templated on the AppRole); at phase 1 of the rotation the
+first client's auth manager is killed and started again with a broker's subject. Vault must
+refuse it (400 "common name ... not allowed by this role"), no generation may appear on that
+client's volume and its old material keeps serving the traffic; then the client's auth manager
+is started again correctly, and the rotation converges *with* the client. The report says
+``impersonation=refused`` (or what happened instead) on a line before the last.
+
 Ends with ``failed_handshakes=<n> converged=<yes|no> rotation_seconds=<s>`` and exits non-zero
 if a handshake between two live participants failed or the rotation did not converge.
 """
@@ -57,10 +66,11 @@ from tests.doubles.kafka_broker import KafkaBrokerDouble
 from tests.doubles.vault import VaultDouble
 from tests.monitor_kit import broker_settings
 from tests.prom import JOBS, AlertSeen, Prometheus
+from tests.vault_setup import BROKER_ROLE, CLIENT_ROLE, VaultTarget, prepare_least_privilege
 
 FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
           "broker-refuses", "volume-full", "volume-read-only", "malformed-root", "rollback",
-          "third-root", "client-reload-fails")
+          "third-root", "client-reload-fails", "impersonation")
 #: The alerts the client-reload-fails fault must bring to firing (with --prometheus).
 RELOAD_FAILS_ALERTS = ("PkiRotationPhaseStuck", "PkiRotationParticipantBehind",
                        "TlsMonitorReloadFailing")
@@ -322,6 +332,8 @@ class Result:
         default_factory=list)
     picture: Path | None = None  # timeline.svg, when the directory is kept
     stops: list[StopTime] = dataclasses.field(default_factory=list)
+    #: The impersonation fault's outcome: "refused", or what went wrong (None: not run).
+    impersonation: str | None = None
 
 
 class Drill:
@@ -352,6 +364,9 @@ class Drill:
         self.marks: list[Mark] = []  # the notes worth a mark in the picture, with times
         self._fault_threads: list[threading.Thread] = []
         self._stop_faults = threading.Event()
+        #: AppRoles and templated roles instead of the root token (the impersonation fault).
+        self.least_privilege = "impersonation" in faults
+        self.impersonation: str | None = None
         self.stops: list[StopTime] = []  # how each sidecar ended at teardown
 
     # -- set-up -----------------------------------------------------------------------------
@@ -360,8 +375,14 @@ class Drill:
         dns = [f"{p.name}.kafka.test", "localhost"]
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PKI_", "MONITOR_", "CONSUL_", "VAULT_", "KAFKA_"))}
+        if self.least_privilege:
+            env.update({"PKI_VAULT_AUTH": "approle", "PKI_VAULT_ROLE_ID": p.name,
+                        "PKI_VAULT_SECRET_ID_FILE": str(p.secrets / "secret-id"),
+                        "PKI_PKI_ROLE": BROKER_ROLE if p.role == "broker" else CLIENT_ROLE})
+        else:
+            env["VAULT_TOKEN"] = self.vault.root_token
         env.update({
-            "VAULT_ADDR": self.vault.url, "VAULT_TOKEN": self.vault.root_token,
+            "VAULT_ADDR": self.vault.url,
             "CONSUL_HTTP_ADDR": self.consul.url, "PKI_CLUSTER": CLUSTER,
             "PKI_CONSUL_PREFIX": PREFIX, "PKI_NODE_ID": p.name, "PKI_NODE_ROLE": p.role,
             "PKI_SUBJECT": f"CN={p.name}.kafka.test,OU=kafka,O=Example",
@@ -409,6 +430,12 @@ class Drill:
             (secrets / "store-password").write_text(PASSWORD)
             (secrets / "store-password").chmod(0o600)
             participant = Participant(name, role, index, volume, secrets)
+            if self.least_privilege:
+                target = VaultTarget(url=self.vault.url, token=self.vault.root_token,
+                                     mounts=(A, B, C), double=self.vault)
+                _, secret_id = prepare_least_privilege(target, {name: role})[name]
+                (secrets / "secret-id").write_text(secret_id)
+                (secrets / "secret-id").chmod(0o600)
             if self.with_prometheus:
                 participant.auth_listen = f"127.0.0.1:{_free_port()}"
                 participant.monitor_listen = f"127.0.0.1:{_free_port()}"
@@ -655,6 +682,44 @@ class Drill:
                 self._when_phase(B, 1, lambda: self._volume_read_only(self._read_only_victim()))
             elif fault == "client-reload-fails":
                 self._client_reload_fails()
+            elif fault == "impersonation":
+                self._when_phase(B, 1, self._impersonate)
+
+    def _impersonate(self) -> None:
+        """The first client's auth manager, restarted with the first broker's subject (its
+        own AppRole): Vault must refuse, and nothing may reach the client's volume. Then it
+        is started again as itself, and the rotation goes on with it."""
+        victim = next(p for p in self.participants if p.role == "client")
+        broker = next(p for p in self.participants if p.role == "broker")
+        assert victim.auth is not None
+        volume = Volume(victim.volume)
+        victim.auth.kill9()
+        before = (volume.generations(), volume.current_generation_dir())
+        env = self._auth_env(victim) | {
+            "PKI_SUBJECT": f"CN={broker.name}.kafka.test,OU=kafka,O=Example",
+            "PKI_DNS_SANS": f"{broker.name}.kafka.test,localhost"}
+        log = self.base / f"{victim.name}-impostor.log"
+        impostor = Proc(f"{victim.name}-impostor", ["-m", "sidecar.cli"], env, log).start()
+        mark = self._note(f"{victim.name}: auth manager restarted as {broker.name}",
+                          "impersonation", victim.name)
+        refusal = f"common name {broker.name}.kafka.test not allowed by this role"
+        until = time.monotonic() + 20
+        while time.monotonic() < until and refusal not in _read(log):
+            time.sleep(0.05)
+        refused = refusal in _read(log)
+        time.sleep(0.5)  # a moment more in which it could (wrongly) write
+        impostor.kill9()
+        after = (volume.generations(), volume.current_generation_dir())
+        victim.auth.start()
+        mark.until = time.time()
+        if not refused:
+            self.impersonation = "NOT REFUSED"
+        elif after != before:
+            self.impersonation = f"refused, but the volume changed: {before} -> {after}"
+        else:
+            self.impersonation = "refused"
+            self.notes.append(f"{victim.name}: Vault refused ({refusal}); volume unchanged; "
+                              "auth manager started again as itself")
 
     def _client_reload_fails(self) -> None:
         """From the flip on, the first client app cannot reload (its hook answers 500): its
@@ -704,7 +769,7 @@ class Drill:
         return Result(len(traffic.failures), converged, rotation_seconds, traffic.attempts,
                       report, self.timeline.events, self.participants, self.base, alerts,
                       self.exported, self.faults, self.marks, traffic.failures,
-                      stops=self.stops)
+                      stops=self.stops, impersonation=self.impersonation)
 
     def _scenario(self) -> tuple[bool, float]:
         if "malformed-root" in self.faults:
@@ -765,6 +830,8 @@ class Drill:
                          f"{record.to_root}  {state}")
             previous = (at, record)
         lines += ["", "== faults and operator actions =="] + [f"  {n}" for n in self.notes]
+        if self.impersonation is not None:
+            lines.append(f"  impersonation={self.impersonation}")
         signs = ", ".join(f"{m}={n}" for m, n in sorted(self.vault.sign_count.items()))
         lines += ["", f"Vault signs: {signs}",
                   f"handshakes: attempted={traffic.attempts} failed={len(traffic.failures)} "
@@ -927,6 +994,14 @@ def _subject_to_file_modes() -> tuple[str, ...]:
     return (setpriv, "--inh-caps=-all", f"--bounding-set={drop}", "--")
 
 
+def _read(path: Path) -> str:
+    """A log file's text so far ("" before it exists)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -995,9 +1070,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.picture is not None:
         print(f"\npicture: {result.picture}")
     rotation = f"{result.rotation_seconds:.2f}" if result.converged else "nan"
+    if "impersonation" in result.faults:
+        print(f"impersonation={result.impersonation or 'not attempted'}")
     print(f"failed_handshakes={result.failed_handshakes} "
           f"converged={'yes' if result.converged else 'no'} rotation_seconds={rotation}")
-    return 0 if result.converged and result.failed_handshakes == 0 else 1
+    refused = "impersonation" not in result.faults or result.impersonation == "refused"
+    return 0 if result.converged and result.failed_handshakes == 0 and refused else 1
 
 
 if __name__ == "__main__":

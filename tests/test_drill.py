@@ -121,6 +121,7 @@ def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
         "rollback": "rollback: active-root -> pki_root_a",
         "third-root": "rotation_deferred",
         "client-reload-fails": "reload_failed action_failed",
+        "impersonation": "impersonation=refused",
     }
     assert expectations[fault] in report, report
     if fault == "kill-auth-manager":
