@@ -551,3 +551,24 @@ def test_consul_policies_cover_exactly_the_compose_clusters_prefix(
         prefixes = re.findall(r'^key_prefix "([^"]*)"', text, flags=re.M)
         assert prefixes == ["kafka-pki/demo/"], (name, prefixes)
         assert not re.search(r'^key "', text, flags=re.M)
+
+
+def test_vault_roles_are_bound_to_the_login_identity_by_default(
+        services: dict[str, dict[str, Any]]) -> None:
+    """Least privilege is the default: brokers and clients sign with separate roles whose only
+    name is the AppRole's own, and each kind's policy allows `sign` on its own role only."""
+    script = (ROOT / "docker" / "vault-init.sh").read_text()
+    assert 'PKI_ROLES="${PKI_ROLES:-templated}"' in script
+    assert "metadata.role_name}}.kafka.test" in script
+    for setting in ("allowed_domains_template=true", "allow_subdomains=false",
+                    'vault write "$root/roles/kafka-$kind"'):
+        assert setting in script, setting
+    assert 'path \\"$root/sign/kafka-$kind\\" { capabilities = [\\"update\\"] }' in script
+    init_env = env_of(services["vault-init"])
+    assert init_env["BROKERS"].split() == BROKERS
+    assert init_env.get("PKI_ROLES", "templated") == "templated"
+    for name in PARTICIPANTS:
+        for service_name in (f"pki-once-{name}", f"pki-{name}"):
+            env = env_of(services[service_name])
+            assert env["PKI_PKI_ROLE"] == ("kafka-broker" if name in BROKERS
+                                           else "kafka-client"), service_name
