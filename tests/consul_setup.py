@@ -11,6 +11,10 @@ Use with ``pytest_plugins = ["tests.consul_setup"]``.
   Tests using it must pass unchanged against a real Consul: keep every key under ``prefix``.
 * ``consul_double`` (function scope): always a fresh :class:`ConsulDouble`, for fault
   injection (restart, drop_connections, expire_session, spurious wakeups ...).
+* ``consul_acl`` (function scope): :class:`AclTokens`, to make tokens with HCL rules.  Against
+  the real Consul when CONSUL_HTTP_ADDR is set and CONSUL_HTTP_TOKEN is a management token
+  (policies and tokens made with the ACL API, deleted at teardown); otherwise against a
+  double with ACLs on (default deny): never skipped.
 
 python-consul2 reads CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN itself and lets them override the
 host, port and token it is given, which would point a client meant for the double at the real
@@ -26,16 +30,17 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import consul as consul_lib
 import pytest
+import requests
 
 from tests.doubles.consul import ConsulDouble
 
-__all__ = ["ConsulTarget", "consul_client", "real_consul_target"]
+__all__ = ["AclTokens", "ConsulTarget", "consul_client", "real_consul_target"]
 
 _ENV_VARS = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
 _env_lock = threading.Lock()
@@ -167,3 +172,78 @@ def consul(request: pytest.FixtureRequest) -> Iterator[ConsulTarget]:
         prefix=_new_prefix(),
         double=double,
     )
+
+
+#: The built-in global-management policy (acl/acl.go ``ACLPolicyGlobalManagementID``).
+GLOBAL_MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
+
+
+@dataclass
+class AclTokens:
+    """Makes Consul tokens with HCL rules on ``base`` (whose own token is a management one)."""
+
+    base: ConsulTarget
+    real: bool
+    _made: list[tuple[str, str]] = field(default_factory=list)  # (policy id, accessor id)
+
+    def token(self, rules: str) -> str:
+        """A new token holding one policy with ``rules``; its SecretID."""
+        if self.base.double is not None:
+            return self.base.double.create_token(rules)
+        name = f"kafka-pki-test-{uuid.uuid4()}"
+        policy = self._api("PUT", "/v1/acl/policy", {"Name": name, "Rules": rules})
+        token = self._api("PUT", "/v1/acl/token",
+                          {"Description": name, "Policies": [{"ID": policy["ID"]}]})
+        self._made.append((policy["ID"], token["AccessorID"]))
+        return str(token["SecretID"])
+
+    def target(self, token: str | None) -> ConsulTarget:
+        """The base target (same prefix) used with another token."""
+        return replace(self.base, token=token)
+
+    def cleanup(self) -> None:
+        for policy_id, accessor in self._made:
+            with contextlib.suppress(Exception):
+                self._api("DELETE", f"/v1/acl/token/{accessor}")
+                self._api("DELETE", f"/v1/acl/policy/{policy_id}")
+
+    def _api(self, method: str, path: str, body: Any = None) -> Any:
+        resp = requests.request(method, self.base.url + path, json=body,
+                                headers=self.base.headers, verify=self.base.verify, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+
+def _is_management(target: ConsulTarget) -> bool:
+    if not target.token:
+        return False
+    try:
+        resp = requests.get(target.url + "/v1/acl/token/self", headers=target.headers,
+                            verify=target.verify, timeout=10)
+    except requests.RequestException:
+        return False
+    if resp.status_code != 200:
+        return False
+    return any(p.get("ID") == GLOBAL_MANAGEMENT_POLICY_ID
+               for p in resp.json().get("Policies") or [])
+
+
+@pytest.fixture
+def consul_acl() -> Iterator[AclTokens]:
+    """Token maker: the real Consul if it has ACLs and a management token, else a double."""
+    addr = os.environ.get("CONSUL_HTTP_ADDR")
+    if addr:
+        target = real_consul_target(addr)
+        if _is_management(target):
+            tokens = AclTokens(target, real=True)
+            try:
+                yield tokens
+            finally:
+                tokens.cleanup()
+                _cleanup_real(target)
+            return
+    management = str(uuid.uuid4())
+    with ConsulDouble(acl_token=management) as double:
+        yield AclTokens(ConsulTarget(url=double.url, host=double.host, port=double.port,
+                                     scheme="http", token=management, prefix=_new_prefix(),
+                                     double=double), real=False)

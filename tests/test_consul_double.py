@@ -22,8 +22,13 @@ import consul as consul_lib
 import pytest
 import requests
 
-from tests.consul_setup import ConsulTarget, consul_client
-from tests.doubles.consul import ConsulDouble, format_go_duration, parse_go_duration
+from tests.consul_setup import AclTokens, ConsulTarget, consul_client
+from tests.doubles.consul import (
+    ConsulDouble,
+    format_go_duration,
+    parse_acl_rules,
+    parse_go_duration,
+)
 
 pytest_plugins = ["tests.consul_setup"]
 
@@ -929,3 +934,119 @@ def test_stale_session_cannot_write_after_data_loss(consul_double: ConsulDouble)
         {"OpIndex": 0, "What": 'failed to check session, key "p/keeper" doesn\'t exist'}]
     assert consul_double.kv_snapshot() == {}
     assert c.kv.put("p/rotation", "stale", cas=0), "unfenced, the stale write would win"
+
+
+# ------------------------------------------------------------------------------ ACL rules
+# acl/policy_authorizer.go getPolicy / KeyWritePrefix, kvs_endpoint.go kvsPreApply and
+# FilterDirEnt, txn_endpoint.go preCheck: these run against a real Consul too when
+# CONSUL_HTTP_TOKEN is a management token (tests.consul_setup ``consul_acl``).
+
+
+def _raw(target: ConsulTarget, method: str, path: str, **kwargs: Any) -> requests.Response:
+    return requests.request(method, target.url + path, headers=target.headers,
+                            verify=target.verify, timeout=10, **kwargs)
+
+
+def test_acl_exact_key_beats_prefix_and_longest_prefix_wins(consul_acl: AclTokens) -> None:
+    p = consul_acl.base.prefix
+    admin = consul_acl.base
+    for name in ("a", "sub/b", "sub/deep/c", "sub/exact"):
+        assert _raw(admin, "PUT", f"/v1/kv/{p}{name}", data=b"v").json() is True
+    token = consul_acl.token(f'''
+        key_prefix "{p}" {{ policy = "read" }}
+        key_prefix "{p}sub/" {{ policy = "write" }}
+        key_prefix "{p}sub/deep/" {{ policy = "deny" }}
+        key "{p}sub/exact" {{ policy = "read" }}
+    ''')
+    t = consul_acl.target(token)
+    writes = {name: _raw(t, "PUT", f"/v1/kv/{p}{name}", data=b"w")
+              for name in ("a", "sub/b", "sub/deep/c", "sub/exact")}
+    assert {n: r.status_code for n, r in writes.items()} == {
+        "a": 403, "sub/b": 200, "sub/deep/c": 403, "sub/exact": 403}
+    assert writes["a"].text.startswith("Permission denied")
+    assert _raw(t, "GET", f"/v1/kv/{p}sub/deep/c").status_code == 403
+    assert _raw(t, "GET", f"/v1/kv/{p}sub/exact").status_code == 200
+    # a recursive read is filtered to what the token may read, not refused
+    listed = _raw(t, "GET", f"/v1/kv/{p}?recurse")
+    assert listed.status_code == 200
+    assert sorted(e["Key"][len(p):] for e in listed.json()) == ["a", "sub/b", "sub/exact"]
+    keys = _raw(t, "GET", f"/v1/kv/{p}?keys")
+    assert sorted(k[len(p):] for k in keys.json()) == ["a", "sub/b", "sub/exact"]
+    # delete of a tree needs write on the prefix and on every rule under it
+    assert _raw(t, "DELETE", f"/v1/kv/{p}sub/?recurse").status_code == 403
+    assert _raw(t, "DELETE", f"/v1/kv/{p}sub/b").status_code == 200
+
+
+def test_acl_default_deny_and_unknown_token(consul_acl: AclTokens) -> None:
+    p = consul_acl.base.prefix
+    nothing = consul_acl.target(consul_acl.token('node_prefix "" { policy = "read" }'))
+    assert _raw(nothing, "GET", f"/v1/kv/{p}x").status_code == 403
+    assert _raw(nothing, "PUT", f"/v1/kv/{p}x", data=b"1").status_code == 403
+    unknown = consul_acl.target(str(uuid.uuid4()))
+    resp = _raw(unknown, "PUT", f"/v1/kv/{p}x", data=b"1")
+    assert (resp.status_code, resp.text) == (403, "ACL not found")
+
+
+def test_acl_txn_checks_each_op(consul_acl: AclTokens) -> None:
+    p = consul_acl.base.prefix
+    token = consul_acl.token(f'''
+        key_prefix "{p}" {{ policy = "read" }}
+        key "{p}mine" {{ policy = "write" }}
+    ''')
+    t = consul_acl.target(token)
+    ops = [{"KV": {"Verb": "check-not-exists", "Key": f"{p}mine"}},
+           {"KV": {"Verb": "set", "Key": f"{p}mine", "Value": base64.b64encode(b"1").decode()}},
+           {"KV": {"Verb": "set", "Key": f"{p}theirs",
+                   "Value": base64.b64encode(b"1").decode()}}]
+    resp = _raw(t, "PUT", "/v1/txn", json=ops)
+    assert resp.status_code == 409  # not a 403: a refusal is one of the transaction's errors
+    errors = resp.json()["Errors"]
+    assert [e["OpIndex"] for e in errors] == [2]
+    assert errors[0]["What"].startswith("Permission denied")
+    assert _raw(consul_acl.base, "GET", f"/v1/kv/{p}mine").status_code == 404  # all or nothing
+    assert _raw(t, "PUT", "/v1/txn", json=ops[:2]).status_code == 200
+
+
+def test_acl_sessions_need_session_write(consul_acl: AclTokens) -> None:
+    p = consul_acl.base.prefix
+    kv_only = consul_acl.target(consul_acl.token(f'key_prefix "{p}" {{ policy = "write" }}'))
+    resp = _raw(kv_only, "PUT", "/v1/session/create", json={"Name": f"{p}s", "TTL": "15s"})
+    assert resp.status_code == 403 and resp.text.startswith("Permission denied")
+    both = consul_acl.target(consul_acl.token(
+        f'key_prefix "{p}" {{ policy = "write" }}\nsession_prefix "" {{ policy = "write" }}'))
+    created = _raw(both, "PUT", "/v1/session/create", json={"Name": f"{p}s", "TTL": "15s"})
+    assert created.status_code == 200
+    sid = created.json()["ID"]
+    assert _raw(kv_only, "PUT", f"/v1/session/renew/{sid}").status_code == 403
+    assert _raw(kv_only, "GET", f"/v1/session/info/{sid}").json() == []  # filtered
+    assert _raw(both, "PUT", f"/v1/kv/{p}lock?acquire={sid}", data=b"x").json() is True
+    assert _raw(both, "PUT", f"/v1/session/destroy/{sid}").status_code == 200
+
+
+def test_acl_error_texts_by_version() -> None:
+    """Consul 1.10/1.11 say "Permission denied"; 1.12+ name the accessor and the permission
+    (acl/errors.go PermissionDeniedError.Error; hashicorp/consul#12620)."""
+    for version, expected in (
+        ("1.10", "Permission denied"),
+        ("1.12", "Permission denied: token with AccessorID '{a}' lacks permission "
+                 "'key:write' on \"p/x\""),
+    ):
+        with ConsulDouble(acl_token="mgmt", acl_errors=version) as double:
+            secret = double.create_token('key_prefix "p/" { policy = "read" }')
+            resp = requests.put(f"{double.url}/v1/kv/p/x", data=b"1", timeout=5,
+                                headers={"X-Consul-Token": secret})
+            assert (resp.status_code, resp.text) == (
+                403, expected.format(a=double.accessor_of(secret)))
+            anonymous = requests.put(f"{double.url}/v1/kv/p/x", data=b"1", timeout=5)
+            assert anonymous.status_code == 403
+            if version == "1.12":
+                assert anonymous.text.startswith("Permission denied: anonymous token lacks "
+                                                 "permission 'key:write' on \"p/x\". The "
+                                                 "anonymous token is used implicitly")
+
+
+def test_acl_rules_merge_deny_wins() -> None:
+    rules = parse_acl_rules('key "a" { policy = "write" }\n# key "b" { policy = "write" }\n'
+                            'key "a" { policy = "deny" }\nkey "c" { policy = "read" }\n'
+                            'key "c" { policy = "write" }')
+    assert rules == {("key", "a"): "deny", ("key", "c"): "write"}

@@ -43,8 +43,11 @@ docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`
   [{"OpIndex": i, "What": ...}]}`` listing every failed op, 400 ``Failed to parse body: ...``,
   413 past 64 operations (Consul 1.10 to 1.13; 128 since 1.14) or 512 KiB; its writes wake
   watchers like KV writes.  Node/Service/Check ops are not modelled (500).
-* Optional ACL: with ``acl_token`` set, a request without a token gets 403 ``Permission
-  denied``; with another token, 403 ``ACL not found``.
+* Optional ACL (default deny): ``acl_token`` is a management token, :meth:`create_token`
+  makes tokens with HCL ``key``/``key_prefix``/``session``/``session_prefix`` rules, checked
+  as Consul does (see the ACL section below: exact beats prefix, longest prefix wins, lists
+  filtered, txn ops checked one by one); no token is the anonymous token (denied), an
+  unknown one 403 ``ACL not found``.
 
 Test controls (thread safe): :meth:`restart`, :meth:`reset_index`, :meth:`drop_connections`,
 :meth:`set_down`, :meth:`expire_session`, :meth:`spurious_wakeups`, :meth:`reap_tombstones`,
@@ -391,6 +394,91 @@ def _lcp(a: bytes, b: bytes) -> int:
     return i
 
 
+# ------------------------------------------------------------------------------ ACL
+#
+# Consul's ACL rules for KV and sessions, as acl/policy_authorizer.go and acl/policy.go
+# enforce them: ``key "<k>"`` and ``session "<n>"`` are exact-match rules, ``key_prefix`` and
+# ``session_prefix`` prefix rules, kept in one radix tree per resource.  ``getPolicy`` walks
+# the tree down the path of the name: an exact rule for the whole name wins, else the last
+# (longest) prefix rule seen on the way.  ``write`` grants read and write, ``read`` read,
+# ``deny`` nothing; no rule falls to the default policy (deny here).  ``KeyWritePrefix``
+# (delete of a tree) needs the longest prefix rule on the path to grant write AND no rule
+# (exact or prefix) under the prefix that does not.  Several policies on one token merge
+# per name with deny over write over read (acl/policy_merger.go).
+#
+# Error texts (acl/errors.go): Consul 1.10 and 1.11 answer 403 ``Permission denied``; from
+# 1.12 (hashicorp/consul#12620, #10830) ``Permission denied: token with AccessorID '<id>'
+# lacks permission 'key:write' on "<key>"`` (the anonymous token: ``Permission denied:
+# anonymous token lacks ... The anonymous token is used implicitly when a request does not
+# specify a token.``).  An unknown token is 403 ``ACL not found`` in every version.
+
+ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+_ACL_LEVELS = {"deny": 0, "read": 1, "write": 2}
+_MERGE_RANK = {"read": 1, "write": 2, "deny": 3}  # policy_merger.go: deny wins
+_ACL_RULE = re.compile(
+    r'(key|key_prefix|session|session_prefix|[a-z_]+)\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"\s*\}'
+)
+
+
+def parse_acl_rules(text: str) -> dict[tuple[str, str], str]:
+    """The key and session rules of an HCL policy: {(kind, name): policy}.
+
+    Only the block form (``key_prefix "a/" { policy = "write" }``) is understood; rules for
+    other resources (node, service, ...) are parsed and ignored.  Repeated names merge with
+    deny > write > read (policy_merger.go).
+    """
+    text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    rules: dict[tuple[str, str], str] = {}
+    for kind, name, policy in _ACL_RULE.findall(text):
+        if policy not in _ACL_LEVELS:
+            raise ValueError(f"Invalid {kind} policy: {policy!r}")
+        if kind not in ("key", "key_prefix", "session", "session_prefix"):
+            continue
+        old = rules.get((kind, name))
+        if old is None or _MERGE_RANK[policy] > _MERGE_RANK[old]:
+            rules[(kind, name)] = policy
+    return rules
+
+
+@dataclass(frozen=True)
+class AclToken:
+    """A token of the double: its accessor (shown in 1.12+ errors) and its rules."""
+
+    accessor_id: str
+    rules: dict[tuple[str, str], str]
+    management: bool = False
+
+    def policy_for(self, resource: str, name: str) -> str | None:
+        """getPolicy: the exact rule for ``name``, else the longest prefix rule."""
+        exact = self.rules.get((resource, name))
+        return exact if exact is not None else self._longest_prefix(resource, name)
+
+    def _longest_prefix(self, resource: str, name: str) -> str | None:
+        """The policy of the longest ``<resource>_prefix`` rule that ``name`` starts with."""
+        found = [(len(prefix), policy) for (kind, prefix), policy in self.rules.items()
+                 if kind == resource + "_prefix" and name.startswith(prefix)]
+        return max(found)[1] if found else None
+
+    def allows(self, resource: str, name: str, access: str) -> bool:
+        if self.management:
+            return True
+        policy = self.policy_for(resource, name)
+        return policy is not None and _ACL_LEVELS[policy] >= _ACL_LEVELS[access]
+
+    def allows_write_prefix(self, prefix: str) -> bool:
+        """KeyWritePrefix: write by the longest prefix rule on the path, and by every rule
+        (exact or prefix) at or under the prefix."""
+        if self.management:
+            return True
+        if self._longest_prefix("key", prefix) != "write":
+            return False
+        return all(policy == "write" for (kind, name), policy in self.rules.items()
+                   if kind in ("key", "key_prefix") and name.startswith(prefix))
+
+
+_MANAGEMENT_ACCESSOR = "00000000-0000-0000-0000-000000000001"
+
+
 class _Aborted(Exception):
     """The connection was dropped on purpose: answer nothing."""
 
@@ -529,17 +617,29 @@ class ConsulDouble:
         port: int = 0,
         *,
         acl_token: str | None = None,
+        acl_errors: str = "1.10",
         datacenter: str = "dc1",
         node_name: str = "consul-double",
         initial_index: int = 10,
         session_ttl_min: float = SESSION_TTL_MIN_NS / NS_PER_S,
     ) -> None:
-        """Start serving; ``session_ttl_min`` mirrors Consul's ``session_ttl_min`` setting."""
+        """Start serving; ``session_ttl_min`` mirrors Consul's ``session_ttl_min`` setting.
+
+        ``acl_token``: ACLs on (default deny) with this management token; more tokens with
+        :meth:`create_token`.  ``acl_errors``: ``"1.10"`` (403 ``Permission denied``) or
+        ``"1.12"`` (the text naming the accessor and the missing permission).
+        """
+        if acl_errors not in ("1.10", "1.12"):
+            raise ValueError("acl_errors must be '1.10' or '1.12'")
         if initial_index < 1:
             raise ValueError("initial_index must be at least 1")
         self.host = host
         self._port = port
         self.acl_token = acl_token
+        self.acl_errors = acl_errors
+        self._tokens: dict[str, AclToken] = {}
+        if acl_token is not None:
+            self._tokens[acl_token] = AclToken(_MANAGEMENT_ACCESSOR, {}, management=True)
         self.datacenter = datacenter
         self.node_name = node_name
         self.initial_index = initial_index
@@ -625,6 +725,26 @@ class ConsulDouble:
         """IDs of the live sessions."""
         with self._cond:
             return sorted(self._sessions)
+
+    @property
+    def acl_enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def create_token(self, rules: str, *, secret: str | None = None,
+                     accessor_id: str | None = None) -> str:
+        """A client token with these HCL rules (see :func:`parse_acl_rules`); its SecretID.
+
+        The first token turns ACLs on (default deny) if ``acl_token`` did not.
+        """
+        secret = secret or str(uuid.uuid4())
+        token = AclToken(accessor_id or str(uuid.uuid4()), parse_acl_rules(rules))
+        with self._lock:
+            self._tokens[secret] = token
+        return secret
+
+    def accessor_of(self, secret: str) -> str:
+        """The AccessorID of a token (what Consul 1.12+ names in a 403)."""
+        return self._tokens[secret].accessor_id
 
     def restart(self, keep_data: bool = True) -> None:
         """Simulate an agent restart: every open connection is dropped without a response.
@@ -1039,26 +1159,30 @@ class ConsulDouble:
     ) -> _Response:
         if not path.startswith("/v1/"):
             return _Response(404)
-        denied = self._check_acl(query, headers)
-        if denied is not None:
-            return denied
+        authz = self._resolve_token(query, headers)
+        if isinstance(authz, _Response):
+            return authz
         dc = _first(query, "dc")
         if dc and dc != self.datacenter:
             return _text(500, "No path to datacenter")
         try:
             if path.startswith("/v1/kv/"):
-                return self._kv_endpoint(method, path[len("/v1/kv/") :], query, body, handler)
+                return self._kv_endpoint(
+                    method, path[len("/v1/kv/") :], query, body, handler, authz
+                )
             if path == "/v1/txn":
-                return self._txn_endpoint(method, query, headers, body)
+                return self._txn_endpoint(method, query, headers, body, authz)
             if path.startswith("/v1/session/"):
                 return self._session_endpoint(
-                    method, path[len("/v1/session/") :], query, body, handler
+                    method, path[len("/v1/session/") :], query, body, handler, authz
                 )
             if path == "/v1/status/leader":
                 return _json_response(f"{self.host}:8300")
             if path == "/v1/status/peers":
                 return _json_response([f"{self.host}:8300"])
             if path == "/v1/agent/self":
+                if authz is not None and not authz.management:  # agent rules: not modelled
+                    return self._denied(authz, "agent", "read", self.node_name)
                 return _json_response(
                     {
                         "Config": {
@@ -1074,19 +1198,38 @@ class ConsulDouble:
             return _text(500, str(exc))
         return _Response(404)
 
-    def _check_acl(self, query: dict[str, list[str]], headers: dict[str, str]) -> _Response | None:
-        if self.acl_token is None:
+    def _resolve_token(
+        self, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> AclToken | _Response | None:
+        """The request's token (None: ACLs off); no token is the anonymous token (no rules:
+        default deny); an unknown one is 403 ``ACL not found`` (acl/errors.go)."""
+        if not self._tokens:
             return None
         lower = {k.lower(): v for k, v in headers.items()}
-        token = _first(query, "token") or lower.get("x-consul-token", "")
+        secret = _first(query, "token") or lower.get("x-consul-token", "")
         auth = lower.get("authorization", "")
-        if not token and auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-        if not token:
-            return _text(403, "Permission denied")
-        if token != self.acl_token:
-            return _text(403, "ACL not found")
-        return None
+        if not secret and auth.lower().startswith("bearer "):
+            secret = auth[7:].strip()
+        if not secret:
+            return AclToken(ANONYMOUS_ACCESSOR, {})
+        with self._lock:
+            token = self._tokens.get(secret)
+        return token if token is not None else _text(403, "ACL not found")
+
+    def _denial(self, authz: AclToken, resource: str, access: str, name: str) -> str:
+        """acl/errors.go ``PermissionDeniedError.Error`` for this version."""
+        if self.acl_errors == "1.10":
+            return "Permission denied"
+        who = ("anonymous token" if authz.accessor_id == ANONYMOUS_ACCESSOR
+               else f"token with AccessorID '{authz.accessor_id}'")
+        text = f"Permission denied: {who} lacks permission '{resource}:{access}' on \"{name}\""
+        if authz.accessor_id == ANONYMOUS_ACCESSOR:
+            text += (". The anonymous token is used implicitly when a request does not "
+                     "specify a token.")
+        return text
+
+    def _denied(self, authz: AclToken, resource: str, access: str, name: str) -> _Response:
+        return _text(403, self._denial(authz, resource, access, name))
 
     def _meta(self, index: int) -> dict[str, str]:
         return {
@@ -1175,16 +1318,33 @@ class ConsulDouble:
         query: dict[str, list[str]],
         body: bytes,
         handler: _Handler,
+        authz: AclToken | None = None,
     ) -> _Response:
+        """kvs_endpoint.go: a single-key read needs ``key:read`` (403), lists are filtered to
+        the readable keys (``FilterDirEnt``; 404 when nothing is left), a write or delete
+        needs ``key:write`` on the key, a recursive delete ``KeyWritePrefix``
+        (``kvsPreApply``)."""
+        if authz is not None and method in ("PUT", "DELETE"):
+            if method == "DELETE" and "recurse" in query:
+                if not authz.allows_write_prefix(key):
+                    return self._denied(authz, "key", "write", key)
+            elif not authz.allows("key", key, "write"):
+                return self._denied(authz, "key", "write", key)
         if method == "GET":
-            return self._kv_get(key, query, handler)
+            return self._kv_get(key, query, handler, authz)
         if method == "PUT":
             return self._kv_put(key, query, body)
         if method == "DELETE":
             return self._kv_delete(key, query)
         return _Response(405, headers={"Allow": "GET, PUT, DELETE"})
 
-    def _kv_get(self, key: str, query: dict[str, list[str]], handler: _Handler) -> _Response:
+    def _kv_get(
+        self,
+        key: str,
+        query: dict[str, list[str]],
+        handler: _Handler,
+        authz: AclToken | None = None,
+    ) -> _Response:
         opts = self._query_options(query)
         if isinstance(opts, _Response):
             return opts
@@ -1195,11 +1355,14 @@ class ConsulDouble:
             def compute_keys(ws: _Waiter | None) -> tuple[int, Any]:
                 self._watch_prefix(ws, key)
                 entries = self._prefixed(key)
+                index = self._list_index(key, entries)  # the index is taken before filtering
+                if authz is not None:
+                    entries = [e for e in entries if authz.allows("key", e.key, "read")]
                 keys: dict[str, None] = {}  # ordered set
                 for e in entries:
                     cut = e.key[len(key) :].find(sep) if sep else -1
                     keys[e.key[: len(key) + cut + len(sep)] if cut > -1 else e.key] = None
-                return self._list_index(key, entries), list(keys)
+                return index, list(keys)
 
             index, keys = self._block(min_index, wait_s, compute_keys, handler)
             if not keys and key:
@@ -1210,7 +1373,10 @@ class ConsulDouble:
             def compute_list(ws: _Waiter | None) -> tuple[int, Any]:
                 self._watch_prefix(ws, key)
                 entries = self._prefixed(key)
-                return self._list_index(key, entries), [e.to_json() for e in entries]
+                index = self._list_index(key, entries)
+                if authz is not None:
+                    entries = [e for e in entries if authz.allows("key", e.key, "read")]
+                return index, [e.to_json() for e in entries]
 
             index, items = self._block(min_index, wait_s, compute_list, handler)
             if not items:
@@ -1218,6 +1384,8 @@ class ConsulDouble:
             return _json_response(items, headers=self._meta(index))
         if not key:
             return _text(400, "Missing key name")
+        if authz is not None and not authz.allows("key", key, "read"):
+            return self._denied(authz, "key", "read", key)
 
         def compute_one(ws: _Waiter | None) -> tuple[int, Any]:
             self._watch_key(ws, key)
@@ -1352,7 +1520,12 @@ class ConsulDouble:
     # ------------------------------------------------------------------------ txn
 
     def _txn_endpoint(
-        self, method: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes
+        self,
+        method: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: bytes,
+        authz: AclToken | None = None,
     ) -> _Response:
         """``PUT /v1/txn``: agent/txn_endpoint.go ``Txn`` and ``convertOps``.
 
@@ -1365,6 +1538,12 @@ class ConsulDouble:
         view (agent/consul/state/txn.go ``txnDispatch``: errors are collected for every op,
         the run goes on), and the changes are committed only if none failed (``TxnRW``).
         Only KV ops are modelled: an op naming Node, Service or Check is a 500 of the double.
+
+        ACLs are checked per op in ``preCheck`` (kvs_endpoint.go ``kvsPreApply``): delete-tree
+        needs ``KeyWritePrefix``, check-session and check-index ``key:read``, get and
+        get-tree nothing (their results are filtered to readable keys), every other verb
+        (check-not-exists too) ``key:write``.  A refusal is not a 403: it is one of the
+        transaction's errors (409, ``What`` the ACL error text).
         """
         if method != "PUT":
             return _text(405, f"method {method} not allowed")
@@ -1399,6 +1578,8 @@ class ConsulDouble:
             for i, (_, op) in enumerate(kv_ops):
                 if op.key == "" and op.verb != "delete-tree":
                     errors.append({"OpIndex": i, "What": "Must provide key"})
+                elif authz is not None and (refusal := self._txn_acl(authz, op)):
+                    errors.append({"OpIndex": i, "What": refusal})
                 elif op.verb == "lock" and op.key in self._lock_delay:
                     if self._lock_delay[op.key] <= time.monotonic():
                         del self._lock_delay[op.key]
@@ -1425,6 +1606,8 @@ class ConsulDouble:
                             self._delete_entry(str(change[1]), idx)
                         else:
                             self._delete_tree(str(change[1]), idx)
+        if authz is not None and not errors:
+            results = [r for r in results if authz.allows("key", r["KV"]["Key"], "read")]
         status = 409 if errors else 200
         reply: dict[str, Any] = {
             "Results": None if errors else results,
@@ -1438,6 +1621,18 @@ class ConsulDouble:
                           "ConsistencyLevel": ""})
             hdrs = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
         return _json_response(reply, status, hdrs)
+
+    def _txn_acl(self, authz: AclToken, op: _TxnKVOp) -> str | None:
+        """kvsPreApply's ACL switch for one op: the refusal text, or None."""
+        if op.verb == "delete-tree":
+            ok = authz.allows_write_prefix(op.key)
+            access = "write"
+        elif op.verb in ("get", "get-tree"):
+            return None
+        else:
+            access = "read" if op.verb in ("check-session", "check-index") else "write"
+            ok = authz.allows("key", op.key, access)
+        return None if ok else self._denial(authz, "key", access, op.key)
 
     def _txn_dispatch(
         self, ops: list[_TxnKVOp], idx: int
@@ -1575,20 +1770,31 @@ class ConsulDouble:
         query: dict[str, list[str]],
         body: bytes,
         handler: _Handler,
+        authz: AclToken | None = None,
     ) -> _Response:
+        """session_endpoint.go: create, renew and destroy need ``session:write`` on the
+        session's node; info, list and node answers are filtered to ``session:read``."""
         verb, _, arg = rest.partition("/")
         if verb in ("create", "destroy", "renew") and method != "PUT":
             return _text(405, f"method {method} not allowed")
         if verb in ("info", "list", "node") and method != "GET":
             return _text(405, f"method {method} not allowed")
+        def readable(sess: _Session) -> bool:
+            return authz is None or authz.allows("session", sess.node, "read")
+
         if verb == "create" and not arg:
-            return self._session_create(body)
+            return self._session_create(body, authz)
         if verb == "list" and not arg:
-            return self._session_query(query, handler, lambda s: True)
+            return self._session_query(query, handler, readable)
         if verb not in ("destroy", "renew", "info", "node"):
             return _Response(404)
         if not arg:
             return _text(400, "Missing node name" if verb == "node" else "Missing session")
+        if verb in ("destroy", "renew") and authz is not None:
+            with self._cond:
+                known = self._sessions.get(arg)
+            if known is not None and not authz.allows("session", known.node, "write"):
+                return self._denied(authz, "session", "write", known.node)
         if verb == "destroy":
             with self._cond:
                 idx = self._next_index()
@@ -1608,8 +1814,8 @@ class ConsulDouble:
                     self._changed()
                 return _json_response([sess.to_json()])
         if verb == "info":
-            return self._session_query(query, handler, lambda s: s.id == arg)
-        return self._session_query(query, handler, lambda s: s.node == arg)
+            return self._session_query(query, handler, lambda s: s.id == arg and readable(s))
+        return self._session_query(query, handler, lambda s: s.node == arg and readable(s))
 
     def _session_query(
         self,
@@ -1629,7 +1835,7 @@ class ConsulDouble:
         index, found = self._block(opts[0], opts[1], compute, handler)
         return _json_response(found, headers=self._meta(index))
 
-    def _session_create(self, body: bytes) -> _Response:
+    def _session_create(self, body: bytes, authz: AclToken | None = None) -> _Response:
         fields: dict[str, Any] = {}
         if body.strip():
             try:
@@ -1660,6 +1866,8 @@ class ConsulDouble:
                     f"{format_go_duration(SESSION_TTL_MAX_NS)}]"
                 )
         node = fields.get("node") or self.node_name
+        if authz is not None and not authz.allows("session", node, "write"):
+            return self._denied(authz, "session", "write", node)
         checks = fields.get("nodechecks", fields.get("checks", [SERF_CHECK]))
         checks = list(checks or [])
         with self._cond:
