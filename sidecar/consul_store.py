@@ -27,8 +27,13 @@ T = TypeVar("T")
 TIMEOUT_MARGIN = 5.0
 
 
-#: Where the sidecar's Consul ACL policy is shown (the 403 message points there).
+#: Where the sidecar's Consul ACL policy is shown (the 403 message points there): a template,
+#: one policy per participant.
 SIDECAR_POLICY = "docker/consul/kafka-pki-sidecar.policy.hcl"
+#: The operator's (``kafka-pki``) policy.
+OPERATOR_POLICY = "docker/consul/kafka-pki-operator.policy.hcl"
+#: The rule a session call needs (sessions are made on the local agent's node).
+SESSION_RULE = 'session_prefix "" write (or session "<agent node name>" write)'
 
 
 class ConsulError(Exception):
@@ -119,7 +124,9 @@ class ConsulStore:
     """KV reads/writes and sessions under one prefix (e.g. ``kafka-pki/prod/``)."""
 
     def __init__(self, addr: str, prefix: str, token: str | None = None, *,
-                 request_timeout: float = 10.0, verify: bool | str = True) -> None:
+                 request_timeout: float = 10.0, verify: bool | str = True,
+                 policy: str = SIDECAR_POLICY) -> None:
+        """``policy``: the example policy a 403 message points to."""
         scheme, host, port = parse_address(addr)
         self.addr = addr
         self.prefix = prefix.strip("/") + "/"
@@ -133,13 +140,35 @@ class ConsulStore:
         self._client.token = token
         self._token = token
         self._verify = verify
+        self.policy = policy
 
     def clone(self) -> ConsulStore:
         """Another store on the same Consul and prefix, for use by another thread."""
         return ConsulStore(self.addr, self.prefix, self._token,
-                           request_timeout=self.request_timeout, verify=self._verify)
+                           request_timeout=self.request_timeout, verify=self._verify,
+                           policy=self.policy)
 
-    def _call(self, what: str, call: Callable[[], T], timeout: float | None = None) -> T:
+    def rule(self, key: str | None, access: str) -> str:
+        """The Consul ACL rule an operation needs: ``key "<prefix><key>" write``, or on the
+        whole prefix for ``key`` None."""
+        if key is None:
+            return f'key_prefix "{self.prefix}" {access}'
+        return f'key "{self.prefix}{key}" {access}'
+
+    def forbidden(self, what: str, detail: str, need: str | None) -> ConsulError:
+        """The error for an ACL refusal: the operation, the prefix, Consul's words, the rule
+        the token lacks (Consul 1.10 does not say; 1.12+ does) and where the policy is."""
+        message = f"Consul {what} under {self.prefix}: permission denied ({detail})"
+        if "ACL not found" in detail:
+            message += "; Consul does not know this token (revoked, or a typo)"
+        elif need:
+            message += f"; the token needs {need}"
+        return ConsulError(f"{message}; check CONSUL_HTTP_TOKEN and its policy "
+                           f"(see {self.policy})", "forbidden")
+
+    def _call(self, what: str, call: Callable[[], T], timeout: float | None = None,
+              need: str | None = None) -> T:
+        """Run one client call; ``need`` is the ACL rule it requires (named on a 403)."""
         self._client.http.timeout = timeout or self.request_timeout
         try:
             return call()
@@ -149,9 +178,7 @@ class ConsulStore:
             raise ConsulError(f"Consul {what}: cannot connect to {self.addr}",
                               "unavailable") from None
         except consul.ACLPermissionDenied as exc:
-            raise ConsulError(f"Consul {what} under {self.prefix}: permission denied ({exc}); "
-                              f"check CONSUL_HTTP_TOKEN and its policy (see {SIDECAR_POLICY})",
-                              "forbidden") from None
+            raise self.forbidden(what, str(exc).strip(), need) from None
         except consul.NotFound as exc:
             raise ConsulError(f"Consul {what}: not found ({exc})", "not_found") from None
         except consul.ConsulException as exc:
@@ -172,7 +199,7 @@ class ConsulStore:
         new_index, items = self._call(
             "watch" if wait else "read",
             lambda: self._client.kv.get(self.prefix, index=index or None, recurse=True,
-                                        wait=wait), timeout)
+                                        wait=wait), timeout, self.rule(None, "read"))
         entries = {entry.key: entry for entry in map(self._entry, items or [])}
         return Snapshot(index=int(new_index or 0), entries=entries)
 
@@ -187,7 +214,7 @@ class ConsulStore:
         new_index, item = self._call(
             f"watch {key}" if wait else f"read {key}",
             lambda: self._client.kv.get(self.prefix + key, index=index or None, wait=wait),
-            timeout)
+            timeout, self.rule(key, "read"))
         return KeyRead(index=int(new_index or 0), entry=self._entry(item) if item else None)
 
     @staticmethod
@@ -210,7 +237,7 @@ class ConsulStore:
         return bool(self._call(
             f"write {key}",
             lambda: self._client.kv.put(self.prefix + key, value, cas=cas, acquire=acquire,
-                                        release=release)))
+                                        release=release), need=self.rule(key, "write")))
 
     def put_if_locked(self, key: str, value: bytes, *, cas: int, lock_key: str,
                       session: str) -> bool:
@@ -239,8 +266,18 @@ class ConsulStore:
                 status, _, body = str(exc).partition(" ")
                 if status != "409":
                     raise
-                if not json.loads(body).get("Errors"):
+                errors = json.loads(body).get("Errors")
+                if not errors:
                     raise ValueError(f"409 without Errors: {body[:200]}") from None
+                # An ACL refusal is one of the transaction's errors, not a 403
+                # (agent/consul/txn_endpoint.go preCheck): it must not read as "rolled back".
+                for error in errors:
+                    if str(error.get("What", "")).startswith("Permission denied"):
+                        op_key, access = ((lock_key, "read") if error.get("OpIndex") == 0
+                                          else (key, "write"))
+                        raise self.forbidden(f"write {key} (holding {lock_key})",
+                                             str(error["What"]),
+                                             self.rule(op_key, access)) from None
                 return False
             if not isinstance(reply, dict) or reply.get("Errors"):
                 raise ValueError(f"transaction reply {str(reply)[:200]}")
@@ -249,18 +286,20 @@ class ConsulStore:
         return self._call(f"write {key} (holding {lock_key})", transact)
 
     def delete(self, key: str) -> None:
-        self._call(f"delete {key}", lambda: self._client.kv.delete(self.prefix + key))
+        self._call(f"delete {key}", lambda: self._client.kv.delete(self.prefix + key),
+                   need=self.rule(key, "write"))
 
     def create_session(self, name: str, ttl_seconds: int) -> str:
         """A TTL session whose keys are deleted when it dies, with no lock-delay."""
         session_id = self._call("create session", lambda: self._client.session.create(
-            name=name, ttl=ttl_seconds, behavior="delete", lock_delay=0))
+            name=name, ttl=ttl_seconds, behavior="delete", lock_delay=0), need=SESSION_RULE)
         return str(session_id)
 
     def renew_session(self, session_id: str) -> bool:
         """Renew; False if Consul no longer knows the session (it expired)."""
         try:
-            self._call("renew session", lambda: self._client.session.renew(session_id))
+            self._call("renew session", lambda: self._client.session.renew(session_id),
+                       need=SESSION_RULE)
         except ConsulError as exc:
             if exc.reason == "not_found":
                 return False
@@ -268,7 +307,8 @@ class ConsulStore:
         return True
 
     def destroy_session(self, session_id: str) -> None:
-        self._call("destroy session", lambda: self._client.session.destroy(session_id))
+        self._call("destroy session", lambda: self._client.session.destroy(session_id),
+                   need=SESSION_RULE)
 
 
 class Read(Protocol):

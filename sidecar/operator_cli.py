@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography import x509
 
-from sidecar.consul_store import ConsulError, ConsulStore, Snapshot
+from sidecar.consul_store import OPERATOR_POLICY, ConsulError, ConsulStore, Snapshot
 from sidecar.keeper import ACTIVE_ROOT, KEEPER, ROTATION, keeper_holder, registered_nodes
 from sidecar.keys import KEY_TYPES, build_csr, csr_pem, generate_private_key
 from sidecar.rotation import (
@@ -130,7 +130,8 @@ def _store(args: argparse.Namespace) -> ConsulStore:
     cluster = args.cluster or os.environ.get("PKI_CLUSTER") or "default"
     consul_prefix = args.consul_prefix or os.environ.get("PKI_CONSUL_PREFIX") or "kafka-pki"
     prefix = f"{consul_prefix.strip('/')}/{cluster}/"
-    return ConsulStore(addr, prefix, os.environ.get("CONSUL_HTTP_TOKEN"))
+    return ConsulStore(addr, prefix, os.environ.get("CONSUL_HTTP_TOKEN"),
+                       policy=OPERATOR_POLICY)
 
 
 def _vault(args: argparse.Namespace, purpose: str) -> VaultPKI:

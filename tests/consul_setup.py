@@ -31,6 +31,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,7 +41,8 @@ import requests
 
 from tests.doubles.consul import ConsulDouble
 
-__all__ = ["AclTokens", "ConsulTarget", "consul_client", "real_consul_target"]
+__all__ = ["AclTokens", "ConsulTarget", "consul_client", "operator_rules", "participant_rules",
+           "real_consul_target"]
 
 _ENV_VARS = ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL", "CONSUL_HTTP_SSL_VERIFY")
 _env_lock = threading.Lock()
@@ -247,3 +249,21 @@ def consul_acl() -> Iterator[AclTokens]:
         yield AclTokens(ConsulTarget(url=double.url, host=double.host, port=double.port,
                                      scheme="http", token=management, prefix=_new_prefix(),
                                      double=double), real=False)
+
+
+_POLICIES = Path(__file__).resolve().parent.parent / "docker" / "consul"
+
+
+def participant_rules(prefix: str, node_id: str) -> str:
+    """The shipped participant policy (docker/consul/kafka-pki-sidecar.policy.hcl) rendered as
+    docker/consul-acl-init.sh renders it."""
+    text = (_POLICIES / "kafka-pki-sidecar.policy.hcl").read_text()
+    return text.replace("{{prefix}}", prefix).replace("{{node_id}}", node_id)
+
+
+def operator_rules(prefix: str, *, read_only: bool = False) -> str:
+    """The shipped operator policy; ``read_only`` drops its write rule (the on-call variant)."""
+    text = (_POLICIES / "kafka-pki-operator.policy.hcl").read_text().replace("{{prefix}}", prefix)
+    if read_only:
+        text = text[: text.index('key "')]
+    return text

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 
 from sidecar.consul_store import ConsulError, ConsulStore, Snapshot, next_index, watch_loop
-from tests.consul_setup import ConsulTarget
+from tests.consul_setup import AclTokens, ConsulTarget, operator_rules, participant_rules
 from tests.doubles.consul import ConsulDouble
 
 
@@ -190,3 +190,81 @@ def test_put_if_locked_other_failures_are_consul_errors(consul_double: ConsulDou
     with pytest.raises(ConsulError) as info:
         store.put_if_locked("rotation", b"v", cas=0, lock_key="keeper", session=session)
     assert info.value.reason == "unavailable"
+
+
+# ----------------------------------------------------------- least privilege (shipped policies)
+
+
+def test_participant_token_writes_only_its_keys(consul_acl: AclTokens) -> None:
+    """The shipped participant policy: its own report, keeper, rotation; read everything else.
+    A refusal names the key and the rule the token lacks."""
+    p = consul_acl.base.prefix
+    admin = ConsulStore(consul_acl.base.url, p, consul_acl.base.token)
+    assert admin.put("active-root", b"pki_root_a")
+    token = consul_acl.token(participant_rules(p, "kafka-1"))
+    store = ConsulStore(consul_acl.base.url, p, token)
+    session = store.create_session(p + "kafka-1", 15)
+    try:
+        assert store.put("nodes/kafka-1", b"{}", acquire=session)
+        assert store.put("keeper", b"kafka-1", acquire=session)
+        assert store.put_if_locked("rotation", b"r1", cas=0, lock_key="keeper", session=session)
+        snap = store.read()
+        assert snap.value("active-root") == b"pki_root_a" and snap.value("rotation") == b"r1"
+        for key in ("nodes/kafka-2", "active-root"):
+            with pytest.raises(ConsulError) as info:
+                store.put(key, b"x")
+            assert info.value.reason == "forbidden" and info.value.permanent
+            message = str(info.value)
+            assert message.startswith(f"Consul write {key} under {p}: permission denied (")
+            assert f'the token needs key "{p}{key}" write' in message
+            assert "docker/consul/kafka-pki-sidecar.policy.hcl" in message
+        assert admin.read().value("active-root") == b"pki_root_a"
+    finally:
+        store.destroy_session(session)
+
+
+def test_refused_transaction_is_forbidden_not_rolled_back(consul_acl: AclTokens) -> None:
+    """Consul reports an ACL refusal inside a transaction as a 409 error (txn_endpoint.go
+    preCheck): the store must not read it as "lost the lock", which would retry forever."""
+    p = consul_acl.base.prefix
+    token = consul_acl.token(f'key_prefix "{p}" {{ policy = "read" }}\n'
+                             f'key "{p}keeper" {{ policy = "write" }}\n'
+                             'session_prefix "" { policy = "write" }')
+    store = ConsulStore(consul_acl.base.url, p, token)
+    session = store.create_session(p + "kafka-1", 15)
+    try:
+        assert store.put("keeper", b"kafka-1", acquire=session)
+        with pytest.raises(ConsulError) as info:
+            store.put_if_locked("rotation", b"r1", cas=0, lock_key="keeper", session=session)
+        assert info.value.reason == "forbidden"
+        assert f'the token needs key "{p}rotation" write' in str(info.value)
+    finally:
+        store.destroy_session(session)
+
+
+def test_session_refusal_names_the_session_rule(consul_acl: AclTokens) -> None:
+    p = consul_acl.base.prefix
+    store = ConsulStore(consul_acl.base.url, p,
+                        consul_acl.token(f'key_prefix "{p}" {{ policy = "write" }}'))
+    with pytest.raises(ConsulError, match='the token needs session_prefix "" write'):
+        store.create_session(p + "kafka-1", 15)
+
+
+def test_unknown_token_is_named_as_unknown(consul_acl: AclTokens) -> None:
+    store = ConsulStore(consul_acl.base.url, consul_acl.base.prefix, "not-a-token")
+    with pytest.raises(ConsulError, match=r"\(ACL not found\); Consul does not know this token"):
+        store.read()
+
+
+def test_operator_read_only_token_reads_and_cannot_write(consul_acl: AclTokens) -> None:
+    p = consul_acl.base.prefix
+    ConsulStore(consul_acl.base.url, p, consul_acl.base.token).put("active-root", b"a")
+    writer = ConsulStore(consul_acl.base.url, p, consul_acl.token(operator_rules(p)))
+    assert writer.put("active-root", b"b")
+    with pytest.raises(ConsulError, match="permission denied"):
+        writer.put("rotation", b"forged")
+    reader = ConsulStore(consul_acl.base.url, p,
+                         consul_acl.token(operator_rules(p, read_only=True)))
+    assert reader.read().value("active-root") == b"b"
+    with pytest.raises(ConsulError, match=f'needs key "{p}active-root" write'):
+        reader.put("active-root", b"c")

@@ -540,17 +540,25 @@ def test_kubernetes_broker_pod_structure() -> None:
         assert env["PKI_OUTPUT_DIR"] == VOLUME
 
 
-def test_consul_policies_cover_exactly_the_compose_clusters_prefix(
-        services: dict[str, dict[str, Any]]) -> None:
-    """The example ACL policies name the prefix the compose sidecars use, and nothing wider."""
-    clusters = {env["PKI_CLUSTER"] for svc in services.values()
-                if isinstance(env := svc.get("environment"), dict) and "PKI_CLUSTER" in env}
-    assert clusters == {"demo"}
-    for name in ("kafka-pki-sidecar.policy.hcl", "kafka-pki-operator.policy.hcl"):
+def test_consul_policies_are_least_privilege_templates() -> None:
+    """Both policies are templates on {{prefix}}: read on the prefix; writes on exact keys
+    only (a participant: rotation, keeper, its own report; the operator: active-root)."""
+    def rules(name: str) -> dict[tuple[str, str], str]:
         text = (ROOT / "docker" / "consul" / name).read_text()
-        prefixes = re.findall(r'^key_prefix "([^"]*)"', text, flags=re.M)
-        assert prefixes == ["kafka-pki/demo/"], (name, prefixes)
-        assert not re.search(r'^key "', text, flags=re.M)
+        found = re.findall(r'^(\w+) "([^"]*)" \{\n  policy = "(\w+)"\n\}', text, flags=re.M)
+        return {(kind, target): policy for kind, target, policy in found}
+
+    assert rules("kafka-pki-sidecar.policy.hcl") == {
+        ("key_prefix", "{{prefix}}"): "read",
+        ("key", "{{prefix}}rotation"): "write",
+        ("key", "{{prefix}}keeper"): "write",
+        ("key", "{{prefix}}nodes/{{node_id}}"): "write",
+        ("session_prefix", ""): "write",
+    }
+    assert rules("kafka-pki-operator.policy.hcl") == {
+        ("key_prefix", "{{prefix}}"): "read",
+        ("key", "{{prefix}}active-root"): "write",
+    }
 
 
 def test_vault_roles_are_bound_to_the_login_identity_by_default(

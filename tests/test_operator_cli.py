@@ -13,7 +13,7 @@ import pytest
 
 from sidecar.consul_store import ConsulStore
 from sidecar.operator_cli import build_parser, main
-from tests.consul_setup import ConsulTarget
+from tests.consul_setup import AclTokens, ConsulTarget, operator_rules, participant_rules
 from tests.rotation_kit import Cluster
 from tests.vault_setup import VaultTarget
 
@@ -235,3 +235,41 @@ def test_init_with_a_consul_token_refused_exits_2(vault: VaultTarget,
     with ConsulDouble(acl_token="the-token") as consul:  # ACLs are the double's to set up
         assert main(["init", "--root", "pki_root_a", "--consul-addr", consul.url]) == 2
     assert "permission denied" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ least privilege (per-node tokens)
+
+
+def test_participants_with_their_own_tokens_rotate(consul_acl: AclTokens, vault: VaultTarget,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Each participant holds only the shipped per-node policy: it registers, reports, one
+    becomes keeper and advances the record; the operator's token flips active-root; a
+    read-only operator token runs status and is refused rotate, naming the key."""
+    monkeypatch.setenv("VAULT_ADDR", vault.url)
+    monkeypatch.setenv("VAULT_TOKEN", vault.token)
+    prefix = consul_acl.base.prefix
+    c = Cluster(consul_acl.base, vault, tmp_path, min_dwell=0.5)  # its store: the bootstrap token
+    try:
+        c.set_root("pki_root_a")
+        for name in ("broker-1", "broker-2"):
+            c.start(name, consul_token=consul_acl.token(participant_rules(prefix, name)))
+        c.wait_until(lambda: c.converged("pki_root_a"), "stable on A")
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", consul_acl.token(operator_rules(prefix)))
+        assert main(cli(c, "rotate", "--to", "pki_root_b")) == 0
+        c.wait_until(lambda: c.converged("pki_root_b"), "rotated to B", timeout=90)
+        capsys.readouterr()
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN",
+                           consul_acl.token(operator_rules(prefix, read_only=True)))
+        assert main(cli(c, "status", "--json")) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["active_root"] == "pki_root_b"
+        assert {p["node_id"] for p in data["participants"]} == {"broker-1", "broker-2"}
+        assert main(cli(c, "rotate", "--to", "pki_root_a")) == 1  # rotate: 1 on any refusal
+        err = capsys.readouterr().err
+        assert f'the token needs key "{prefix}active-root" write' in err
+        assert "docker/consul/kafka-pki-operator.policy.hcl" in err
+        assert c.store.read().value("active-root") == b"pki_root_b"
+    finally:
+        c.stop()

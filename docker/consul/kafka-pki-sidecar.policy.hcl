@@ -1,20 +1,40 @@
-# Consul ACL policy for the kafka-pki sidecars of one cluster ("demo" here; one policy per
-# cluster). Create it and a token for the sidecars:
+# Consul ACL policy TEMPLATE for ONE kafka-pki participant (one auth manager) of one cluster.
+# docker/consul-acl-init.sh renders it per participant ({{prefix}}: "kafka-pki/<cluster>/",
+# {{node_id}}: the participant's PKI_NODE_ID) and makes one policy and one token each:
 #
-#   consul acl policy create -name kafka-pki-demo -rules @docker/consul/kafka-pki-sidecar.policy.hcl
-#   consul acl token create -description "kafka-pki sidecars, cluster demo" -policy-name kafka-pki-demo
+#   sed -e 's|{{prefix}}|kafka-pki/demo/|g' -e 's|{{node_id}}|kafka-1|g' \
+#       docker/consul/kafka-pki-sidecar.policy.hcl > kafka-1.hcl
+#   consul acl policy create -name kafka-pki-demo-kafka-1 -rules @kafka-1.hcl
+#   consul acl token create -description "kafka-pki demo kafka-1" -policy-name kafka-pki-demo-kafka-1
 #
-# and give the token to the auth managers as CONSUL_HTTP_TOKEN (from a secret, never argv).
+# Give each auth manager its own token (CONSUL_HTTP_TOKEN from a secret, never argv).
+#
+# Consul picks the exact `key` rule for a key, else the longest `key_prefix` rule
+# (acl/policy_authorizer.go getPolicy): so the participant reads the whole prefix (the keeper
+# reads every report and active-root; any participant may become the keeper) and writes only:
+#   rotation     the record, written by the keeper in a transaction (check-session on keeper,
+#                then cas on rotation: the check needs read, the cas write)
+#   keeper       the lock, acquired and released with the participant's session
+#   nodes/<id>   its own report, under its session
+# It cannot write active-root (the operator's) nor another participant's report.
+key_prefix "{{prefix}}" {
+  policy = "read"
+}
 
-# The cluster's keys: active-root (read), rotation (the keeper's fenced check-and-set, in a
-# transaction), keeper (the lock, acquired with the participant's session), nodes/<id> (each
-# participant's report, under its session). Nothing outside this prefix.
-key_prefix "kafka-pki/demo/" {
+key "{{prefix}}rotation" {
+  policy = "write"
+}
+
+key "{{prefix}}keeper" {
+  policy = "write"
+}
+
+key "{{prefix}}nodes/{{node_id}}" {
   policy = "write"
 }
 
 # Sessions are created on the node of the agent the sidecar talks to (its local agent).
-# Restrict the prefix to your node names if they follow a pattern.
+# Restrict this to your agents' node names (session "<node>" or a narrower prefix) if you can.
 session_prefix "" {
   policy = "write"
 }
