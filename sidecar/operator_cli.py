@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -39,6 +40,8 @@ from sidecar.vault import TokenAuth, VaultError, VaultPKI
 ENVIRONMENT = {
     "CONSUL_HTTP_ADDR": "Consul address (default http://127.0.0.1:8500)",
     "CONSUL_HTTP_TOKEN": "Consul ACL token",
+    "CONSUL_HTTP_TOKEN_FILE": "file holding the Consul ACL token (used when CONSUL_HTTP_TOKEN "
+                              "is unset, as by the consul CLI)",
     "VAULT_ADDR": "Vault address, for `init` and `rotate --to` to check the root's PKI mount",
     "VAULT_TOKEN": "Vault token allowed to read the root's CA (`init`, `rotate --to`) and to "
                    "sign with its role (`init`)",
@@ -130,8 +133,20 @@ def _store(args: argparse.Namespace) -> ConsulStore:
     cluster = args.cluster or os.environ.get("PKI_CLUSTER") or "default"
     consul_prefix = args.consul_prefix or os.environ.get("PKI_CONSUL_PREFIX") or "kafka-pki"
     prefix = f"{consul_prefix.strip('/')}/{cluster}/"
-    return ConsulStore(addr, prefix, os.environ.get("CONSUL_HTTP_TOKEN"),
-                       policy=OPERATOR_POLICY)
+    return ConsulStore(addr, prefix, _consul_token(), policy=OPERATOR_POLICY)
+
+
+def _consul_token() -> str | None:
+    """CONSUL_HTTP_TOKEN, else the content of CONSUL_HTTP_TOKEN_FILE (the consul CLI's order)."""
+    token = os.environ.get("CONSUL_HTTP_TOKEN")
+    path = os.environ.get("CONSUL_HTTP_TOKEN_FILE")
+    if token or not path:
+        return token or None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise SystemExit(f"kafka-pki: cannot read CONSUL_HTTP_TOKEN_FILE {path}: "
+                         f"{exc.strerror}") from None
 
 
 def _vault(args: argparse.Namespace, purpose: str) -> VaultPKI:

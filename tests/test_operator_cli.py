@@ -273,3 +273,23 @@ def test_participants_with_their_own_tokens_rotate(consul_acl: AclTokens, vault:
         assert c.store.read().value("active-root") == b"pki_root_b"
     finally:
         c.stop()
+
+
+def test_status_reads_the_token_from_consul_http_token_file(
+        consul_acl: AclTokens, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The compose operator has CONSUL_HTTP_TOKEN_FILE (a secret volume), like the consul CLI."""
+    prefix = consul_acl.base.prefix
+    ConsulStore(consul_acl.base.url, prefix, consul_acl.base.token).put("active-root", b"pki_a")
+    token_file = tmp_path / "token"
+    token_file.write_text(consul_acl.token(operator_rules(prefix, read_only=True)) + "\n")
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN_FILE", str(token_file))
+    config_prefix, cluster = prefix.strip("/").rsplit("/", 1)
+    args = ["--consul-addr", consul_acl.base.url, "--consul-prefix", config_prefix,
+            "--cluster", cluster, "status", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["active_root"] == "pki_a"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="cannot read CONSUL_HTTP_TOKEN_FILE"):
+        main(args)
