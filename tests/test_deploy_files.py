@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 K8S = ROOT / "docker" / "k8s" / "broker-pod.yaml"
-SCRIPTS = [ROOT / "docker" / "rotate-demo.sh", ROOT / "docker" / "vault-init.sh"]
+SCRIPTS = [ROOT / "docker" / "rotate-demo.sh", ROOT / "docker" / "vault-init.sh",
+           ROOT / "docker" / "consul-acl-init.sh"]
 DEMO_APP = ROOT / "docker" / "demo_app.py"
 PASSWORD_FILE = ROOT / "docker" / "demo-store-password"
 
@@ -135,6 +136,9 @@ def readme_env_names() -> set[str]:
     for table in README_TABLES:
         block = readme.split(f"<!-- config:{table} -->", 1)[1].split(f"<!-- /config:{table} -->")[0]
         names.update(re.findall(r"^\|[^|]*\| `([A-Z][A-Z0-9_]*)` \|", block, flags=re.M))
+    # kafka-pki's environment table: the name in the first column
+    block = readme.split("<!-- config:kafka-pki -->", 1)[1].split("<!-- /config:kafka-pki -->")[0]
+    names.update(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", block, flags=re.M))
     assert {"PKI_SUBJECT", "VAULT_ADDR", "MONITOR_MODE", "KAFKA_BOOTSTRAP_SERVERS"} <= names
     return names
 
@@ -204,15 +208,15 @@ def test_every_participant_has_once_init_auth_manager_and_monitor(
         expected |= {name, f"pki-once-{name}", f"pki-{name}", f"tls-monitor-{name}"}
     assert expected <= set(services)
     for name in PARTICIPANTS:
-        assert argv(services[f"pki-once-{name}"]) == ["pki-auth-manager", "--once"]
-        assert argv(services[f"pki-{name}"])[:1] == ["pki-auth-manager"]
+        assert services[f"pki-once-{name}"]["command"] == ["pki-auth-manager", "--once"]
+        assert services[f"pki-{name}"]["command"][:1] == ["pki-auth-manager"]
         assert argv(services[f"tls-monitor-{name}"])[:1] == ["tls-monitor"]
         assert services[f"pki-once-{name}"]["restart"] == "no"
 
 
 def test_official_images_run_the_real_servers(services: dict[str, dict[str, Any]]) -> None:
     assert services["consul"]["image"].startswith("hashicorp/consul:")
-    assert "-dev" in services["consul"]["command"]
+    assert "exec consul agent -dev " in " ".join(argv(services["consul"]))
     assert services["vault"]["image"].startswith("hashicorp/vault:")
     assert services["vault"]["command"] == ["server", "-dev"]
     assert "VAULT_DEV_ROOT_TOKEN_ID" in env_of(services["vault"])
@@ -393,7 +397,8 @@ def test_no_secret_on_a_command_line(services: dict[str, dict[str, Any]]) -> Non
             if re.search(r"PASSWORD|SECRET|TOKEN", key) and not key.endswith("_FILE"):
                 # Only the dev server's own root token, given to it and to its init job.
                 assert (name, key) in {("vault", "VAULT_DEV_ROOT_TOKEN_ID"),
-                                       ("vault-init", "VAULT_TOKEN")}, f"{name}: {key}"
+                                       ("vault-init", "VAULT_TOKEN"),
+                                       ("consul-init", "TOKENS_DIR")}, f"{name}: {key}"
     assert compose_secret_file() == PASSWORD_FILE
     for script in SCRIPTS:
         text = script.read_text()
@@ -580,3 +585,163 @@ def test_vault_roles_are_bound_to_the_login_identity_by_default(
             env = env_of(services[service_name])
             assert env["PKI_PKI_ROLE"] == ("kafka-broker" if name in BROKERS
                                            else "kafka-client"), service_name
+
+
+# --------------------------------------------------------------------------- least privilege
+
+CONSUL_TOKEN_DIR = "/etc/kafka-pki/consul"
+
+
+def test_consul_runs_with_acls_default_deny_and_a_management_token_for_init_only(
+        services: dict[str, dict[str, Any]]) -> None:
+    consul = " ".join(argv(services["consul"]))
+    assert 'default_policy = "deny"' in consul and "enabled = true" in consul
+    assert "initial_management" in consul and "/run/secrets/consul-management-token" in consul
+    holders = {name for name, svc in services.items()
+               if "consul-management-token" in (svc.get("secrets") or [])}
+    assert holders == {"consul", "consul-init"}
+    token = (ROOT / load_compose()["secrets"]["consul-management-token"]["file"]).read_text()
+    assert token.strip() and all(token.strip() not in " ".join(argv(s)) for s in services.values())
+
+
+def test_every_auth_manager_has_its_own_consul_token_source(
+        services: dict[str, dict[str, Any]]) -> None:
+    """One token volume per participant, written by consul-init, mounted read-only by that
+    participant's two auth manager services only, read into the environment (never argv)."""
+    init = services["consul-init"]
+    assert env_of(init)["PARTICIPANTS"].split() == PARTICIPANTS
+    tokens_dir = env_of(init)["TOKENS_DIR"]
+    sources: dict[str, str] = {}
+    for name in PARTICIPANTS:
+        volume = f"consul-token-{name}"
+        assert volume_at(init, f"{tokens_dir}/{name}") == (volume, False)
+        for service_name in (f"pki-once-{name}", f"pki-{name}"):
+            service = services[service_name]
+            assert volume_at(service, CONSUL_TOKEN_DIR) == (volume, True), service_name
+            assert env_of(service)["PKI_NODE_ID"] == name  # the id its policy was made for
+            assert "CONSUL_HTTP_TOKEN" not in env_of(service)
+            entry = " ".join(service["entrypoint"])
+            assert f"read -r CONSUL_HTTP_TOKEN < {CONSUL_TOKEN_DIR}/token" in entry
+            assert 'exec "$$@"' in entry
+            sources[service_name] = volume
+    assert len(set(sources.values())) == len(PARTICIPANTS)
+    for name, service in services.items():
+        for source, _, read_only in mounts(service):
+            if source.startswith("consul-token-") and name != "consul-init":
+                owner = source.removeprefix("consul-token-")
+                assert name in (f"pki-once-{owner}", f"pki-{owner}") or (
+                    name == "operator" and owner == "operator"), (name, source)
+                assert read_only, (name, source)
+    operator = services["operator"]
+    assert volume_at(operator, CONSUL_TOKEN_DIR) == ("consul-token-operator", True)
+    assert env_of(operator)["CONSUL_HTTP_TOKEN_FILE"] == f"{CONSUL_TOKEN_DIR}/token"
+
+
+def _listeners(env: dict[str, str]) -> dict[str, str]:
+    """Listener name -> bind host ('' = every interface)."""
+    out = {}
+    for item in env["KAFKA_LISTENERS"].split(","):
+        name, _, rest = item.partition("://")
+        out[name] = rest.rsplit(":", 1)[0]
+    return out
+
+
+def _networks(service: dict[str, Any]) -> dict[str, list[str]]:
+    """Network -> aliases of a service (no networks key: the default network)."""
+    nets = service.get("networks")
+    if nets is None:
+        return {"default": []}
+    if isinstance(nets, list):
+        return {n: [] for n in nets}
+    return {n: list((cfg or {}).get("aliases") or []) for n, cfg in nets.items()}
+
+
+def test_plaintext_controller_listener_is_reachable_by_brokers_only(
+        compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    """User:ANONYMOUS (the PLAINTEXT listener's principal) must stay a super user in KRaft
+    (StandardAuthorizer refuses non-super users until it has loaded the ACLs from the metadata
+    log the controllers build over that listener), so that listener binds only to an address
+    on an internal network that no service but the brokers joins."""
+    brokers = {name for name, svc in services.items()
+               if str(svc.get("image", "")).startswith("apache/kafka")}
+    assert brokers == set(BROKERS)
+    for name in BROKERS:
+        env = env_of(services[name])
+        protocols = dict(item.split(":") for item in
+                         env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        plaintext = [listener for listener, proto in protocols.items() if proto == "PLAINTEXT"]
+        assert plaintext == ["CONTROLLER"]
+        host = _listeners(env)["CONTROLLER"]
+        assert host, f"{name}: CONTROLLER must not bind every interface"
+        nets = [net for net, aliases in _networks(services[name]).items() if host in aliases]
+        assert len(nets) == 1, (name, host)
+        network = nets[0]
+        assert compose["networks"][network].get("internal") is True
+        members = {other for other, svc in services.items() if network in _networks(svc)}
+        assert members == set(BROKERS), f"{network} is joined by {sorted(members - brokers)}"
+        voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+        assert all(v.split("@")[1].split(":")[0].endswith(".kraft.test") for v in voters)
+        assert "9094" not in str(services[name].get("ports", ""))
+        supers = env["KAFKA_SUPER_USERS"].split(";")
+        assert "User:ANONYMOUS" in supers  # documented, and isolated by the checks above
+        assert all(s == "User:ANONYMOUS" or s.startswith("User:CN=kafka-") for s in supers)
+
+
+def test_consul_acl_init_makes_one_policy_and_token_per_participant(tmp_path: Path) -> None:
+    """docker/consul-acl-init.sh against a stand-in consul CLI: rendered policies, token files
+    (0400, the SecretID from Consul's JSON), no token printed or on a command line."""
+    fake = tmp_path / "bin" / "consul"
+    fake.parent.mkdir()
+    log = tmp_path / "calls"
+    fake.write_text(f'''#!/bin/sh
+echo "$*" >> {log}
+case "$1 $2 $3" in
+  "acl policy read") exit 1 ;;
+  "acl policy create")
+    for a in "$@"; do case "$a" in @*) cp "${{a#@}}" {tmp_path}/"$5".hcl ;; esac; done ;;
+  "acl token create")
+    printf '{{\\n  "AccessorID": "acc",\\n  "SecretID": "secret-for-%s",\\n}}\\n' "$5" ;;
+esac
+''')
+    fake.chmod(0o755)
+    tokens = tmp_path / "tokens"
+    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "PKI_CLUSTER": "demo",
+           "PARTICIPANTS": "kafka-1 producer", "TOKENS_DIR": str(tokens),
+           "POLICY_DIR": str(ROOT / "docker" / "consul"), "TOKEN_UID": str(os.getuid())}
+    result = subprocess.run(["sh", str(ROOT / "docker" / "consul-acl-init.sh")], env=env,
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for who in ("kafka-1", "producer", "operator"):
+        token = tokens / who / "token"
+        assert token.read_text().strip() == f"secret-for-kafka-pki demo {who}"
+        assert token.stat().st_mode & 0o777 == 0o400
+        assert "secret-for" not in result.stdout + result.stderr
+    assert "secret-for" not in log.read_text()
+    rules = (tmp_path / "kafka-pki-demo-kafka-1.hcl").read_text()
+    assert 'key "kafka-pki/demo/nodes/kafka-1"' in rules and "{{" not in rules
+    assert 'key "kafka-pki/demo/active-root"' in (
+        tmp_path / "kafka-pki-demo-operator.hcl").read_text()
+    again = subprocess.run(["sh", str(ROOT / "docker" / "consul-acl-init.sh")], env=env,
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert again.returncode == 0 and again.stdout.count("token kept") == 3
+
+
+def test_kubernetes_controller_listener_admits_brokers_only() -> None:
+    docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+    (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    (kafka,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"]
+                if c["name"] == "kafka"]
+    env = {e["name"]: e.get("value") for e in kafka["env"]}
+    assert "CONTROLLER:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == labels and spec["policyTypes"] == ["Ingress"]
+    for rule in spec["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if 9094 in ports:
+            assert ports == {9094}
+            assert rule["from"] == [{"podSelector": {"matchLabels": labels}}]
+        else:
+            assert "from" not in rule  # the SSL listeners and metrics: open as before
+    assert any(9094 in {p["port"] for p in r["ports"]} for r in spec["ingress"])
