@@ -1050,3 +1050,13 @@ def test_acl_rules_merge_deny_wins() -> None:
                             'key "a" { policy = "deny" }\nkey "c" { policy = "read" }\n'
                             'key "c" { policy = "write" }')
     assert rules == {("key", "a"): "deny", ("key", "c"): "write"}
+
+
+def test_acl_token_can_be_set_on_a_running_double(consul_double: ConsulDouble) -> None:
+    """Tests turn ACLs on after the fixture made the double (tests/test_rotation_consul.py)."""
+    assert requests.put(f"{consul_double.url}/v1/kv/k", data=b"1", timeout=5).status_code == 200
+    consul_double.acl_token = "mgmt"
+    assert requests.put(f"{consul_double.url}/v1/kv/k", data=b"1", timeout=5).status_code == 403
+    ok = requests.put(f"{consul_double.url}/v1/kv/k", data=b"1", timeout=5,
+                      headers={"X-Consul-Token": "mgmt"})
+    assert ok.status_code == 200

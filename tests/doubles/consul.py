@@ -635,11 +635,10 @@ class ConsulDouble:
             raise ValueError("initial_index must be at least 1")
         self.host = host
         self._port = port
-        self.acl_token = acl_token
         self.acl_errors = acl_errors
         self._tokens: dict[str, AclToken] = {}
-        if acl_token is not None:
-            self._tokens[acl_token] = AclToken(_MANAGEMENT_ACCESSOR, {}, management=True)
+        self._acl_token: str | None = None
+        self.acl_token = acl_token
         self.datacenter = datacenter
         self.node_name = node_name
         self.initial_index = initial_index
@@ -725,6 +724,20 @@ class ConsulDouble:
         """IDs of the live sessions."""
         with self._cond:
             return sorted(self._sessions)
+
+    @property
+    def acl_token(self) -> str | None:
+        """The management token (None: none; ACLs are on once any token exists)."""
+        return self._acl_token
+
+    @acl_token.setter
+    def acl_token(self, secret: str | None) -> None:
+        """Set (or replace) the management token; may be set on a running double."""
+        if self._acl_token is not None:
+            self._tokens.pop(self._acl_token, None)
+        self._acl_token = secret
+        if secret is not None:
+            self._tokens[secret] = AclToken(_MANAGEMENT_ACCESSOR, {}, management=True)
 
     @property
     def acl_enabled(self) -> bool:
