@@ -24,8 +24,11 @@ with the least-privilege roles (``tests.vault_setup.prepare_least_privilege``: `
 first client's auth manager is killed and started again with a broker's subject. Vault must
 refuse it (400 "common name ... not allowed by this role"), no generation may appear on that
 client's volume and its old material keeps serving the traffic; then the client's auth manager
-is started again correctly, and the rotation converges *with* the client. The report says
-``impersonation=refused`` (or what happened instead) on a line before the last.
+is started again correctly, and the rotation converges *with* the client. Consul runs with ACLs
+on (default deny) and every participant holds a token of its own from the shipped policy; with
+the client's token the drill tries to flip ``active-root`` and to overwrite a broker's report:
+both must be refused. The report says ``impersonation=refused`` (or what happened instead) on
+a line before the last.
 
 Ends with ``failed_handshakes=<n> converged=<yes|no> rotation_seconds=<s>`` and exits non-zero
 if a handshake between two live participants failed or the rotation did not converge.
@@ -48,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -58,9 +62,10 @@ from typing import Any, Literal
 from monitor.checks import client_context
 from monitor.kafka import served_certificate
 from sidecar import layout
-from sidecar.consul_store import ConsulStore
+from sidecar.consul_store import ConsulError, ConsulStore
 from sidecar.rotation import RotationRecord, parse_record
 from sidecar.volume import Volume, VolumeError, read_generation
+from tests.consul_setup import participant_rules
 from tests.doubles.consul import ConsulDouble
 from tests.doubles.kafka_broker import KafkaBrokerDouble
 from tests.doubles.vault import VaultDouble
@@ -183,6 +188,7 @@ class Participant:
     loaded_generation: int | None = None  # clients: what the app loaded
     auth_listen: str = ""  # /metrics of the auth manager (--prometheus)
     monitor_listen: str = ""
+    consul_token: str | None = None  # its own (least privilege), else none: ACLs off
 
     def serving_dir(self) -> Path | None:
         """The generation this participant presents and trusts right now."""
@@ -381,6 +387,8 @@ class Drill:
                         "PKI_PKI_ROLE": BROKER_ROLE if p.role == "broker" else CLIENT_ROLE})
         else:
             env["VAULT_TOKEN"] = self.vault.root_token
+        if p.consul_token is not None:
+            env["CONSUL_HTTP_TOKEN"] = p.consul_token
         env.update({
             "VAULT_ADDR": self.vault.url,
             "CONSUL_HTTP_ADDR": self.consul.url, "PKI_CLUSTER": CLUSTER,
@@ -419,8 +427,11 @@ class Drill:
 
     def setup(self) -> None:
         self.vault = VaultDouble(mounts=(A, B, C)).start()
-        self.consul = ConsulDouble()
-        self.store = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/")
+        # Least privilege: Consul with ACLs on (default deny), every participant with a token
+        # of its own from the shipped policy; the drill itself acts as the operator.
+        self.consul_token = str(uuid.uuid4()) if self.least_privilege else None
+        self.consul = ConsulDouble(acl_token=self.consul_token)
+        self.store = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/", self.consul_token)
         self.store.put("active-root", A.encode())
         names = ([("broker", f"kafka-{i}", i) for i in range(1, self.brokers_n + 1)]
                  + [("client", f"client-{i}", i) for i in range(1, self.clients_n + 1)])
@@ -436,6 +447,8 @@ class Drill:
                 _, secret_id = prepare_least_privilege(target, {name: role})[name]
                 (secrets / "secret-id").write_text(secret_id)
                 (secrets / "secret-id").chmod(0o600)
+                participant.consul_token = self.consul.create_token(
+                    participant_rules(f"{PREFIX}/{CLUSTER}/", name))
             if self.with_prometheus:
                 participant.auth_listen = f"127.0.0.1:{_free_port()}"
                 participant.monitor_listen = f"127.0.0.1:{_free_port()}"
@@ -712,14 +725,36 @@ class Drill:
         after = (volume.generations(), volume.current_generation_dir())
         victim.auth.start()
         mark.until = time.time()
+        consul_refusals = self._consul_impersonation(victim, broker)
         if not refused:
             self.impersonation = "NOT REFUSED"
         elif after != before:
             self.impersonation = f"refused, but the volume changed: {before} -> {after}"
+        elif consul_refusals is not None:
+            self.impersonation = consul_refusals
         else:
             self.impersonation = "refused"
             self.notes.append(f"{victim.name}: Vault refused ({refusal}); volume unchanged; "
                               "auth manager started again as itself")
+
+    def _consul_impersonation(self, victim: Participant, broker: Participant) -> str | None:
+        """With the victim's own Consul token: flip active-root, overwrite the broker's report.
+        None if Consul refused both (and the drill logs each refusal), else what got through."""
+        stolen = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/", victim.consul_token)
+        got_through = []
+        for key, value in (("active-root", C.encode()), (f"nodes/{broker.name}", b"{}")):
+            try:
+                stolen.put(key, value)
+            except ConsulError as exc:
+                if exc.reason != "forbidden":
+                    got_through.append(f"{key}: {exc.reason}")
+                    continue
+                self._note(f"{victim.name}'s Consul token: write {key} refused", "impersonation",
+                           victim.name)
+                self.notes.append(f"{victim.name}'s Consul token: {exc}")
+            else:
+                got_through.append(f"{key} WRITTEN")
+        return f"Consul NOT REFUSED: {', '.join(got_through)}" if got_through else None
 
     def _client_reload_fails(self) -> None:
         """From the flip on, the first client app cannot reload (its hook answers 500): its
@@ -745,7 +780,8 @@ class Drill:
 
     def run(self) -> Result:
         self.setup()
-        self.timeline = Timeline(ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/"))
+        self.timeline = Timeline(ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/",
+                                             self.consul_token))
         self.timeline.start()
         brokers = [p for p in self.participants if p.role == "broker"]
         pairs = [(c, b, "SSL") for c in self.participants if c.role == "client" for b in brokers]
