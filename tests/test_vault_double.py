@@ -735,3 +735,126 @@ def test_a_template_vault_cannot_populate_allows_nothing(vault_double: VaultDoub
         with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
             sign(client, csr, name, role="tpl")
         assert errors_of(exc) == [f"common name {name} not allowed by this role"]
+
+
+# ----------------------------------------------------------------------------- multi-issuer mounts
+# Vault 1.11+ (builtin/logical/pki/path_manage_issuers.go issuers/generate/root/<type>,
+# path_fetch_issuers.go issuers + issuer/<ref>[/json], path_config_ca.go config/issuers,
+# path_issue_sign.go issuer/<ref>/sign/<role>, issuing/issuers.go ResolveIssuerReference).
+
+ISSUERS_MOUNT = "pki_issuers_test"
+
+
+def _issuer_mount(target: VaultTarget) -> hvac.Client:
+    """A fresh PKI mount without a CA, with the ``kafka`` role (Vault 1.11+ layout)."""
+    client = target.client()
+    if f"{ISSUERS_MOUNT}/" in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.disable_secrets_engine(ISSUERS_MOUNT)
+    client.sys.enable_secrets_engine("pki", path=ISSUERS_MOUNT, config={"max_lease_ttl": "87600h"})
+    ensure_role(client, "kafka", mount=ISSUERS_MOUNT)
+    return client
+
+
+def _generate(client: hvac.Client, name: str, cn: str) -> dict[str, Any]:
+    response = client.write_data(f"{ISSUERS_MOUNT}/issuers/generate/root/internal",
+                                 data={"common_name": cn, "issuer_name": name, "key_type": "ec",
+                                       "ttl": "87600h"})
+    return dict(response["data"])
+
+
+def test_issuers_generate_list_read_and_default(vault_versioned: VaultTarget) -> None:
+    client = _issuer_mount(vault_versioned)
+    if not vault_versioned.profile.multi_issuer:
+        with pytest.raises(hvac.exceptions.InvalidPath):  # 404 (FIELD-NOTES, Vault 1.7.10)
+            client.adapter.list(f"/v1/{ISSUERS_MOUNT}/issuers")
+        return
+    a = _generate(client, "root-a", "Kafka Root A")
+    b = _generate(client, "root-b", "Kafka Root B")
+    assert (a["issuer_name"], b["issuer_name"]) == ("root-a", "root-b")
+    listed = client.list(f"{ISSUERS_MOUNT}/issuers")["data"]
+    assert set(listed["keys"]) == {a["issuer_id"], b["issuer_id"]}
+    info = listed["key_info"]
+    assert info[a["issuer_id"]]["issuer_name"] == "root-a" and info[a["issuer_id"]]["is_default"]
+    assert not info[b["issuer_id"]]["is_default"], "the first issuer stays the default"
+    by_name = client.read(f"{ISSUERS_MOUNT}/issuer/root-b/json")["data"]
+    by_id = client.read(f"{ISSUERS_MOUNT}/issuer/{b['issuer_id']}")["data"]
+    assert by_name["issuer_id"] == by_id["issuer_id"] == b["issuer_id"]
+    cert = load(by_name["certificate"])
+    assert cert.subject.rfc4514_string() == "CN=Kafka Root B"
+    assert [load(p) for p in by_name["ca_chain"]] == [cert]
+    config = client.read(f"{ISSUERS_MOUNT}/config/issuers")["data"]
+    assert config["default"] == a["issuer_id"]
+    client.write_data(f"{ISSUERS_MOUNT}/config/issuers", data={"default": "root-b"})
+    assert client.read(f"{ISSUERS_MOUNT}/config/issuers")["data"]["default"] == b["issuer_id"]
+    assert load(client.secrets.pki.read_ca_certificate(mount_point=ISSUERS_MOUNT)) == cert
+
+
+def test_issuer_names_vault_refuses(vault_versioned: VaultTarget) -> None:
+    client = _issuer_mount(vault_versioned)
+    if not vault_versioned.profile.multi_issuer:
+        return
+    _generate(client, "root-a", "Kafka Root A")
+    for name, message in (("root-a", "issuer name already in use"),
+                          ("default", "reserved keyword 'default' can not be used as issuer name"),
+                          ("root a", "issuer name contained invalid characters")):
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            _generate(client, name, "Kafka Root X")
+        assert errors_of(exc) == [message]
+
+
+def test_sign_by_issuer_reference_and_by_the_roles_issuer_ref(
+    vault_versioned: VaultTarget,
+) -> None:
+    client = _issuer_mount(vault_versioned)
+    if not vault_versioned.profile.multi_issuer:
+        return
+    _generate(client, "root-a", "Kafka Root A")
+    b = _generate(client, "root-b", "Kafka Root B")
+    csr, _ = make_csr(BROKER)
+
+    def issuer_of(response: dict[str, Any]) -> str:
+        return load(response["data"]["certificate"]).issuer.rfc4514_string()
+
+    for ref in ("root-b", b["issuer_id"]):
+        signed = client.write_data(f"{ISSUERS_MOUNT}/issuer/{ref}/sign/kafka",
+                                   data={"csr": csr, "common_name": BROKER})
+        assert issuer_of(signed) == "CN=Kafka Root B"
+        assert signed["data"]["issuing_ca"] == signed["data"]["ca_chain"][0]
+    assert issuer_of(sign(client, csr, mount=ISSUERS_MOUNT)) == "CN=Kafka Root A", "default"
+    ensure_role(client, "kafka", mount=ISSUERS_MOUNT, issuer_ref="root-b")
+    assert issuer_of(sign(client, csr, mount=ISSUERS_MOUNT)) == "CN=Kafka Root B", "issuer_ref"
+
+
+def test_an_unknown_issuer_reference(vault_versioned: VaultTarget) -> None:
+    """ResolveIssuerReference's UserError is returned as an error, not a response: a 500
+    (sdk/logical/response_util.go), wrapped by request_handling.go's multierror."""
+    client = _issuer_mount(vault_versioned)
+    if not vault_versioned.profile.multi_issuer:
+        return
+    _generate(client, "root-a", "Kafka Root A")
+    csr, _ = make_csr(BROKER)
+    unknown = "unable to find PKI issuer for reference: root-z"
+    with pytest.raises(hvac.exceptions.InternalServerError) as exc:
+        client.read(f"{ISSUERS_MOUNT}/issuer/root-z/json")
+    assert errors_of(exc) == [f"1 error occurred:\n\t* {unknown}\n\n"]
+    with pytest.raises(hvac.exceptions.InternalServerError) as exc:
+        client.write_data(f"{ISSUERS_MOUNT}/issuer/root-z/sign/kafka", data={"csr": csr})
+    assert errors_of(exc) == [
+        f"1 error occurred:\n\t* could not fetch the CA certificate (was one set?): {unknown}\n\n"]
+    with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+        client.write_data(f"{ISSUERS_MOUNT}/config/issuers", data={"default": "root-z"})
+    assert unknown in errors_of(exc)[0]
+
+
+def test_add_issuer_from_python(vault_double: VaultDouble) -> None:
+    vault_double.add_mount("pki", with_root=False)
+    a_id = vault_double.add_issuer("pki", "root-a")
+    vault_double.add_issuer("pki", "root-b")
+    assert vault_double.ca_cert("pki:root-a").subject.rfc4514_string() == "CN=Kafka Root A"
+    assert vault_double.ca_cert(f"pki:{a_id}") == vault_double.ca_cert("pki")
+    vault_double.set_default_issuer("pki", "root-b")
+    assert vault_double.ca_cert("pki") == vault_double.ca_cert("pki:root-b")
+    with pytest.raises(KeyError):
+        vault_double.ca_cert("pki:root-z")
+    with VaultDouble(version="1.7") as old, pytest.raises(ValueError, match="multi-issuer"):
+        old.add_issuer("pki_root_a", "root-x")

@@ -441,6 +441,31 @@ class _Token:
 
 
 @dataclass
+class _Issuer:
+    """One issuer of a multi-issuer PKI mount (Vault 1.11+, builtin/logical/pki/issuing)."""
+
+    id: str
+    name: str
+    key: Any
+    cert: x509.Certificate
+    key_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def _multierror(message: str) -> str:
+    """How vault/request_handling.go wraps an error a handler returns (go-multierror)."""
+    return f"1 error occurred:\n\t* {message}\n\n"
+
+
+def _unknown_issuer(ref: str) -> str:
+    """issuing.ResolveIssuerReference's error (builtin/logical/pki/issuing/issuers.go)."""
+    return f"unable to find PKI issuer for reference: {ref}"
+
+
+#: framework.GenericNameRegex, which issuer names must match (path_fetch_issuers.go nameMatcher).
+_ISSUER_NAME_RE = re.compile(r"\w(([\w.\-]+)?\w)?", re.ASCII)
+
+
+@dataclass
 class _Mount:
     path: str  # without trailing slash
     type: str
@@ -455,6 +480,38 @@ class _Mount:
     ca_cert: x509.Certificate | None = None
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
     issued: dict[str, str] = field(default_factory=dict)  # colon serial -> PEM
+    #: Vault 1.11+: the mount's issuers by id, in creation order, and config/issuers' default.
+    #: ``ca_key``/``ca_cert`` always mirror the default issuer (what the legacy paths use).
+    issuers: dict[str, _Issuer] = field(default_factory=dict)
+    default_issuer: str = ""
+
+    def add_issuer(self, key: Any, cert: x509.Certificate, name: str = "") -> _Issuer:
+        """Register a new issuer; the first one (no default yet) becomes the default, as
+        with config/issuers' default_follows_latest_issuer=false."""
+        issuer = _Issuer(id=str(uuid.uuid4()), name=name, key=key, cert=cert)
+        self.issuers[issuer.id] = issuer
+        if not self.default_issuer:
+            self.set_default(issuer.id)
+        return issuer
+
+    def set_default(self, issuer_id: str) -> None:
+        self.default_issuer = issuer_id
+        issuer = self.issuers[issuer_id]
+        self.ca_key, self.ca_cert = issuer.key, issuer.cert
+
+    def find_issuer(self, ref: str) -> _Issuer | None:
+        """Resolve a reference like issuing.ResolveIssuerReference: ``default``, an id, a
+        name."""
+        if ref == "default":
+            return self.issuers.get(self.default_issuer)
+        if ref in self.issuers:
+            return self.issuers[ref]
+        return next((i for i in self.issuers.values() if i.name == ref), None)
+
+    def clear_issuers(self) -> None:
+        self.issuers.clear()
+        self.default_issuer = ""
+        self.ca_key = self.ca_cert = None
 
     def info(self, version: str = VAULT_VERSION) -> dict[str, Any]:
         plugin = f"v{version}+builtin.vault"
@@ -610,7 +667,17 @@ class VaultDouble:
       unknown namespace suffix (current Vault: 403); no warning when max_ttl caps the TTL.
       ``legacy=True`` is the old spelling of ``version="1.7"``.
 
-    Python-side configuration: ``add_mount``, ``add_policy``, ``add_approle``,
+    Multi-issuer mounts (current profile only; 1.7 answers 404): every root is an issuer
+    (``issuers/generate/root/internal|exported`` with ``issuer_name``, ``issuers`` LIST,
+    ``issuer/<ref>`` and ``issuer/<ref>/json``, ``issuer/<ref>/sign|issue/<role>``,
+    ``config/issuers``); the first one is the default, which the legacy paths and a role's
+    ``issuer_ref`` (default ``default``) use. An unknown reference answers 500
+    ``unable to find PKI issuer for reference: <ref>`` as Vault does. Not modelled: key
+    management (``keys/``), imports, intermediates, ``default_follows_latest_issuer=true``,
+    checking a role's ``issuer_ref`` when the role is written.
+
+    Python-side configuration: ``add_mount``, ``add_issuer``, ``set_default_issuer``,
+    ``add_policy``, ``add_approle``,
     ``add_kubernetes_role``, ``create_token``. Faults: ``set_down``, ``set_sealed``,
     ``fail_next``, ``set_delay``, ``corrupt_next_certificate``, ``mismatched_key_next``,
     ``expired_next``, ``revoke_token``, ``expire_token``, ``reset_faults``. Observations:
@@ -774,9 +841,13 @@ class VaultDouble:
             return [m.path for m in self._mounts.values() if m.type == "pki"]
 
     def ca_cert(self, mount: str) -> x509.Certificate:
-        """The root CA certificate of a PKI mount."""
+        """The root CA certificate of a PKI mount (its default issuer), or of one issuer:
+        ``"pki:root-a"`` (the sidecar's root identifier)."""
+        path, _, ref = mount.partition(":")
         with self._lock:
-            cert = self._mounts[mount].ca_cert
+            found = self._mounts[path].find_issuer(ref) if ref else None
+            cert = found.cert if found is not None else (None if ref else
+                                                         self._mounts[path].ca_cert)
         if cert is None:
             raise KeyError(f"mount {mount!r} has no CA")
         return cert
@@ -810,12 +881,54 @@ class VaultDouble:
             self.issue_count.setdefault(name, 0)
             if with_root:
                 key = ec.generate_private_key(ec.SECP256R1())
-                mount.ca_key = key
-                mount.ca_cert = self._make_root(
+                cert = self._make_root(
                     key, common_name or root_common_name(name), parse_duration(ROOT_CA_TTL)
                 )
+                self._install_root(mount, key, cert, "")
             if with_role:
                 mount.roles[self._role_name] = self._role_from_params(dict(KAFKA_ROLE_PARAMS))
+
+    def add_issuer(self, mount: str, name: str, *, common_name: str | None = None) -> str:
+        """Generate a root as a new named issuer of ``mount`` (what ``issuers/generate/root/
+        internal`` with ``issuer_name`` does; Vault 1.11+ only); returns its issuer id. CN:
+        "Kafka Root A" for ``root-a``."""
+        if not self.profile.multi_issuer:
+            raise ValueError(f"Vault {self.profile.version} has no multi-issuer mounts")
+        key = ec.generate_private_key(ec.SECP256R1())
+        cn = common_name or root_common_name("pki_" + name.replace("-", "_"))
+        cert = self._make_root(key, cn, parse_duration(ROOT_CA_TTL))
+        with self._lock:
+            self._check_issuer_name(self._mounts[mount], name)
+            return self._install_root(self._mounts[mount], key, cert, name).id
+
+    def set_default_issuer(self, mount: str, ref: str) -> None:
+        """What ``POST <mount>/config/issuers default=<ref>`` does."""
+        with self._lock:
+            found = self._mounts[mount].find_issuer(ref)
+            if found is None:
+                raise KeyError(_unknown_issuer(ref))
+            self._mounts[mount].set_default(found.id)
+
+    def _install_root(self, mount: _Mount, key: Any, cert: x509.Certificate,
+                      name: str) -> _Issuer | None:
+        """A new root on ``mount``: an issuer from 1.11 on (the default if none is), the
+        mount's only CA before."""
+        if self.profile.multi_issuer:
+            return mount.add_issuer(key, cert, name)
+        mount.ca_key, mount.ca_cert = key, cert
+        return None
+
+    @staticmethod
+    def _check_issuer_name(mount: _Mount, name: str) -> None:
+        """getIssuerName (builtin/logical/pki/path_manage_issuers.go and storage.go)."""
+        if not name:
+            return
+        if name.lower() == "default":
+            raise _bad("reserved keyword 'default' can not be used as issuer name")
+        if not _ISSUER_NAME_RE.fullmatch(name):
+            raise _bad("issuer name contained invalid characters")
+        if any(i.name == name for i in mount.issuers.values()):
+            raise _bad("issuer name already in use")
 
     def add_policy(self, name: str, allowed_paths: Sequence[str]) -> None:
         """Define a simplified ACL policy: paths with ``*`` (anything) and ``+`` (one segment).
@@ -1537,6 +1650,10 @@ class VaultDouble:
             with self._lock:
                 entity = self.identity.entities.get(token.entity_id)
             return self._sign_or_issue(mount, rest, params, sign=head == "sign", entity=entity)
+        if self.profile.multi_issuer and (
+            head in ("issuers", "issuer") or sub == "config/issuers"
+        ):
+            return self._issuers_api(method, mount, sub, params, token)
         if sub in ("ca", "ca/pem") and method == "GET":
             with self._lock:
                 cert = mount.ca_cert
@@ -1573,9 +1690,82 @@ class VaultDouble:
             return self._generate_root(mount, params, exported=rest.endswith("exported"))
         if sub == "root" and method == "DELETE":
             with self._lock:
-                mount.ca_cert = mount.ca_key = None
+                mount.clear_issuers()  # 1.11+: every issuer and key of the mount
             return self._no_content()
         raise _Reply(404, ["unsupported path"])
+
+    def _issuers_api(
+        self, method: str, mount: _Mount, sub: str, params: dict[str, Any], token: _Token
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Vault 1.11+'s multi-issuer paths (builtin/logical/pki/path_fetch_issuers.go,
+        path_manage_issuers.go, path_config_ca.go ``config/issuers``, path_issue_sign.go)."""
+        parts = sub.split("/")
+        if sub == "issuers" and method == "LIST":
+            with self._lock:
+                issuers = list(mount.issuers.values())
+                default = mount.default_issuer
+            if not issuers:
+                raise _Reply(404, [])
+            info = {i.id: {"issuer_name": i.name, "is_default": i.id == default,
+                           "serial_number": _serial_hex(i.cert.serial_number),
+                           "key_id": i.key_id} for i in issuers}
+            return self._ok({"keys": [i.id for i in issuers], "key_info": info})
+        if parts[:3] == ["issuers", "generate", "root"] and len(parts) == 4 \
+                and parts[3] in ("internal", "exported") and method == "POST":
+            return self._generate_root(mount, params, exported=parts[3] == "exported")
+        if sub == "config/issuers":
+            if method == "POST":
+                # path_config_ca.go pathCAIssuersWrite (current: handleStorageContextErr).
+                ref = str(params.get("default") or "").strip()
+                if not ref or ref == "default":
+                    raise _bad("invalid issuer specification; must be non-empty and can't be "
+                               "'default'.")
+                with self._lock:
+                    found = mount.find_issuer(ref)
+                    if found is None:
+                        raise _bad(f"error resolving issuer reference: {_unknown_issuer(ref)}")
+                    mount.set_default(found.id)
+            elif method != "GET":
+                raise _Reply(405, ["unsupported operation"])
+            with self._lock:
+                default = mount.default_issuer
+            return self._ok({"default": default, "default_follows_latest_issuer": False})
+        if parts[0] == "issuer" and len(parts) >= 2:
+            ref = parts[1]
+            if len(parts) == 4 and parts[2] in ("sign", "issue") and method == "POST":
+                with self._lock:
+                    entity = self.identity.entities.get(token.entity_id)
+                return self._sign_or_issue(mount, parts[3], params, sign=parts[2] == "sign",
+                                           entity=entity, issuer_ref=ref)
+            if method == "GET" and (len(parts) == 2 or (len(parts) == 3 and parts[2] == "json")):
+                with self._lock:
+                    issuer = mount.find_issuer(ref)
+                if issuer is None:
+                    raise _Reply(500, [_multierror(_unknown_issuer(ref))])
+                data: dict[str, Any] = {"issuer_id": issuer.id, "issuer_name": issuer.name,
+                                        "certificate": _pem(issuer.cert) + "\n",
+                                        "ca_chain": [_pem(issuer.cert) + "\n"]}
+                if len(parts) == 2:
+                    data.update({"key_id": issuer.key_id, "manual_chain": None,
+                                 "leaf_not_after_behavior": "err",
+                                 "usage": "crl-signing,issuing-certificates,ocsp-signing,"
+                                          "read-only",
+                                 "revocation_signature_algorithm": "", "revoked": False})
+                return self._ok(data)
+        raise _Reply(404, ["unsupported path"])
+
+    def _signing_ca(self, mount: _Mount, ref: str) -> tuple[Any, x509.Certificate | None]:
+        """The key and certificate a sign request uses: sc.fetchCAInfo(ref) in
+        path_issue_sign.go. A reference no issuer answers to is a 500 there (the UserError is
+        returned as an error, not as a response: sdk/logical/response_util.go)."""
+        with self._lock:
+            if not self.profile.multi_issuer or (ref == "default" and not mount.issuers):
+                return mount.ca_key, mount.ca_cert
+            issuer = mount.find_issuer(ref)
+        if issuer is None:
+            raise _Reply(500, [_multierror("could not fetch the CA certificate (was one set?): "
+                                           + _unknown_issuer(ref))])
+        return issuer.key, issuer.cert
 
     def _chain_pems(self, mount: _Mount) -> list[str]:
         with self._lock:
@@ -1655,6 +1845,9 @@ class VaultDouble:
     def _generate_root(
         self, mount: _Mount, params: dict[str, Any], *, exported: bool
     ) -> tuple[int, dict[str, str], bytes]:
+        name = str(params.get("issuer_name") or "").strip() if self.profile.multi_issuer else ""
+        with self._lock:
+            self._check_issuer_name(mount, name)
         cn = str(params.get("common_name") or "")
         if not cn:
             raise _bad(
@@ -1676,15 +1869,15 @@ class VaultDouble:
         key = _generate_key(key_type, key_bits)
         cert = self._make_root(key, cn, ttl)
         with self._lock:
-            mount.ca_key, mount.ca_cert = key, cert
+            issuer = self._install_root(mount, key, cert, name)
         data: dict[str, Any] = {
             "certificate": _pem(cert),
             "expiration": int(cert.not_valid_after_utc.timestamp()),
             "issuing_ca": _pem(cert),
             "serial_number": _serial_hex(cert.serial_number),
-            "issuer_id": str(uuid.uuid4()),
-            "issuer_name": "",
-            "key_id": str(uuid.uuid4()),
+            "issuer_id": issuer.id if issuer is not None else str(uuid.uuid4()),
+            "issuer_name": name,
+            "key_id": issuer.key_id if issuer is not None else str(uuid.uuid4()),
             "key_name": "",
         }
         if exported:
@@ -1737,12 +1930,16 @@ class VaultDouble:
         *,
         sign: bool,
         entity: Entity | None = None,
+        issuer_ref: str | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             role = mount.roles.get(role_name)
-            ca_key, ca_cert = mount.ca_key, mount.ca_cert
         if role is None:
             raise _bad(f"unknown role: {role_name}")
+        # path_issue_sign.go: the legacy sign/<role> uses the role's issuer_ref (default
+        # "default"); issuer/<ref>/sign/<role> the reference in the path.
+        ca_key, ca_cert = self._signing_ca(
+            mount, issuer_ref if issuer_ref is not None else (role["issuer_ref"] or "default"))
         if not sign and role["key_type"] == "any":
             raise _bad('role key type "any" not allowed for issuing certificates, only signing')
         fmt = str(params.get("format") or "pem")
@@ -1781,7 +1978,7 @@ class VaultDouble:
         if corrupt:
             junk = base64.encodebytes(secrets.token_bytes(300)).decode().strip()
             cert_text = f"-----BEGIN CERTIFICATE-----\n{junk}\n-----END CERTIFICATE-----"
-        data = self._cert_data(fmt, cert, cert_text, ca_cert, mount, serial)
+        data = self._cert_data(fmt, cert, cert_text, ca_cert, serial)
         if private_key is not None:
             pkcs8 = str(params.get("private_key_format") or "") == "pkcs8"
             key_pem, key_type = _private_key_pem(private_key, pkcs8)
@@ -1811,6 +2008,9 @@ class VaultDouble:
         with self._lock:
             counter = self.sign_count if sign else self.issue_count
             counter[mount.path] = counter.get(mount.path, 0) + 1
+            if issuer_ref is not None:  # also by the sidecar's root identifier
+                key = f"{mount.path}:{issuer_ref}"
+                counter[key] = counter.get(key, 0) + 1
         lease: dict[str, Any] = {}
         if role["generate_lease"]:
             op = "sign" if sign else "issue"
@@ -1826,10 +2026,10 @@ class VaultDouble:
         cert: x509.Certificate,
         cert_text: str,
         ca_cert: x509.Certificate,
-        mount: _Mount,
         serial: str,
     ) -> dict[str, Any]:
-        chain = self._chain_pems(mount)
+        # Every CA here is a self-signed root: Vault < 1.11 leaves it out of the chain.
+        chain = [_pem(ca_cert)] if self.profile.root_in_chain else []
         if fmt == "der":
             der_chain = (
                 [base64.b64encode(ca_cert.public_bytes(serialization.Encoding.DER)).decode()]

@@ -45,6 +45,10 @@ class VaultProfile:
     #: cert_util.go: ``the value '%s' is not a valid IP address``; vault/router.go:
     #: ``no handler for route '%s'``).
     single_quotes: bool
+    #: Multi-issuer PKI mounts (Vault 1.11, builtin/logical/pki/path_fetch_issuers.go,
+    #: path_manage_issuers.go, path_issue_sign.go ``issuer/<ref>/sign/<role>``): 1.7 has one
+    #: CA per mount and answers ``<mount>/issuers`` with 404 (FIELD-NOTES).
+    multi_issuer: bool = True
 
     def quote(self, value: str) -> str:
         """A value inside an error message, quoted the way this version quotes it."""
@@ -89,6 +93,7 @@ VAULT_1_7 = VaultProfile(
     malformed_token_is_400=True,
     warns_ttl_cap=False,
     single_quotes=True,
+    multi_issuer=False,
 )
 
 CURRENT = VaultProfile(
