@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 
 from sidecar.keys import KEY_TYPES, parse_subject
+from sidecar.rotation import RotationInputError, parse_root_name
 from sidecar.settings import (
     ConfigError,
     build_parser,
@@ -24,7 +25,6 @@ from sidecar.settings import (
 )
 
 ENV_PREFIX = "PKI_"
-_MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
 # What Vault's parseutil.ParseDurationSecond accepts: seconds, or Go units plus "d".
 _VAULT_DURATION = re.compile(r"^(?:\d+|(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d))+)$")
 
@@ -78,8 +78,10 @@ class AuthManagerConfig:
                             choices=("sign", "issue"))
 
     # Which roots: static (no Consul) or coordinated through Consul.
-    root: str | None = setting(None, help="static mode: PKI mount that signs (no Consul)")
-    trust: list[str] = setting([], help="static mode: PKI mounts trusted (default: the signer)")
+    root: str | None = setting(None, help="static mode: the root that signs (no Consul): a PKI "
+                               "mount, or `mount:issuer` (Vault 1.11+)")
+    trust: list[str] = setting([], help="static mode: roots trusted, as `root` (default: the "
+                                        "signer)")
     consul_addr: str | None = setting(None, help="Consul address; enables coordinated rotation",
                                       env="CONSUL_HTTP_ADDR")
     consul_token: str | None = setting(None, help="Consul ACL token", env="CONSUL_HTTP_TOKEN",
@@ -165,9 +167,12 @@ def validate(config: AuthManagerConfig) -> None:
     if not config.coordinated and not config.root:
         raise ConfigError("missing required setting root (--root or PKI_ROOT), "
                           "or set consul_addr (CONSUL_HTTP_ADDR) for coordinated rotation")
-    for mount in [config.root or "", *config.trust]:
-        if mount and not _MOUNT_NAME.match(mount):
-            raise ConfigError(f"invalid value for root/trust: {mount!r} is not a mount path")
+    for root in [config.root or "", *config.trust]:
+        try:
+            if root:
+                parse_root_name(root, what="root/trust")
+        except RotationInputError as exc:
+            raise ConfigError(f"invalid value for {exc}") from None
     if config.vault_auth == "token" and not (config.vault_token or config.vault_token_file):
         raise ConfigError("missing required setting vault_token (VAULT_TOKEN or "
                           "--vault-token-file) for vault_auth=token")

@@ -418,7 +418,8 @@ class RotationParticipant:
             self.manager.issuer.vault.ca_certificates(root)
         except VaultError as exc:
             if exc.reason in ("not_found", "invalid_request", "malformed_response"):
-                raise RotationInputError(f"root {root!r} has no usable Vault PKI mount "
+                kind = "issuer" if ":" in root else "mount"
+                raise RotationInputError(f"root {root!r} is not a usable Vault PKI {kind} "
                                          f"({exc})") from exc
             raise
         self._known_roots.add(root)

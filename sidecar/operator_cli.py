@@ -33,6 +33,7 @@ from sidecar.rotation import (
     barrier,
     parse_record,
     parse_root_name,
+    split_root,
 )
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
 
@@ -165,7 +166,13 @@ def _root_exists(root: str, args: argparse.Namespace) -> None:
         vault.login()
         vault.ca_certificates(root)
     except VaultError as exc:
-        raise SystemExit(f"kafka-pki: {root} is not a usable Vault PKI mount: {exc}") from None
+        raise SystemExit(f"kafka-pki: {root} is not a usable Vault PKI {_kind(root)}: "
+                         f"{exc}") from None
+
+
+def _kind(root: str) -> str:
+    """What a root identifier names: a mount (``pki_root_b``) or an issuer (``pki:root-b``)."""
+    return "issuer" if split_root(root)[1] is not None else "mount"
 
 
 #: ``kafka-pki init`` exit codes (README, kafka-pki).
@@ -204,7 +211,7 @@ def check_root(vault: VaultPKI, root: str, role: str, names: Sequence[str],
         vault.login()
         vault.ca_certificates(root)
     except VaultError as exc:
-        raise InitRefused(f"{root} is not a usable Vault PKI mount: {exc}",
+        raise InitRefused(f"{root} is not a usable Vault PKI {_kind(root)}: {exc}",
                           _init_code(exc)) from None
     key = generate_private_key(key_type)
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, dns[0])] if dns else [])
@@ -339,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = command("init", "set active-root if it is absent (checked against Vault first)")
     init.add_argument("--root", required=True, metavar="ROOT",
-                      help="PKI mount of the first root")
+                      help="the first root: a PKI mount, or mount:issuer (Vault 1.11+)")
     init.add_argument("--pki-role", default="kafka", metavar="ROLE",
                       help="PKI role the sidecars sign with (default: kafka)")
     init.add_argument("--name", action="append", default=[], metavar="NAME",
@@ -354,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     rotate = command("rotate", "flip active-root (checked against Vault)")
     group = rotate.add_mutually_exclusive_group(required=True)
-    group.add_argument("--to", metavar="ROOT", help="PKI mount of the new root")
+    group.add_argument("--to", metavar="ROOT", help="the new root: a PKI mount, or mount:issuer")
     group.add_argument("--abort", action="store_true", help="roll back to the rotation's origin")
     rotate.set_defaults(func=cmd_rotate)
     return parser

@@ -24,7 +24,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MAX_PHASE = 3
-ROOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)*$")
+#: A root identifier: ``mount`` (one Vault PKI mount per root, the CA being the mount's
+#: default issuer) or ``mount:issuer_ref`` (one issuer of a multi-issuer mount, Vault 1.11+
+#: and OpenBao; the reference is the issuer's name or id). Vault's issuer references match
+#: ``framework.GenericNameRegex``: word characters, ``-`` and ``.``, starting and ending with a
+#: word character (builtin/logical/pki/path_fetch_issuers.go, ``issuer/<ref>``).
+ROOT_NAME = re.compile(r"^(?P<mount>[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)*)"
+                       r"(:(?P<issuer>\w([\w.\-]*\w)?))?$", re.ASCII)
+#: Vault resolves ``default`` to whichever issuer ``config/issuers`` names at the time: an
+#: identifier must name one fixed root, or the rotation's "from" could change under it.
+FLOATING_ISSUER_REFS = frozenset({"default"})
 
 
 class RotationInputError(ValueError):
@@ -281,19 +290,35 @@ def target_phase(record: RotationRecord, serving_phase: int | None) -> int:
 
 # -- parsing Consul values ------------------------------------------------------------------
 
-def parse_root_name(raw: bytes | str | None) -> str:
-    """Validate the operator's ``active-root`` value (a Vault PKI mount name)."""
+def split_root(root: str) -> tuple[str, str | None]:
+    """``"pki:root-b"`` -> ``("pki", "root-b")``; ``"pki_root_b"`` -> ``("pki_root_b", None)``.
+
+    Only the Vault access needs the two parts; everywhere else a root is an opaque string."""
+    mount, sep, issuer = root.partition(":")
+    return mount, (issuer if sep else None)
+
+
+def parse_root_name(raw: bytes | str | None, what: str = "active-root") -> str:
+    """Validate a root identifier (the operator's ``active-root`` value, ``--root``,
+    ``--trust``): ``mount`` or ``mount:issuer_ref``."""
     if raw is None:
-        raise RotationInputError("active-root is not set")
+        raise RotationInputError(f"{what} is not set")
     try:
         text = raw.decode() if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
-        raise RotationInputError("active-root is not valid UTF-8") from None
+        raise RotationInputError(f"{what} is not valid UTF-8") from None
     text = text.strip()
     if not text:
-        raise RotationInputError("active-root is empty")
-    if len(text) > 128 or not ROOT_NAME.match(text):
-        raise RotationInputError(f"active-root {text[:60]!r} is not a valid PKI mount name")
+        raise RotationInputError(f"{what} is empty")
+    match = ROOT_NAME.match(text) if len(text) <= 128 else None
+    if match is None:
+        raise RotationInputError(
+            f"{what} {text[:60]!r} is not a valid root: give a PKI mount (pki_root_b) or "
+            "mount:issuer (pki:root-2026, the issuer's name or id)")
+    if match.group("issuer") in FLOATING_ISSUER_REFS:
+        raise RotationInputError(
+            f"{what} {text[:60]!r} names no fixed issuer: 'default' follows the mount's "
+            "config/issuers; give the issuer's name or id")
     return text
 
 

@@ -2,6 +2,11 @@
 
 The only module that talks to Vault. Every failure surfaces as :class:`VaultError` with a
 ``reason`` label (for metrics) and a message an operator can act on.
+
+A root is ``mount`` (the mount's CA: ``<mount>/sign/<role>``, ``<mount>/ca_chain``) or
+``mount:issuer`` (one issuer of a multi-issuer mount, Vault 1.11+ and OpenBao:
+``<mount>/issuer/<ref>/sign/<role>``, ``<mount>/issuer/<ref>/json``;
+builtin/logical/pki/path_issue_sign.go, path_fetch_issuers.go).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import requests
 from cryptography import x509
 
 from sidecar.material import MaterialError, parse_certificates
+from sidecar.rotation import split_root
 
 T = TypeVar("T")
 LatencyObserver = Callable[[str, float, str], None]
@@ -29,6 +35,13 @@ LatencyObserver = Callable[[str, float, str], None]
 #: the mount (404 "no handler for route"). Vault's 412 and 429 (eventually-consistent reads,
 #: rate limits) are transient, like 5xx and transport errors.
 PERMANENT_REASONS = frozenset({"invalid_request", "forbidden", "not_found"})
+
+#: An issuer reference no issuer of the mount has: issuing.ResolveIssuerReference's UserError
+#: (builtin/logical/pki/issuing/issuers.go), which the sign and read handlers return as an
+#: error, so Vault answers 500 (sdk/logical/response_util.go) although retrying cannot help.
+UNKNOWN_ISSUER = "unable to find PKI issuer for reference"
+#: Multi-issuer PKI mounts arrived with Vault 1.11 (OpenBao forked from 1.14, reports 2.x).
+MULTI_ISSUER_SINCE = (1, 11)
 
 
 class VaultError(Exception):
@@ -159,6 +172,9 @@ def translate(exc: Exception, operation: str, addr: str) -> VaultError:
             isinstance(exc, hvac.exceptions.InvalidRequest) and _token_refused(exc)):
         return VaultError(f"Vault {operation}: permission denied ({_errors_text(exc)}); check "
                           "the token's policy", "forbidden")
+    if isinstance(exc, hvac.exceptions.VaultError) and UNKNOWN_ISSUER in _errors_text(exc):
+        return VaultError(f"Vault {operation}: no such issuer ({_errors_text(exc)}); check the "
+                          "issuer name or id after the ':'", "not_found")
     if isinstance(exc, hvac.exceptions.InvalidPath):
         return VaultError(f"Vault {operation}: not found ({_errors_text(exc)}); check the "
                           "mount and role names", "not_found")
@@ -188,6 +204,7 @@ class VaultPKI:
         self._token_ttl: float = 0.0
         self._token_renewable = False
         self._logged_in = False
+        self._version: tuple[str, tuple[int, int] | None] | None = None
 
     # -- auth -------------------------------------------------------------------------------
 
@@ -251,34 +268,83 @@ class VaultPKI:
             if self._observe is not None:
                 self._observe(operation, self._clock() - start, outcome)
 
+    # -- version ----------------------------------------------------------------------------
+
+    def server_version(self) -> tuple[str, tuple[int, int] | None]:
+        """Vault's version from ``sys/health`` (read once): the text and (major, minor), or
+        None where it cannot be parsed."""
+        if self._version is None:
+            health = self._timed("read health", lambda: (
+                self._client.sys.read_health_status(method="GET")))
+            text = str(health.get("version") or "") if isinstance(health, dict) else ""
+            match = re.match(r"v?(\d+)\.(\d+)", text)
+            self._version = (text or "unknown",
+                             (int(match[1]), int(match[2])) if match else None)
+        return self._version
+
+    def _split(self, root: str) -> tuple[str, str | None]:
+        """``mount`` and issuer reference of ``root``; an issuer on a Vault older than 1.11
+        is refused before any request names it (that Vault would answer 404 and the operator
+        would look for a missing mount)."""
+        mount, issuer = split_root(root)
+        if issuer is not None:
+            text, version = self.server_version()
+            if version is not None and version < MULTI_ISSUER_SINCE:
+                raise VaultError(
+                    f"root {root!r} names the issuer {issuer!r} of mount {mount!r}, but Vault "
+                    f"{text} has no multi-issuer PKI mounts (Vault 1.11+ or OpenBao): use one "
+                    "mount per root there", "invalid_request")
+        return mount, issuer
+
     # -- PKI --------------------------------------------------------------------------------
 
-    def sign(self, mount: str, role: str, csr_pem: str, common_name: str,
+    def sign(self, root: str, role: str, csr_pem: str, common_name: str,
              dns_sans: Sequence[str], ip_sans: Sequence[str], ttl: str) -> SignedCertificate:
-        """POST /<mount>/sign/<role> with a locally made CSR."""
+        """POST /<mount>/sign/<role> (or /<mount>/issuer/<ref>/sign/<role>) with a locally
+        made CSR."""
+        mount, issuer = self._split(root)
         params = _request_params(dns_sans, ip_sans, ttl)
-        response = self._with_relogin(f"sign with {mount}", lambda: (
-            self._client.secrets.pki.sign_certificate(
-                name=role, csr=csr_pem, common_name=common_name, extra_params=params,
-                mount_point=mount)))
-        return _parse_signed(response, f"sign with {mount}", with_key=False)
+        operation = f"sign with {root}"
+        if issuer is not None:
+            body = {"csr": csr_pem, "common_name": common_name, **params}
+            response = self._with_relogin(operation, lambda: self._client.adapter.post(
+                f"/v1/{mount}/issuer/{issuer}/sign/{role}", json=body))
+        else:
+            response = self._with_relogin(operation, lambda: (
+                self._client.secrets.pki.sign_certificate(
+                    name=role, csr=csr_pem, common_name=common_name, extra_params=params,
+                    mount_point=mount)))
+        return _parse_signed(response, operation, with_key=False)
 
-    def issue(self, mount: str, role: str, common_name: str, dns_sans: Sequence[str],
+    def issue(self, root: str, role: str, common_name: str, dns_sans: Sequence[str],
               ip_sans: Sequence[str], ttl: str, key_type: str) -> SignedCertificate:
-        """POST /<mount>/issue/<role>: Vault makes the key (for setups that require it)."""
+        """POST /<mount>/issue/<role> (or /<mount>/issuer/<ref>/issue/<role>): Vault makes
+        the key (for setups that require it)."""
+        mount, issuer = self._split(root)
         params = _request_params(dns_sans, ip_sans, ttl)
         params["private_key_format"] = "pkcs8"
         kind, _, bits = key_type.partition("-")
         params["key_type"] = kind
         params["key_bits"] = int(bits[1:]) if kind == "ec" else int(bits)
-        response = self._with_relogin(f"issue with {mount}", lambda: (
-            self._client.secrets.pki.generate_certificate(
-                name=role, common_name=common_name, extra_params=params, mount_point=mount)))
-        return _parse_signed(response, f"issue with {mount}", with_key=True)
+        operation = f"issue with {root}"
+        if issuer is not None:
+            body = {"common_name": common_name, **params}
+            response = self._with_relogin(operation, lambda: self._client.adapter.post(
+                f"/v1/{mount}/issuer/{issuer}/issue/{role}", json=body))
+        else:
+            response = self._with_relogin(operation, lambda: (
+                self._client.secrets.pki.generate_certificate(
+                    name=role, common_name=common_name, extra_params=params,
+                    mount_point=mount)))
+        return _parse_signed(response, operation, with_key=True)
 
-    def ca_certificates(self, mount: str) -> tuple[x509.Certificate, ...]:
-        """The CA chain of a root mount (falls back to its CA certificate if the chain is
-        empty, as it is for a self-signed root on older Vault)."""
+    def ca_certificates(self, root: str) -> tuple[x509.Certificate, ...]:
+        """The CA chain of a root: a mount's ``ca_chain`` (falling back to its CA certificate
+        if the chain is empty, as it is for a self-signed root on older Vault), or an issuer's
+        ``ca_chain`` from ``issuer/<ref>/json`` (its ``certificate`` if the chain is empty)."""
+        mount, issuer = self._split(root)
+        if issuer is not None:
+            return self._issuer_certificates(root, mount, issuer)
         text = self._with_relogin(f"read CA chain of {mount}", lambda: (
             self._client.secrets.pki.read_ca_certificate_chain(mount_point=mount)))
         if not (isinstance(text, str) and text.strip()):
@@ -289,6 +355,26 @@ class VaultPKI:
                              "malformed_response")
         try:
             return tuple(parse_certificates(text, f"CA chain of {mount}"))
+        except MaterialError as exc:
+            raise VaultError(str(exc), "malformed_response") from exc
+
+    def _issuer_certificates(self, root: str, mount: str,
+                             issuer: str) -> tuple[x509.Certificate, ...]:
+        operation = f"read issuer {root}"
+        response = self._with_relogin(operation, lambda: self._client.adapter.get(
+            f"/v1/{mount}/issuer/{issuer}/json"))
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, dict):
+            raise VaultError(f"Vault {operation}: response has no data", "malformed_response")
+        chain = data.get("ca_chain")
+        pems = [p for p in chain if isinstance(p, str)] if isinstance(chain, list) else []
+        if not pems and isinstance(data.get("certificate"), str):
+            pems = [data["certificate"]]
+        if not any(p.strip() for p in pems):
+            raise VaultError(f"Vault returned no CA certificate for {root}", "malformed_response")
+        try:
+            return tuple(c for pem in pems if pem.strip()
+                         for c in parse_certificates(pem, f"CA chain of {root}"))
         except MaterialError as exc:
             raise VaultError(str(exc), "malformed_response") from exc
 

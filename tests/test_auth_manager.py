@@ -15,7 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import hvac
+import jks
 import pytest
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from sidecar import layout
 from sidecar.health import HealthServer
@@ -589,3 +591,72 @@ def test_once_retries_while_consul_is_unreachable(vault_double: VaultDouble,
     failed = [json.loads(line) for line in result.stderr.splitlines() if '"once_failed"' in line]
     assert len(failed) == 1 and failed[0]["kind"] == "consul_unavailable", result.stderr
     assert "permanent" not in failed[0]
+
+
+# -- roots as issuers of one mount (Vault 1.11+) ---------------------------------------------------
+
+def _issuer_target(double: VaultDouble) -> VaultTarget:
+    """One mount ``pki`` holding the issuers ``root-a`` and ``root-b`` (and the role kafka)."""
+    if double.profile.multi_issuer:
+        double.add_mount("pki", with_root=False)
+        double.add_issuer("pki", "root-a")
+        double.add_issuer("pki", "root-b")
+    return VaultTarget(url=double.url, token=double.root_token, mounts=("pki",), role="kafka",
+                       double=double)
+
+
+def test_once_signs_with_an_issuer_and_trusts_issuers(tmp_path: Path) -> None:
+    with VaultDouble(mounts=()) as double:
+        env = env_for(_issuer_target(double), tmp_path / "volume", tmp_path) | {
+            "PKI_ROOT": "pki:root-a", "PKI_TRUST": "pki:root-a,pki:root-b"}
+        result = run_cli(["--once"], env)
+        assert result.returncode == 0, result.stderr
+        assert double.sign_count.get("pki:root-a") == 1 and "pki:root-b" not in double.sign_count
+        logged = [path for _, path, _ in double.request_log]
+        assert "/v1/pki/issuer/root-a/sign/kafka" in logged
+        assert {"/v1/pki/issuer/root-a/json", "/v1/pki/issuer/root-b/json"} <= set(logged)
+        root_a, root_b = double.ca_cert("pki:root-a"), double.ca_cert("pki:root-b")
+    current = tmp_path / "volume" / "current"
+    manifest = json.loads((current / layout.MANIFEST).read_text())
+    assert (manifest["signer"], manifest["trust"]) == ("pki:root-a", ["pki:root-a", "pki:root-b"])
+    cert = parse_certificates((current / layout.CERT_PEM).read_bytes(), "cert")[0]
+    assert cert.issuer == root_a.subject
+    truststore = pkcs12.load_pkcs12((current / layout.TRUSTSTORE_P12).read_bytes(),
+                                    PASSWORD.encode())
+    aliases = {c.friendly_name: c.certificate for c in truststore.additional_certs}
+    assert aliases == {b"pki:root-a": root_a, b"pki:root-b": root_b}
+    jks_store = jks.KeyStore.loads((current / layout.TRUSTSTORE_JKS).read_bytes(), PASSWORD)
+    assert set(jks_store.certs) == {"pki:root-a", "pki:root-b"}
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    issued = [e for e in events if e["event"] == "certificate_issued"]
+    assert issued and issued[0]["signer"] == "pki:root-a"
+    assert issued[0]["trust"] == ["pki:root-a", "pki:root-b"]
+
+
+@pytest.mark.parametrize(("version", "root", "message", "reason"), [
+    ("1.7", "pki_root_a:root-a", "Vault 1.7.10 has no multi-issuer PKI mounts", "invalid_request"),
+    ("1.17", "pki:root-z", "no such issuer (could not fetch the CA certificate (was one set?): "
+     "unable to find PKI issuer for reference: root-z)", "not_found")])
+def test_once_refuses_an_issuer_vault_cannot_sign_with(tmp_path: Path, version: str, root: str,
+                                                       message: str, reason: str) -> None:
+    """An issuer on a Vault older than 1.11 is refused before any request names it; an issuer
+    the mount does not have is Vault's 500, permanent all the same: exit 2 at once."""
+    with VaultDouble(mounts=("pki_root_a",), version=version) as double:
+        env = env_for(_issuer_target(double), tmp_path / "v", tmp_path) | {
+            "PKI_ROOT": root, "PKI_TRUST": root}
+        result = run_script("pki-auth-manager", ["--once"], env)
+        issuer_paths = [path for _, path, _ in double.request_log if "/issuer/" in path]
+    assert result.returncode == 2, result.stderr
+    failed = [json.loads(line) for line in result.stderr.splitlines() if '"once_failed"' in line]
+    assert len(failed) == 1 and message in failed[0]["error"], result.stderr
+    assert failed[0]["kind"] == f"permanent_{reason}"
+    assert "once_retrying" not in result.stderr
+    assert issuer_paths == ([] if version == "1.7" else ["/v1/pki/issuer/root-z/sign/kafka"])
+    assert not (tmp_path / "v" / "current").exists()
+
+
+def test_a_malformed_issuer_root_is_a_configuration_error(tmp_path: Path) -> None:
+    env = env_for(VaultTarget(url="http://127.0.0.1:9", token="t"), tmp_path / "v", tmp_path)
+    result = run_cli(["--once"], env | {"PKI_ROOT": "pki:default"})
+    assert result.returncode == 2
+    assert "invalid value for root/trust 'pki:default' names no fixed issuer" in result.stderr

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from sidecar import layout
 from sidecar.consul_store import ConsulError, ConsulStore
@@ -484,3 +485,64 @@ def test_consul_acl_denied_is_permanent_unreachable_is_not(
         assert "failing permanently" not in down.manager.readiness()[1]
     finally:
         cluster.stop()
+
+
+# -- roots as issuers of one mount (Vault 1.11+) ---------------------------------------------------
+
+def test_rotation_between_two_issuers_of_one_mount(consul_double: ConsulDouble, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pki:root-a`` -> ``pki:root-b`` in one mount, through the three phases; an unknown
+    issuer (in Consul, or to ``kafka-pki rotate --to``) rotates nothing; then back to A."""
+    from sidecar.operator_cli import main
+
+    with VaultDouble(mounts=()) as double:
+        double.add_mount("pki", with_root=False)
+        double.add_issuer("pki", "root-a")
+        double.add_issuer("pki", "root-b")
+        vault = VaultTarget(url=double.url, token=double.root_token, mounts=("pki",),
+                            role="kafka", double=double)
+        monkeypatch.setenv("VAULT_ADDR", double.url)
+        monkeypatch.setenv("VAULT_TOKEN", double.root_token)
+        cluster = Cluster(target_for(consul_double), vault, tmp_path)
+        options = ["--consul-addr", cluster.consul.url, "--consul-prefix", cluster.config_prefix,
+                   "--cluster", cluster.cluster]
+        try:
+            cluster.set_root("pki:root-a")
+            broker = cluster.start("broker-1")
+            cluster.start("client-1", role="client")
+            cluster.wait_until(lambda: cluster.converged("pki:root-a"), "stable on root-a")
+            generation = broker.manager.volume.generations()[-1]
+            cluster.store.put("active-root", b"pki:root-z")
+            cluster.wait_until(lambda: bool(broker.log.named("rotation_input_invalid")),
+                               "the unknown issuer to be reported")
+            error = broker.log.named("rotation_input_invalid")[0]["error"]
+            assert "'pki:root-z' is not a usable Vault PKI issuer" in error
+            assert "unable to find PKI issuer for reference: root-z" in error
+            assert broker.manager.volume.generations()[-1] == generation
+            with pytest.raises(SystemExit, match="pki:root-z is not a usable Vault PKI issuer"):
+                main([*options, "rotate", "--to", "pki:root-z"])
+            seen: list[tuple[str, int]] = []
+            stop = threading.Event()
+            watcher = threading.Thread(target=phases_seen, args=(cluster, stop, seen))
+            watcher.start()
+            assert main([*options, "rotate", "--to", "pki:root-b"]) == 0
+            cluster.wait_until(lambda: cluster.converged("pki:root-b"), "stable on root-b")
+            stop.set()
+            watcher.join()
+            assert [p for root, p in seen if root == "pki:root-b"] == [1, 2, 3]
+            for node in cluster.nodes.values():
+                current = node.volume / "current"
+                manifest = read_generation(current)
+                assert (manifest.signer, manifest.trust) == ("pki:root-b", ("pki:root-b",))
+                cert = x509.load_pem_x509_certificate((current / layout.CERT_PEM).read_bytes())
+                assert cert.issuer == double.ca_cert("pki:root-b").subject
+            data = status_data(cluster.store.read(), time.time())
+            assert data["active_root"] == "pki:root-b"
+            assert (data["rotation"]["from"], data["rotation"]["to"]) == ("pki:root-a",
+                                                                          "pki:root-b")
+            assert {p["signer"] for p in data["participants"]} == {"pki:root-b"}
+            assert double.sign_count["pki:root-b"] >= 2 and double.sign_count["pki"] >= 4
+            assert main([*options, "rotate", "--to", "pki:root-a"]) == 0
+            cluster.wait_until(lambda: cluster.converged("pki:root-a"), "back on root-a")
+        finally:
+            cluster.stop()

@@ -41,9 +41,12 @@ from sidecar.rotation import (
     NodeState,
     PhaseMaterial,
     Policy,
+    RotationInputError,
     RotationRecord,
     barrier,
     decide,
+    parse_root_name,
+    split_root,
 )
 from tests.rotation_model import (
     FAIR_LOOP,
@@ -730,3 +733,41 @@ def test_a_stale_keepers_write_across_a_consul_data_loss_needs_a_fence() -> None
             world, _ = apply(world, config, ("install", 1))
             assert safety_violations(world) == [
                 "n0 ({A,B},B) and n1 ({A},A) are incompatible"], describe(world)
+
+
+# -- root identifiers ------------------------------------------------------------------------------
+
+def test_issuer_identifiers_rotate_like_mount_names() -> None:
+    """Roots are opaque strings to the state machine: the issuers ``pki:root-a`` and
+    ``pki:root-b`` of one mount rotate A->B->A through the same phases as two mounts, with no
+    change to the proofs (they quantify over any root names)."""
+    a, b = parse_root_name("pki:root-a"), parse_root_name("pki:root-b")
+    config = Config(max_participants=3, lag_reports=False, lag_monitor=False)
+    events: collections.Counter[str] = collections.Counter()
+    world = _run(initial_world(3, Policy(), root=a), config,
+                 [("flip", b), ("survey", 0), ("decide", 0)], events)
+    assert world.record is not None and (world.record.from_root, world.record.to_root) == (a, b)
+    assert world.record.material(1) == PhaseMaterial(frozenset({a, b}), a)
+    world = _settle(world, config, b)
+    assert converged(world, b)
+    world = _run(world, config, [("flip", a), ("survey", 0), ("decide", 0)], events)
+    assert converged(_settle(world, config, a), a)
+    assert events["rotation_started"] == 2
+
+
+@pytest.mark.parametrize("raw", ["pki_root_b", "pki:root-b", "pki:root.2026", "pki/int:r_1",
+                                 "pki:5d2f3e8a-1c2b-4f3e-9a8b-7c6d5e4f3a2b"])
+def test_root_identifier_grammar_accepts(raw: str) -> None:
+    assert parse_root_name(f" {raw}\n".encode()) == raw
+    mount, issuer = split_root(raw)
+    assert f"{mount}:{issuer}" == raw if issuer is not None else mount == raw
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ("pki:", "not a valid root"), (":root-b", "not a valid root"),
+    ("pki:root-b:x", "not a valid root"), ("pki:root b", "not a valid root"),
+    ("pki:-root", "not a valid root"), ("pki:root-", "not a valid root"),
+    ("pki:default", "names no fixed issuer"), ("pki:" + "r" * 130, "not a valid root")])
+def test_root_identifier_grammar_refuses(raw: str, why: str) -> None:
+    with pytest.raises(RotationInputError, match=why):
+        parse_root_name(raw)
