@@ -2,7 +2,12 @@
 # One-shot Vault set-up for the compose demo, run with the hashicorp/vault image against the
 # dev server (VAULT_ADDR, VAULT_TOKEN = the dev root token, from the service's environment).
 #
-#   - two PKI mounts, pki_root_a and pki_root_b, each with an internal root CA;
+#   - PKI_LAYOUT=mounts (the default, every Vault version): two PKI mounts, pki_root_a and
+#     pki_root_b, each with an internal root CA (roots `pki_root_a`, `pki_root_b`);
+#     PKI_LAYOUT=issuers (Vault 1.11+, OpenBao): one PKI mount, $ISSUER_MOUNT (default pki),
+#     holding the roots as the issuers root-a and root-b (roots `pki:root-a`, `pki:root-b`;
+#     set active-root to `pki:root-a` then), the roles below on that mount, and the policies
+#     granting `sign` through `<mount>/issuer/+/sign/<role>`;
 #   - PKI_ROLES=templated (the default, least privilege): on each root the roles
 #     `kafka-broker` and `kafka-client`, whose only allowed name is
 #     `<AppRole name>.kafka.test` (plus localhost and IP SANs): allowed_domains is the identity
@@ -39,7 +44,14 @@ case "$PKI_ROLES" in
   templated|shared) ;;
   *) echo "vault-init: PKI_ROLES must be templated or shared, not $PKI_ROLES" >&2; exit 1 ;;
 esac
+PKI_LAYOUT="${PKI_LAYOUT:-mounts}"
+case "$PKI_LAYOUT" in
+  mounts|issuers) ;;
+  *) echo "vault-init: PKI_LAYOUT must be mounts or issuers, not $PKI_LAYOUT" >&2; exit 1 ;;
+esac
 ROOTS="pki_root_a pki_root_b"
+ISSUER_MOUNT="${ISSUER_MOUNT:-pki}"
+ISSUERS="root-a root-b"
 OWNER="${CREDENTIALS_OWNER:-1000:1000}"
 
 log() { echo "vault-init: $*"; }
@@ -73,6 +85,35 @@ setup_root() {
       key_type=ec key_bits=256 ttl=87600h >/dev/null
     log "$root mounted with a new internal root CA (Example Kafka Root $letter)"
   fi
+  write_roles "$root"
+}
+
+# setup_issuers: one mount holding every root as a named issuer (Vault 1.11+).
+setup_issuers() {
+  mount="$ISSUER_MOUNT"
+  if mount_exists "$mount"; then
+    log "$mount already mounted"
+  else
+    vault secrets enable -path="$mount" pki >/dev/null
+    vault secrets tune -max-lease-ttl=87600h "$mount" >/dev/null
+  fi
+  for issuer in $ISSUERS; do
+    letter=$(echo "${issuer#root-}" | tr '[:lower:]' '[:upper:]')
+    if vault read "$mount/issuer/$issuer" >/dev/null 2>&1; then
+      log "$mount:$issuer exists; keeping it"
+      continue
+    fi
+    vault write -field=issuer_id "$mount/issuers/generate/root/internal" \
+      common_name="Example Kafka Root $letter" issuer_name="$issuer" \
+      key_type=ec key_bits=256 ttl=87600h >/dev/null
+    log "$mount:$issuer generated (Example Kafka Root $letter)"
+  done
+  write_roles "$mount"
+}
+
+# write_roles MOUNT: the signing roles on one PKI mount.
+write_roles() {
+  root="$1"
   # A role write replaces the whole role, and one without key_type is rsa on every Vault
   # version (1.7 included): it would refuse the sidecars' EC CSRs. key_type=any signs both.
   if [ "$PKI_ROLES" = shared ]; then
@@ -131,6 +172,15 @@ path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
 path \"$root/ca_chain\"   { capabilities = [\"read\"] }
 path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
   done
+  if [ "$PKI_LAYOUT" = issuers ]; then
+    # Vault's `+` is one whole path segment: any issuer of this mount, by name or id.
+    issuer="$ISSUER_MOUNT/issuer/+"
+    shared="
+path \"$issuer/sign/kafka\" { capabilities = [\"update\"] }
+path \"$issuer/json\"       { capabilities = [\"read\"] }"
+    operator="
+path \"$issuer/json\"       { capabilities = [\"read\"] }"
+  fi
   printf '%s\n' "$operator" | vault policy write kafka-pki-operator - >/dev/null
   if [ "$PKI_ROLES" = shared ]; then
     printf '%s\n' "$shared" | vault policy write kafka-pki - >/dev/null
@@ -147,6 +197,11 @@ path \"$root/sign/kafka-$kind\" { capabilities = [\"update\"] }
 path \"$root/ca_chain\"   { capabilities = [\"read\"] }
 path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
     done
+    if [ "$PKI_LAYOUT" = issuers ]; then
+      policy="
+path \"$ISSUER_MOUNT/issuer/+/sign/kafka-$kind\" { capabilities = [\"update\"] }
+path \"$ISSUER_MOUNT/issuer/+/json\"       { capabilities = [\"read\"] }"
+    fi
     printf '%s\n' "$policy" | vault policy write "kafka-pki-$kind" - >/dev/null
   done
   log "policies kafka-pki-broker, kafka-pki-client and kafka-pki-operator written"
@@ -209,9 +264,13 @@ setup_operator_token() {
 
 wait_for_vault
 enable_approle
-for root in $ROOTS; do
-  setup_root "$root"
-done
+if [ "$PKI_LAYOUT" = issuers ]; then
+  setup_issuers
+else
+  for root in $ROOTS; do
+    setup_root "$root"
+  done
+fi
 write_policies
 setup_approle
 setup_operator_token

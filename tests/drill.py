@@ -90,7 +90,28 @@ STOP_GRACE = 10.0
 START_GRACE = 10.0
 PASSWORD = "drill-store-pass"
 PREFIX, CLUSTER = "kafka-pki", "drill"
-A, B, C = "pki_root_a", "pki_root_b", "pki_root_c"
+#: The roots the drill rotates between: a Vault PKI mount each (the default), or three issuers
+#: of one mount (``--roots issuers``, Vault 1.11+). The drill reads A, B and C when it runs.
+ROOT_LAYOUTS = {"mounts": ("pki_root_a", "pki_root_b", "pki_root_c"),
+                "issuers": ("pki:root-a", "pki:root-b", "pki:root-c")}
+A, B, C = ROOT_LAYOUTS["mounts"]
+
+
+def use_roots(layout: str) -> None:
+    """Rotate between the roots of ``layout`` (see ROOT_LAYOUTS) from now on."""
+    global A, B, C
+    A, B, C = ROOT_LAYOUTS[layout]
+
+
+def start_vault() -> VaultDouble:
+    """The Vault double holding A, B and C: one mount each, or one mount with three issuers."""
+    mounts = sorted({root.split(":")[0] for root in (A, B, C)})
+    vault = VaultDouble(mounts=tuple(mounts)).start()
+    for root in (A, B, C):
+        mount, _, issuer = root.partition(":")
+        if issuer:
+            vault.add_issuer(mount, issuer)
+    return vault
 
 
 def short_root(root: str) -> str:
@@ -426,7 +447,7 @@ class Drill:
         return env
 
     def setup(self) -> None:
-        self.vault = VaultDouble(mounts=(A, B, C)).start()
+        self.vault = start_vault()
         # Least privilege: Consul with ACLs on (default deny), every participant with a token
         # of its own from the shipped policy; the drill itself acts as the operator.
         self.consul_token = str(uuid.uuid4()) if self.least_privilege else None
@@ -1062,7 +1083,12 @@ def drill_dir(keep: Path | None) -> Iterator[Path]:
 
 def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 120.0,
               seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
-              prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft") -> Result:
+              prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft",
+              roots: str = "mounts") -> Result:
+    if roots == "issuers" and "impersonation" in faults:
+        raise ValueError("--roots issuers with --fault impersonation: the least-privilege "
+                         "roles of the drill are set up per mount")
+    use_roots(roots)
     with drill_dir(keep) as base:
         result = Drill(brokers, clients, faults, base, deadline, seed, min_dwell,
                        prometheus, broker_mode).run()
@@ -1099,9 +1125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep volumes and logs here")
     parser.add_argument("--prometheus", action="store_true",
                         help="scrape every sidecar with a real Prometheus and the shipped rules")
+    parser.add_argument("--roots", choices=sorted(ROOT_LAYOUTS), default="mounts",
+                        help="a Vault PKI mount per root, or issuers of one mount (pki:root-a)")
     args = parser.parse_args(argv)
     result = run_drill(args.brokers, args.clients, args.fault, args.deadline, args.seed,
-                       args.keep, args.min_dwell, args.prometheus)
+                       args.keep, args.min_dwell, args.prometheus, roots=args.roots)
     print(result.report)
     if result.picture is not None:
         print(f"\npicture: {result.picture}")

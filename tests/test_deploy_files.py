@@ -745,3 +745,15 @@ def test_kubernetes_controller_listener_admits_brokers_only() -> None:
         else:
             assert "from" not in rule  # the SSL listeners and metrics: open as before
     assert any(9094 in {p["port"] for p in r["ports"]} for r in spec["ingress"])
+
+
+def test_vault_init_has_a_multi_issuer_layout() -> None:
+    """PKI_LAYOUT=issuers: one mount with the roots as named issuers, sign by reference."""
+    script = (ROOT / "docker" / "vault-init.sh").read_text()
+    assert 'PKI_LAYOUT="${PKI_LAYOUT:-mounts}"' in script
+    assert '"$mount/issuers/generate/root/internal"' in script
+    assert 'issuer_name="$issuer"' in script
+    assert 'ISSUERS="root-a root-b"' in script
+    assert 'path \\"$ISSUER_MOUNT/issuer/+/sign/kafka-$kind\\" { capabilities = [\\"update\\"] }' \
+        in script
+    assert 'path \\"$ISSUER_MOUNT/issuer/+/json\\"' in script

@@ -187,3 +187,12 @@ def test_drill_with_prometheus_pages_on_a_held_barrier(tmp_path: Path) -> None:
     assert scraped_labels >= TARGET_LABELS
     for metric, label, value in used.values:
         assert value in exported[metric].get(label, set()), (metric, label, value)
+
+
+def test_drill_rotates_between_issuers_of_one_mount(tmp_path: Path) -> None:
+    """--roots issuers: pki:root-a -> pki:root-b -> back, within one Vault PKI mount, with a
+    rollback mid-way; the state machine treats the identifiers as opaque names."""
+    result = run_drill(brokers=2, clients=1, faults=["rollback"], keep=tmp_path, deadline=90,
+                       roots="issuers")
+    check(result)
+    assert "pki:root-b" in result.report
