@@ -35,7 +35,7 @@ Dynamic keystore/truststore updates follow Kafka's own code, read from apache/ka
 
 Limits: Java exception texts other than Kafka's own messages are approximations (for instance
 the PKIX message for an untrusted certificate); only one private key per keystore; the broker
-serves no topics. Standalone: ``python -m tests.doubles.kafka_broker --broker-id 1 --config
+serves no topics. Standalone: ``python -m tests.doubles.kafka.broker --broker-id 1 --config
 server.properties`` (from the project root) prints one JSON line with the listener ports and
 serves until killed.
 """
@@ -70,8 +70,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from tests.doubles.kafka_profiles import PROFILES, KafkaProfile, Mode, profile_for
-from tests.doubles.kafka_timing import INSTANT, BrokerTiming
+from tests.doubles.kafka.profiles import PROFILES, KafkaProfile, Mode, profile_for
+from tests.doubles.kafka.timing import INSTANT, BrokerTiming
 
 # --------------------------------------------------------------------------------------------
 # Java exceptions as Kafka renders them (Throwable.toString: "<class>: <message>")

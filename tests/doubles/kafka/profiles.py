@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tests.doubles.kafka_timing import BrokerTiming
+from tests.doubles.kafka.timing import BrokerTiming
 
 Mode = Literal["kraft", "zk"]
 
