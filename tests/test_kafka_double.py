@@ -34,9 +34,15 @@ from confluent_kafka.admin import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from tests.doubles.kafka.broker import AlterOp, KafkaBrokerDouble, tls_exchange
-from tests.doubles.kafka.profiles import PROFILES, KafkaProfile, profile_of_server
-from tests.doubles.kafka.timing import BrokerTiming
+from tests.doubles.kafka import (
+    PROFILES,
+    AlterOp,
+    BrokerTiming,
+    KafkaBrokerDouble,
+    KafkaProfile,
+    profile_of_server,
+    tls_exchange,
+)
 from tests.kafka_setup import (
     API_VERSIONS_V0,
     BROKER_DN,
@@ -547,7 +553,7 @@ def standalone(tmp_path: Path) -> Iterator[tuple[dict[str, object], ClientFiles]
         [
             sys.executable,
             "-m",
-            "tests.doubles.kafka.broker",
+            "tests.doubles.kafka_broker",
             "--broker-id",
             "3",
             "--config",

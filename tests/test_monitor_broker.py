@@ -23,8 +23,7 @@ from sidecar.manifest import Acknowledgement, Manifest, sha256_hex
 from sidecar.material import format_serial
 from sidecar.renewal import Desired
 from sidecar.volume import Volume
-from tests.doubles.kafka.broker import KafkaBrokerDouble
-from tests.doubles.kafka.profiles import PROFILES, KafkaProfile, profile_of_server
+from tests.doubles.kafka import PROFILES, KafkaBrokerDouble, KafkaProfile, profile_of_server
 from tests.manager_kit import PASSWORD, metric
 from tests.monitor_kit import PHASES, Rig, broker_rig
 from tests.vault_setup import VaultTarget
