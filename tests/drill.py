@@ -67,7 +67,7 @@ from sidecar.rotation import RotationRecord, parse_record
 from sidecar.volume import Volume, VolumeError, read_generation
 from tests.consul_setup import participant_rules
 from tests.doubles.consul import ConsulDouble
-from tests.doubles.kafka_broker import KafkaBrokerDouble
+from tests.doubles.kafka import KafkaBrokerDouble
 from tests.doubles.vault import VaultDouble
 from tests.monitor_kit import broker_settings
 from tests.prom import JOBS, AlertSeen, Prometheus

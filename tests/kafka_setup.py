@@ -4,7 +4,7 @@ Helpers make EC P-256 CAs and leaf certificates with ``cryptography`` and write 
 truststores in the three types Kafka reads (PKCS12, JKS via pyjks, PEM per KIP-651).
 
 Fixture ``kafka_broker`` yields a :class:`BrokerUnderTest`. By default it starts a
-:class:`~tests.doubles.kafka_broker.KafkaBrokerDouble` with listeners ``SSL`` and ``INTERNAL``
+:class:`~tests.doubles.kafka.KafkaBrokerDouble` with listeners ``SSL`` and ``INTERNAL``
 (inter-broker), each with a PKCS12 keystore for ``CN=broker-1.kafka.test,OU=kafka,O=Example``
 signed by root A and a truststore holding root A.
 
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.doubles.kafka_broker import KafkaBrokerDouble
+from tests.doubles.kafka import KafkaBrokerDouble
 
 BROKER_DN = "CN=broker-1.kafka.test,OU=kafka,O=Example"
 BROKER_SANS = ("localhost", "127.0.0.1", "broker-1.kafka.test")

@@ -21,7 +21,7 @@ from sidecar import layout
 from sidecar.manager import AuthManager
 from sidecar.manifest import Manifest
 from sidecar.renewal import Desired
-from tests.doubles.kafka_broker import KafkaBrokerDouble
+from tests.doubles.kafka import KafkaBrokerDouble
 from tests.manager_kit import PASSWORD, RecordingLog, make_config, make_manager
 from tests.vault_setup import VaultTarget
 

@@ -3,7 +3,7 @@
 Runs unchanged against a real broker when ``KAFKA_BOOTSTRAP_SERVERS`` is set (see
 ``tests/kafka_setup.py``); tests that need the double's controls then skip. Tests whose
 expectations depend on the Kafka version take the ``profiled`` fixture: one run per profile of
-the double (``tests/doubles/kafka_profiles.py``), or one run against the real broker with the
+the double (``tests/doubles/kafka/profiles.py``), or one run against the real broker with the
 profile read from its DescribeConfigs.
 """
 
@@ -34,9 +34,15 @@ from confluent_kafka.admin import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from tests.doubles.kafka_broker import AlterOp, KafkaBrokerDouble, tls_exchange
-from tests.doubles.kafka_profiles import PROFILES, KafkaProfile, profile_of_server
-from tests.doubles.kafka_timing import BrokerTiming
+from tests.doubles.kafka import (
+    PROFILES,
+    AlterOp,
+    BrokerTiming,
+    KafkaBrokerDouble,
+    KafkaProfile,
+    profile_of_server,
+    tls_exchange,
+)
 from tests.kafka_setup import (
     API_VERSIONS_V0,
     BROKER_DN,
@@ -649,7 +655,7 @@ def test_api_versions_answers_unsupported_version_with_v0_and_its_range(
 
 
 # --------------------------------------------------------------------------------------------
-# What differs by Kafka version (tests/doubles/kafka_profiles.py)
+# What differs by Kafka version (tests/doubles/kafka/profiles.py)
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """The TLS monitor against a broker: reload, verify by handshake, acknowledge; refusals
 predicted locally and refused by the broker alike. Tests taking ``profile`` run once per Kafka
-profile of the double (``tests/doubles/kafka_profiles.py``), or once against a real broker
+profile of the double (``tests/doubles/kafka/profiles.py``), or once against a real broker
 with the profile read from its DescribeConfigs."""
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from sidecar.manifest import Acknowledgement, Manifest, sha256_hex
 from sidecar.material import format_serial
 from sidecar.renewal import Desired
 from sidecar.volume import Volume
-from tests.doubles.kafka_broker import KafkaBrokerDouble
-from tests.doubles.kafka_profiles import PROFILES, KafkaProfile, profile_of_server
+from tests.doubles.kafka import PROFILES, KafkaBrokerDouble, KafkaProfile, profile_of_server
 from tests.manager_kit import PASSWORD, metric
 from tests.monitor_kit import PHASES, Rig, broker_rig
 from tests.vault_setup import VaultTarget

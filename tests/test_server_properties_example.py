@@ -16,7 +16,8 @@ from monitor.reloader import Reloader
 from monitor.stores import STORE_FILES
 from sidecar import layout
 from sidecar.material import format_serial
-from tests.doubles.kafka_broker import KafkaBrokerDouble, read_properties
+from tests.doubles.kafka import KafkaBrokerDouble
+from tests.doubles.kafka.cli import read_properties
 from tests.manager_kit import PASSWORD, RecordingLog, make_config, make_manager
 from tests.monitor_kit import PHASES
 from tests.vault_setup import VaultTarget

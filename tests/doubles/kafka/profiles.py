@@ -24,11 +24,11 @@ A profile is a Kafka version and a metadata mode. What it decides, read from apa
   (Java, TLS 1.2) the new client finds no certificate issued by a CA the old server names and
   sends none: ``javax.net.ssl.SSLHandshakeException: Empty client certificate chain``. Newer
   profiles keep the double's PKIX text (not checked against a real broker).
-* **The apply delay**: ``kafka_timing.BrokerTiming`` for both modes; the mode decides when a
+* **The apply delay**: ``timing.BrokerTiming`` for both modes; the mode decides when a
   same-path reload runs (ZooKeeper: in the request; KRaft: when the record is replayed).
 
 What does *not* differ: DescribeConfigs marks listener-prefixed SSL settings read-only in 2.4
-and in trunk alike (see ``kafka_broker.read_only``).
+and in trunk alike (see ``configs.read_only``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tests.doubles.kafka_timing import BrokerTiming
+from tests.doubles.kafka.timing import BrokerTiming
 
 Mode = Literal["kraft", "zk"]
 
