@@ -304,6 +304,7 @@ def test_truststore_without_java_trust_marks_is_refused(kafka_broker: BrokerUnde
     """A PKCS12 truststore written without Java's trusted-cert attribute has 0 entries in Java."""
     b = kafka_broker
     path = b.pki_dir / "no-trust-marks.p12"
+    path.parent.mkdir(parents=True, exist_ok=True)  # a real broker's run-* directory is new
     path.write_bytes(
         pkcs12.serialize_key_and_certificates(
             None, None, None, [b.root_a.cert], serialization.BestAvailableEncryption(b"changeit")
