@@ -47,9 +47,13 @@ def rig_profile(rig: Rig, profile: KafkaProfile) -> KafkaProfile:
     if rig.broker is not None:
         assert rig.broker.profile == profile
         return profile
-    ack = Volume(rig.volume).read_ack()
-    assert ack is not None
-    accepted = rig.volume / "generations" / f"{ack.generation:08d}"
+    # Asked with material the broker accepts: the acknowledged generation, or, on a volume
+    # reset for this test (no acknowledgement yet), the generation the broker started on.
+    volume = Volume(rig.volume)
+    ack = volume.read_ack()
+    accepted = (rig.volume / "generations" / f"{ack.generation:08d}" if ack is not None
+                else volume.current_generation_dir())
+    assert accepted is not None
     client = AdminClient(admin_config(rig.addresses["SSL"], accepted, False, 10))
     resource = ConfigResource(ResourceType.BROKER, os.environ.get("KAFKA_BROKER_ID", "1"))
     configs = client.describe_configs([resource], request_timeout=10)[resource].result(15)
