@@ -1,6 +1,7 @@
 """Run every real-server test group and print one line per group.
 
     python -m tests.realcheck [--doubles] [--group NAME ...] [-k EXPR]
+    python -m tests.realcheck --make-kafka-pki DIR [--store-type PKCS12|JKS|PEM]
 
 Each group is a set of test files that run unchanged against a real server when its
 environment is set (README, "Testing against real servers"). A group runs as one pytest
@@ -17,9 +18,17 @@ before each test of a Kafka group, one pytest subprocess per test, with ``KAFKA_
 
 ``--doubles`` starts the Consul and Vault doubles as separate processes (``python -m
 tests.doubles.consul --port 0``, ``python -m tests.doubles.vault --port 0``) and hands them to
-the groups only through ``CONSUL_HTTP_ADDR``/``CONSUL_HTTP_TOKEN`` and
-``VAULT_ADDR``/``VAULT_TOKEN``, as a real server would be; every other server variable is
-cleared, so the Kafka groups are not configured there.
+the groups only through the variables a real server would be given (every other server
+variable is cleared). The Kafka groups get the broker double as a process (``python -m
+tests.doubles.kafka_broker --config ...``, fixed ports) and, as ``KAFKA_RESTART_COMMAND``,
+``python -m tests.realcheck --restart-broker-double DIR``, which stops it, writes the group's
+start material and starts it again: what a real broker's restart command has to do.
+
+``--make-kafka-pki DIR`` writes the material the ``kafka`` group's broker starts on: roots A and
+B (``root-a.pem``/``.key``, ``root-b.pem``/``.key``; kept if present) and, for listeners SSL and
+INTERNAL, fresh keystores from root A and truststores holding root A, with the
+``listener.name.*`` lines that load them in ``DIR/listeners.properties`` (password
+``changeit``). Running it again is the store half of a reset.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -199,6 +209,7 @@ def _start(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, object]]:
 def doubles(env: dict[str, str]) -> Iterator[dict[str, str]]:
     """Start the Consul and Vault doubles as processes; the env that addresses them."""
     procs: list[subprocess.Popen[str]] = []
+    work: Path | None = None
     try:
         env = {k: v for k, v in env.items() if k not in SERVER_VARS}
         consul_token = secrets.token_hex(16)
@@ -210,8 +221,20 @@ def doubles(env: dict[str, str]) -> Iterator[dict[str, str]]:
         proc, info = _start(["tests.doubles.vault", "--port", "0"])
         procs.append(proc)
         env |= {"VAULT_ADDR": str(info["url"]), "VAULT_TOKEN": str(info["root_token"])}
+        work = Path(tempfile.mkdtemp(prefix="realcheck-kafka-"))
+        env |= {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_free_port()}",
+            "KAFKA_INTERNAL_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
+            "KAFKA_TEST_PKI_DIR": str(work / "pki"),
+            "KAFKA_TEST_VOLUME_DIR": str(work / "volume"),
+            "KAFKA_RESTART_COMMAND": shlex.join([sys.executable, "-m", "tests.realcheck",
+                                                 "--restart-broker-double", str(work)]),
+        }
         yield env
     finally:
+        if work is not None:
+            _stop_pid(work / "broker.pid")
+            shutil.rmtree(work, ignore_errors=True)
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -220,6 +243,100 @@ def doubles(env: dict[str, str]) -> Iterator[dict[str, str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def make_kafka_pki(directory: Path, store_type: str = "PKCS12") -> Path:
+    """Write the ``kafka`` group's start material into ``directory``; the properties file."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests import kafka_setup as ks
+
+    directory.mkdir(parents=True, exist_ok=True)
+    roots = {}
+    for label in ("a", "b"):
+        if not (directory / f"root-{label}.pem").exists():
+            ca = ks.make_ca(label.upper())
+            (directory / f"root-{label}.pem").write_bytes(
+                ca.cert.public_bytes(serialization.Encoding.PEM))
+            (directory / f"root-{label}.key").write_bytes(ca.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+        roots[label] = ks._load_identity(directory, label)
+    ext = {"PKCS12": "p12", "JKS": "jks", "PEM": "pem"}[store_type]
+    lines = []
+    for listener in ("SSL", "INTERNAL"):
+        name = listener.lower()
+        settings = ks.write_keystore(directory / f"{name}-keystore.{ext}",
+                                     ks.make_leaf(roots["a"]), store_type)
+        settings |= ks.write_truststore(directory / f"{name}-truststore.{ext}", [roots["a"]],
+                                        store_type)
+        lines += [f"{k}={v}" for k, v in ks.listener_prefixed(listener, settings).items()]
+    properties = directory / "listeners.properties"
+    properties.write_text("\n".join(lines) + "\n")
+    return properties
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_pid(pid_file: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text())
+        os.kill(pid, 15)
+        for _ in range(100):
+            os.kill(pid, 0)  # raises once it is gone
+            time.sleep(0.1)
+        os.kill(pid, 9)
+
+
+def _fill_volume(volume: Path, work: Path) -> dict[str, str]:
+    """``pki-auth-manager --once`` into a fresh ``volume``, as the README tells; its settings."""
+    from tests.manager_kit import PASSWORD, SUBJECT
+    from tests.monitor_kit import broker_settings
+
+    shutil.rmtree(volume, ignore_errors=True)
+    password = work / "store-password"
+    password.write_text(PASSWORD)
+    subprocess.run(
+        [str(Path(sys.executable).with_name("pki-auth-manager")), "--once",
+         "--subject", SUBJECT, "--dns-sans", "broker-1.kafka.test,localhost",
+         "--ip-sans", "127.0.0.1", "--root", "pki_root_a", "--output-dir", str(volume),
+         "--store-password-file", str(password), "--listen", ""],
+        # Static mode: with CONSUL_HTTP_ADDR in its environment it would wait for a rotation.
+        env={k: v for k, v in os.environ.items() if not k.startswith("CONSUL_")},
+        check=True, stdout=2, timeout=120,
+    )
+    return broker_settings(volume, "PKCS12")
+
+
+def restart_broker_double(work: Path) -> None:
+    """KAFKA_RESTART_COMMAND under --doubles: the broker double back on the group's material."""
+    _stop_pid(work / "broker.pid")
+    if os.environ.get("KAFKA_TEST_GROUP") == "monitor":
+        settings = _fill_volume(Path(os.environ["KAFKA_TEST_VOLUME_DIR"]), work)
+    else:
+        pki = Path(os.environ["KAFKA_TEST_PKI_DIR"])
+        for run in pki.glob("run-*"):
+            shutil.rmtree(run, ignore_errors=True)
+        settings = dict(line.split("=", 1) for line in
+                        make_kafka_pki(pki).read_text().splitlines())
+    ssl, internal = (os.environ[n] for n in ("KAFKA_BOOTSTRAP_SERVERS",
+                                             "KAFKA_INTERNAL_BOOTSTRAP"))
+    config = work / "server.properties"
+    config.write_text("".join(f"{k}={v}\n" for k, v in {
+        "listeners": f"SSL://{ssl},INTERNAL://{internal}",
+        "inter.broker.listener.name": "INTERNAL", **settings}.items()))
+    with open(work / "broker.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.doubles.kafka_broker", "--config", str(config)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    assert proc.stdout is not None
+    if not proc.stdout.readline():  # the JSON line: listening
+        raise SystemExit(f"the broker double did not start, see {work / 'broker.log'}")
+    (work / "broker.pid").write_text(str(proc.pid))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,7 +349,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-k", dest="keyword", help="pytest -k expression, for every group")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="seconds for one pytest run or one broker restart (default 1800)")
+    parser.add_argument("--make-kafka-pki", metavar="DIR", type=Path,
+                        help="write the kafka group's broker material into DIR and exit")
+    parser.add_argument("--store-type", default="PKCS12", choices=("PKCS12", "JKS", "PEM"),
+                        help="with --make-kafka-pki: the listener stores' type")
+    parser.add_argument("--restart-broker-double", metavar="DIR", type=Path,
+                        help=argparse.SUPPRESS)  # the KAFKA_RESTART_COMMAND of --doubles
     args = parser.parse_args(argv)
+    if args.restart_broker_double:
+        restart_broker_double(args.restart_broker_double)
+        return 0
+    if args.make_kafka_pki:
+        print(make_kafka_pki(args.make_kafka_pki, args.store_type))
+        return 0
     chosen = [g for g in GROUPS if not args.group or g.name in args.group]
     extra = ["-k", args.keyword] if args.keyword else []
     with contextlib.ExitStack() as stack:
