@@ -20,7 +20,7 @@ before each test of a Kafka group, one pytest subprocess per test, with ``KAFKA_
 tests.doubles.consul --port 0``, ``python -m tests.doubles.vault --port 0``) and hands them to
 the groups only through the variables a real server would be given (every other server
 variable is cleared). The Kafka groups get the broker double as a process (``python -m
-tests.doubles.kafka_broker --config ...``, fixed ports) and, as ``KAFKA_RESTART_COMMAND``,
+tests.doubles.kafka --config ...``, fixed ports) and, as ``KAFKA_RESTART_COMMAND``,
 ``python -m tests.realcheck --restart-broker-double DIR``, which stops it, writes the group's
 start material and starts it again: what a real broker's restart command has to do.
 
@@ -332,7 +332,7 @@ def restart_broker_double(work: Path) -> None:
         "inter.broker.listener.name": "INTERNAL", **settings}.items()))
     with open(work / "broker.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.doubles.kafka_broker", "--config", str(config)],
+            [sys.executable, "-m", "tests.doubles.kafka", "--config", str(config)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     assert proc.stdout is not None
     if not proc.stdout.readline():  # the JSON line: listening
