@@ -41,7 +41,7 @@ from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
 from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager, metric
 from tests.pki import LocalRoot
-from tests.vault_setup import VaultTarget, vault_target
+from tests.vault_setup import VaultTarget
 
 vault_versioned = vault_setup.vault_versioned
 
@@ -485,9 +485,12 @@ def _refusal(vault: VaultPKI, call: str) -> VaultError:
 def test_vault_refusals_are_classified_on_every_version(version: str) -> None:
     """By status code and meaning, never by text: each version's wording gets the same
     reason, and the operator's message has no go-multierror wrapping."""
-    with vault_target(version=version) as target:
-        assert target.double is not None
-        double = target.double
+    # Always the double: it imitates each version (a real Vault is one version, checked by
+    # tests/test_vault_double.py's per-version expectations).
+    double = VaultDouble(mounts=vault_setup.DEFAULT_MOUNTS, version=version).start()
+    with vault_setup.VaultTarget(url=double.url, token=double.root_token,
+                                 mounts=tuple(vault_setup.DEFAULT_MOUNTS),
+                                 role=vault_setup.DEFAULT_ROLE, double=double) as target:
         double.add_policy("sign-only", ["pki_root_a/sign/kafka"])
         client = target.client()
         client.secrets.pki.create_or_update_role(
