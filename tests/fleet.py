@@ -232,9 +232,10 @@ def counting_store_class(base: type) -> type:
             twin.traffic = self.traffic
             return twin
 
-        def _call(self, what: str, call: Callable[[], Any], timeout: float | None = None) -> Any:
+        def _call(self, what: str, call: Callable[[], Any], timeout: float | None = None,
+                  need: str | None = None) -> Any:
             self.traffic.requests += 1
-            return super()._call(what, call, timeout)
+            return super()._call(what, call, timeout, need)
 
         def _seen(self, value: bytes | None) -> None:
             if value and b'"to": ' in value:
