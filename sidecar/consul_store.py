@@ -109,6 +109,12 @@ def jittered_wait(wait_seconds: float, rng: random.Random) -> float:
     return max(1.0, wait_seconds * (0.9 + 0.2 * rng.random()))
 
 
+def error_backoff(failures: int, rng: random.Random) -> float:
+    """Seconds to wait after ``failures`` Consul errors in a row: doubling from 0.2 s, capped
+    at 30 s, jittered down to half so a fleet that failed together does not retry together."""
+    return float(min(30.0, 0.2 * 2 ** min(failures, 8)) * (0.5 + rng.random() / 2))
+
+
 def parse_address(addr: str) -> tuple[str, str, int]:
     """``http://host:8500``, ``https://host``, or ``host:port`` -> (scheme, host, port)."""
     if "://" not in addr:
@@ -342,7 +348,7 @@ def watch(fetch: Callable[[int, float | None], R], wait_seconds: float,
         except ConsulError as exc:
             index = 0  # continuity is unknown after a failure (restart?): plain read next
             failures += 1
-            delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * (0.5 + rng.random() / 2)
+            delay = error_backoff(failures, rng)
             on_error(exc, delay)
             sleep(delay)
             continue

@@ -24,7 +24,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.consul_store import ConsulError, ConsulStore, Entry, KeyRead, Snapshot, next_index
+from sidecar.consul_store import (
+    ConsulError,
+    ConsulStore,
+    Entry,
+    KeyRead,
+    Snapshot,
+    error_backoff,
+    next_index,
+)
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.rotation import (
     Decision,
@@ -146,7 +154,7 @@ class BarrierKeeper:
                 failures = 0
             except ConsulError as exc:
                 failures += 1
-                delay = self._backoff(failures)
+                delay = error_backoff(failures, self.rng)
                 self.metrics.consul_errors.labels(reason=exc.reason).inc()
                 self.log.warning("keeper_consul_failed", error=str(exc),
                                  retry_in=round(delay, 2))
@@ -154,13 +162,10 @@ class BarrierKeeper:
                 self.stop.wait(delay)
             except Exception as exc:  # a keeper that dies holding the lock stalls the cluster
                 failures += 1
-                delay = self._backoff(failures)
+                delay = error_backoff(failures, self.rng)
                 self.log.exception("keeper_failed", error=str(exc), retry_in=round(delay, 2))
                 self.release()
                 self.stop.wait(delay)
-
-    def _backoff(self, failures: int) -> float:
-        return float(min(30.0, 0.2 * 2 ** min(failures, 8)) * (0.5 + self.rng.random() / 2))
 
     def release(self) -> None:
         """Give the lock up (a clean shutdown that keeps its session, e.g. ``--once``)."""
@@ -193,14 +198,16 @@ class BarrierKeeper:
                 continue
             if not holder and self.stop.wait(self.rng.random() * CONTEND_SPREAD):
                 return
-            if self._try_acquire(session, None if holder else self.store.get(KEEPER)):
+            # Ours already: this read says so. Free: read again after the pause, someone else
+            # may have taken it meanwhile.
+            if self._try_acquire(session, read if holder else self.store.get(KEEPER)):
                 return
 
-    def _try_acquire(self, session: str, fresh: KeyRead | None) -> bool:
-        """Take the lock unless another session holds it (``fresh``: a read to check first;
-        None: we know it is ours or free)."""
-        holder = fresh.entry.session if fresh is not None and fresh.entry is not None else None
-        if holder == session or (fresh is None and self._held_by(session)):
+    def _try_acquire(self, session: str, fresh: KeyRead) -> bool:
+        """Take the lock unless ``fresh`` (a recent read of it) shows another session holds it;
+        if it shows ours, carry on holding it."""
+        holder = fresh.entry.session if fresh.entry is not None else None
+        if holder == session:
             self._took(session, "resumed")  # a --once run or a restart left it to us
             return True
         if holder:
