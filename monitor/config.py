@@ -45,6 +45,11 @@ class MonitorConfig:
     restart_listeners: list[str] = setting(
         [], help="listeners that cannot reload dynamically (KRaft controller): use the "
         "reload action instead")
+    restart_cluster_size: int = setting(
+        0, help="brokers the cluster must show alive before this one restarts for "
+        "restart_listeners (restarts go one at a time; required with restart_listeners)")
+    restart_stagger: float = setting(
+        30.0, help="seconds per place in line (brokers by id) before a restart")
     alter_passwords: bool = setting(False, help="also send the store passwords (first alter, "
                                     "then when changed; needs password.encoder.secret on "
                                     "the broker)")
@@ -104,6 +109,13 @@ def validate(config: MonitorConfig) -> None:
         names = {item.split("=", 1)[0].upper() for item in config.listeners}
         if config.inter_broker_listener and config.inter_broker_listener.upper() not in names:
             raise ConfigError("invalid value for inter_broker_listener: not in listeners")
+    if config.mode == "broker" and config.restart_listeners \
+            and config.restart_cluster_size <= 0:
+        raise ConfigError("missing required setting restart_cluster_size for "
+                          "restart_listeners (the number of brokers, so that restarts go one "
+                          "at a time)")
+    if config.restart_stagger < 0:
+        raise ConfigError("invalid value for restart_stagger: must not be negative")
     needs_action = config.mode == "client" or bool(config.restart_listeners)
     if needs_action and config.reload_action == "none":
         raise ConfigError("missing required setting reload_action (signal, command, http or "

@@ -149,6 +149,18 @@ class BrokerAdmin:
                 self.drop()
             raise
 
+    def alive_brokers(self, generation_dir: Path) -> set[int]:
+        """Ids of the brokers the cluster shows alive (Metadata: in KRaft the registered,
+        unfenced ones); KafkaRefused if the broker does not answer."""
+        try:
+            metadata = self.client(generation_dir).list_topics(timeout=self.timeout)
+        except KafkaException as exc:
+            self.drop()
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            raise KafkaRefused(f"cannot read the cluster's brokers: {exc}", code) from None
+        return set(metadata.brokers)
+
     def drop(self) -> None:
         """Forget the client; the next alter makes a new one."""
         self._client = None

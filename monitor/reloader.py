@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from monitor import actions
+from monitor import actions, restart_gate
 from monitor.checks import (
     PredictedRefusal,
     check_compatible,
@@ -27,7 +27,7 @@ from monitor.listener_settings import SentSettings, listener_settings
 from monitor.metrics import MonitorMetrics
 from monitor.stores import STORE_FILES, load_stores
 from sidecar import layout
-from sidecar.lifecycle import Stopped
+from sidecar.lifecycle import Stopped, pause
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError, format_serial
 from sidecar.volume import Volume, VolumeError, read_generation
@@ -37,6 +37,10 @@ FAST_VERIFY = 3.0  # seconds after the alter during which the listeners are prob
 
 class VerifyFailed(Exception):
     """The broker does not serve the new certificate (yet)."""
+
+
+class RestartDeferred(Exception):
+    """Restarting this broker now could take the cluster's quorum down: retried later."""
 
 
 class Superseded(Exception):
@@ -162,6 +166,10 @@ class Reloader:
         except VerifyFailed as exc:
             self._fail("verify_failed", str(exc), manifest,
                        action="alerting; retrying on the next poll")
+            return False
+        except RestartDeferred as exc:
+            self._fail("restart_deferred", str(exc), manifest,
+                       action="not restarting while another broker is down; retrying")
             return False
         except actions.ActionFailed as exc:
             self._fail("action_failed", str(exc), manifest)
@@ -305,9 +313,30 @@ class Reloader:
         self.timings["verify"] = time.monotonic()
         targets = sorted(reload)
         if restart_only:
-            done = self._run_action(directory, manifest)
+            done = self._restart_in_turn(directory, manifest)
+            self._verify(reload, context, manifest)  # back up, on this generation's stores
             targets += [f"{name}:{done}" for name in sorted(restart_only)]
         return targets, "handshake"
+
+    def _restart_in_turn(self, directory: Path, manifest: Manifest) -> str:
+        """Run the reload action (a restart) once it is this broker's turn and the cluster
+        shows every broker alive (``restart_gate``); RestartDeferred otherwise."""
+        config = self.config
+        admin_dir = self._admin_dir(directory)
+        alive = self.admin.alive_brokers(admin_dir)
+        if restart_gate.cluster_whole(alive, config.restart_cluster_size):
+            place = restart_gate.place_in_line(config.broker_id or 0, alive)
+            if place:
+                self.log.info("restart_waiting_turn", place=place,
+                              seconds=place * config.restart_stagger)
+                pause(self.stop, place * config.restart_stagger)
+                alive = self.admin.alive_brokers(admin_dir)
+        if not restart_gate.cluster_whole(alive, config.restart_cluster_size):
+            raise RestartDeferred(restart_gate.describe_missing(alive,
+                                                                config.restart_cluster_size))
+        self.log.info("restarting", generation=manifest.generation,
+                      listeners=sorted(self._restart_only()), action=config.reload_action)
+        return self._run_action(directory, manifest)
 
     def _restart_only(self) -> set[str]:
         """Listeners that cannot reload dynamically (the action restarts them)."""

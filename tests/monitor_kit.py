@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,3 +110,32 @@ def broker_rig(vault: VaultTarget, tmp_path: Path, store_type: str = "PKCS12",
                   store_type, secrets)
     finally:
         broker.stop()
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 15) -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def supervised_sleeper(pid_file: Path) -> Iterator[int]:
+    """A supervisor loop that starts a sleeping process again whenever it exits, writing its
+    pid to ``pid_file`` (what the restart action expects); yields the first pid."""
+    supervisor = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, sys, pathlib
+while True:
+    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+    pathlib.Path({str(pid_file)!r}).write_text(str(p.pid))
+    p.wait()
+"""])
+    try:
+        wait_for(pid_file.exists, "the supervised process")
+        yield int(pid_file.read_text())
+    finally:
+        supervisor.kill()
+        supervisor.wait()

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -23,7 +22,7 @@ from monitor.reloader import Reloader
 from sidecar.settings import ConfigError
 from sidecar.volume import Volume
 from tests.manager_kit import RecordingLog, make_config, make_manager, metric
-from tests.monitor_kit import PHASES
+from tests.monitor_kit import PHASES, supervised_sleeper, wait_for
 from tests.vault_setup import VaultTarget
 
 TRAP = """
@@ -52,15 +51,6 @@ def write_material(vault: VaultTarget, tmp_path: Path, desired: Any = PHASES[0])
     manager = make_manager(config)[0]
     manager.reconcile(desired)
     return manager
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_signal_action(vault: VaultTarget, tmp_path: Path) -> None:
@@ -139,23 +129,11 @@ def test_command_and_restart_actions(vault: VaultTarget, tmp_path: Path) -> None
     assert "exited 1" in log.named("reload_failed")[-1]["error"]
     # restart: a supervisor loop that restarts the app when it exits
     pid_file = tmp_path / "app.pid"
-    supervisor = subprocess.Popen([sys.executable, "-c", f"""
-import subprocess, sys, pathlib, time
-while True:
-    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
-    pathlib.Path({str(pid_file)!r}).write_text(str(p.pid))
-    p.wait()
-"""])
-    try:
-        wait_for(pid_file.exists, "the supervised app")
-        first = int(pid_file.read_text())
+    with supervised_sleeper(pid_file) as first:
         restarter, _, log = client_monitor(tmp_path / "volume", reload_action="restart",
                                            reload_pid_file=pid_file, action_timeout=10)
         assert restarter.handle(), log.events
         assert int(pid_file.read_text()) != first
-    finally:
-        supervisor.kill()
-        supervisor.wait()
 
 
 def test_restarted_monitor_takes_the_ack_as_verified(vault: VaultTarget,

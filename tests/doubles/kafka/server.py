@@ -50,6 +50,9 @@ class KafkaBrokerDouble(Broker):
     ``profile`` is the Kafka version and metadata mode played (``profiles``; default the
     newest). ``mode`` ("kraft" or "zk") and ``kafka_version`` instead pick the profile with
     ``profiles.profile_for``. ``on_request(api_key, version)`` is called for every request.
+    ``peers`` (broker id -> host, port) are the other brokers the cluster shows alive: Kafka's
+    Metadata lists every alive broker (KRaft: registered and unfenced), so a test removes one
+    to play a broker that is restarting.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class KafkaBrokerDouble(Broker):
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self.requests: list[tuple[int, int]] = []
+        self.peers: dict[int, tuple[str, int]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -236,6 +240,7 @@ class KafkaBrokerDouble(Broker):
                 port=lst.port,  # the listener this request came in on
                 cluster_id=self.cluster_id,
                 unknown_topics=[t for t in topics or [] if t],  # the double holds no topics
+                peers=dict(self.peers),
             )
         elif api_key == DESCRIBE_CONFIGS:
             resources, synonyms = decode_describe_configs(r, version, flexible)

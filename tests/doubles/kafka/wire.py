@@ -10,7 +10,7 @@ decisions here: what the broker answers is ``broker.Broker``'s.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,18 +220,22 @@ def encode_metadata(
     port: int,
     cluster_id: str,
     unknown_topics: Sequence[str],
+    peers: Mapping[int, tuple[str, int]] | None = None,
 ) -> bytes:
-    """MetadataResponse: one broker (also the controller), every named topic unknown."""
+    """MetadataResponse: this broker (also the controller) and the alive ``peers`` (id ->
+    host, port), every named topic unknown."""
     w = Writer()
     if version >= 3:
         w.int32(0)
-    w.array_len(1, flexible)
-    w.int32(broker_id)
-    w.string(host, flexible)
-    w.int32(port)
-    if version >= 1:
-        w.string(None, flexible)
-    w.tags(flexible)
+    brokers = {broker_id: (host, port), **(peers or {})}
+    w.array_len(len(brokers), flexible)
+    for node, (node_host, node_port) in sorted(brokers.items()):
+        w.int32(node)
+        w.string(node_host, flexible)
+        w.int32(node_port)
+        if version >= 1:
+            w.string(None, flexible)
+        w.tags(flexible)
     if version >= 2:
         w.string(cluster_id, flexible)
     if version >= 1:
