@@ -10,7 +10,8 @@
 #     granting `sign` through `<mount>/issuer/+/sign/<role>`;
 #   - PKI_ROLES=templated (the default, least privilege): on each root the roles
 #     `kafka-broker` and `kafka-client`, whose only allowed name is
-#     `<AppRole name>.kafka.test` (plus localhost and IP SANs): allowed_domains is the identity
+#     `<AppRole name>.kafka.test` (a broker also `<AppRole name>.kraft.test`, its controller
+#     listener's name; plus localhost and IP SANs): allowed_domains is the identity
 #     template {{identity.entity.aliases.<approle accessor>.metadata.role_name}}.kafka.test, so
 #     the AppRole `producer` can get `producer.kafka.test` and never `kafka-1.kafka.test` (a
 #     broker's DN is a Kafka super user). Vault answers 400 "common name kafka-1.kafka.test
@@ -118,7 +119,7 @@ write_roles() {
   # version (1.7 included): it would refuse the sidecars' EC CSRs. key_type=any signs both.
   if [ "$PKI_ROLES" = shared ]; then
     vault write "$root/roles/kafka" \
-      allowed_domains="kafka.test,localhost" allow_subdomains=true allow_localhost=true \
+      allowed_domains="kafka.test,kraft.test,localhost" allow_subdomains=true allow_localhost=true \
       allow_ip_sans=true allow_bare_domains=true key_type=any \
       ou=kafka organization=Example max_ttl=72h >/dev/null
     return
@@ -127,12 +128,15 @@ write_roles() {
   # metadata role_name (builtin/credential/approle/path_login.go), and Vault populates the
   # template per request (builtin/logical/pki/cert_util.go validateNames). A template Vault
   # cannot populate (a token without that alias, e.g. root) allows no name at all.
-  template="{{identity.entity.aliases.$APPROLE_ACCESSOR.metadata.role_name}}.kafka.test"
+  name="{{identity.entity.aliases.$APPROLE_ACCESSOR.metadata.role_name}}"
   for kind in broker client; do
     server_flag=true
+    domains="$name.kafka.test"
     [ "$kind" = client ] && server_flag=false
+    # A broker's controller listener is reached as <name>.kraft.test (compose's `kraft` net).
+    [ "$kind" = broker ] && domains="$name.kafka.test,$name.kraft.test"
     vault write "$root/roles/kafka-$kind" \
-      allowed_domains="$template" allowed_domains_template=true allow_bare_domains=true \
+      allowed_domains="$domains" allowed_domains_template=true allow_bare_domains=true \
       allow_subdomains=false allow_localhost=true allow_ip_sans=true key_type=any \
       server_flag="$server_flag" client_flag=true \
       ou=kafka organization=Example max_ttl=72h >/dev/null

@@ -30,6 +30,9 @@ def _read_pid(pid_file: Path) -> int:
         raise ActionFailed(f"cannot read a pid from {pid_file}: {exc}") from None
     if pid <= 1:
         raise ActionFailed(f"refusing to signal pid {pid} from {pid_file}")
+    if pid == os.getpid():  # the pid file is from another PID namespace than ours
+        raise ActionFailed(f"refusing to signal pid {pid} from {pid_file}: it is this "
+                           "monitor; does it share the PID namespace of the process?")
     return pid
 
 

@@ -30,7 +30,7 @@ COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 K8S = ROOT / "docker" / "k8s" / "broker-pod.yaml"
 SCRIPTS = [ROOT / "docker" / "rotate-demo.sh", ROOT / "docker" / "vault-init.sh",
-           ROOT / "docker" / "consul-acl-init.sh"]
+           ROOT / "docker" / "consul-acl-init.sh", ROOT / "docker" / "kafka-supervise.sh"]
 DEMO_APP = ROOT / "docker" / "demo_app.py"
 PASSWORD_FILE = ROOT / "docker" / "demo-store-password"
 
@@ -289,21 +289,24 @@ def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str,
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         protocol_map = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
         protocols = dict(p.split(":") for p in protocol_map.split(","))
-        assert protocols == {"SSL": "SSL", "INTERNAL": "SSL", "CONTROLLER": "PLAINTEXT"}
+        assert protocols == {"SSL": "SSL", "INTERNAL": "SSL", "CONTROLLER": "SSL"}
         assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
         assert env["KAFKA_ADVERTISED_LISTENERS"] == (
             f"SSL://{host}:9093,INTERNAL://{host}:19093")
         assert env["KAFKA_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM"] == "https"
         assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == (
             "org.apache.kafka.metadata.authorizer.StandardAuthorizer")
         assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
         super_users = env["KAFKA_SUPER_USERS"].split(";")
-        for other in BROKERS:
-            subject = env_of(services[f"pki-{other}"])["PKI_SUBJECT"]
-            assert subject == f"CN={other}.kafka.test,OU=kafka,O=Example"
-            assert f"User:{subject}" in super_users
-        # PLAINTEXT controller listener: its principal must be a super user (documented).
-        assert "User:ANONYMOUS" in super_users
+        subjects = [env_of(services[f"pki-{other}"])["PKI_SUBJECT"] for other in BROKERS]
+        assert subjects == [f"CN={other}.kafka.test,OU=kafka,O=Example" for other in BROKERS]
+        assert super_users == [f"User:{subject}" for subject in subjects]  # no ANONYMOUS
+        # The controller listener is dialled with hostname verification at the voter's name.
+        voter = next(v.split("@")[1].rsplit(":", 1)[0]
+                     for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+                     if v.startswith(f"{number}@"))
+        assert voter in env_of(services[f"pki-{broker}"])["PKI_DNS_SANS"].split(",")
         for listener in ("SSL", "INTERNAL"):
             for store in ("KEYSTORE", "TRUSTSTORE"):
                 location = env[f"KAFKA_LISTENER_NAME_{listener}_SSL_{store}_LOCATION"]
@@ -323,7 +326,32 @@ def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str,
         assert monitor["MONITOR_LISTENERS"] == f"SSL={host}:9093,INTERNAL={host}:19093"
         assert monitor["MONITOR_INTER_BROKER_LISTENER"] == "INTERNAL"
         assert monitor["MONITOR_KEYSTORE_TYPE"] == "PKCS12"
-        assert monitor.get("MONITOR_RESTART_LISTENERS", "") == "", "CONTROLLER is PLAINTEXT"
+        assert_controller_restarts(services, broker, env)
+
+
+def assert_controller_restarts(services: dict[str, dict[str, Any]], broker: str,
+                               env: dict[str, str]) -> None:
+    """The broker runs under kafka-supervise.sh; its monitor restarts it for the controller
+    listener, one broker at a time, through the pid file and the shared PID namespace."""
+    kafka, monitor_service = services[broker], services[f"tls-monitor-{broker}"]
+    monitor = env_of(monitor_service)
+    assert monitor["MONITOR_RESTART_LISTENERS"] == "CONTROLLER"
+    assert monitor["MONITOR_RESTART_CLUSTER_SIZE"] == str(len(BROKERS))
+    assert float(monitor["MONITOR_RESTART_STAGGER"]) > 0
+    assert monitor["MONITOR_RELOAD_ACTION"] == "restart"
+    pid_file = monitor["MONITOR_RELOAD_PID_FILE"]
+    assert pid_file == env["KAFKA_SUPERVISE_PID_FILE"]
+    run_dir = posixpath.dirname(pid_file)
+    assert volume_at(kafka, run_dir) == (f"{broker}-run", False)
+    assert volume_at(monitor_service, run_dir) == (f"{broker}-run", True)
+    assert monitor_service["pid"] == f"service:{broker}"
+    assert kafka["init"] is True  # docker stop reaches the supervisor
+    script = "/opt/kafka-pki/kafka-supervise.sh"
+    assert argv(kafka) == ["/bin/bash", script, "/etc/kafka/docker/run"]
+    assert ("./docker/kafka-supervise.sh", script, True) in set(mounts(kafka))
+    # The volume is first mounted by the init job (sidecar image: the directory is UID 1000's).
+    assert volume_at(services[f"pki-once-{broker}"], run_dir) == (f"{broker}-run", False)
+    assert "/var/run/kafka-supervise" in DOCKERFILE.read_text()
 
 
 def test_sidecar_environment_names_are_the_readme_ones(
@@ -369,7 +397,9 @@ def test_vault_init_script_sets_up_roots_role_policy_and_approle(
     script = (ROOT / "docker" / "vault-init.sh").read_text()
     assert 'ROOTS="pki_root_a pki_root_b"' in script
     assert "root/generate/internal" in script
-    for setting in ('allowed_domains="kafka.test,localhost"', "allow_subdomains=true",
+    # The broker's controller listener name (<name>.kraft.test) is a broker's only.
+    assert '[ "$kind" = broker ] && domains="$name.kafka.test,$name.kraft.test"' in script
+    for setting in ('allowed_domains="kafka.test,kraft.test,localhost"', "allow_subdomains=true",
                     "allow_localhost=true", "allow_ip_sans=true", "allow_bare_domains=true",
                     "key_type=any", "ou=kafka", "organization=Example", "max_ttl=72h"):
         assert setting in script, setting
@@ -656,12 +686,11 @@ def _networks(service: dict[str, Any]) -> dict[str, list[str]]:
     return {n: list((cfg or {}).get("aliases") or []) for n, cfg in nets.items()}
 
 
-def test_plaintext_controller_listener_is_reachable_by_brokers_only(
+def test_no_plaintext_listener_beside_a_non_broker_and_no_anonymous_super_user(
         compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
-    """User:ANONYMOUS (the PLAINTEXT listener's principal) must stay a super user in KRaft
-    (StandardAuthorizer refuses non-super users until it has loaded the ACLs from the metadata
-    log the controllers build over that listener), so that listener binds only to an address
-    on an internal network that no service but the brokers joins."""
+    """A PLAINTEXT listener's principal is User:ANONYMOUS: no service but the brokers may share
+    a network with one, and ANONYMOUS is no broker's super user. The controller listener (mTLS
+    now) still binds only to the brokers' internal network."""
     brokers = {name for name, svc in services.items()
                if str(svc.get("image", "")).startswith("apache/kafka")}
     assert brokers == set(BROKERS)
@@ -669,22 +698,29 @@ def test_plaintext_controller_listener_is_reachable_by_brokers_only(
         env = env_of(services[name])
         protocols = dict(item.split(":") for item in
                          env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-        plaintext = [listener for listener, proto in protocols.items() if proto == "PLAINTEXT"]
-        assert plaintext == ["CONTROLLER"]
+        networks = _networks(services[name])
+        for listener, host in _listeners(env).items():
+            if protocols.get(listener, listener) != "PLAINTEXT":
+                continue
+            reachable_on = [net for net, aliases in networks.items()
+                            if not host or host in aliases]
+            for network in reachable_on:
+                members = {other for other, svc in services.items()
+                           if network in _networks(svc)}
+                assert members <= brokers, \
+                    f"{name}: PLAINTEXT {listener} on {network}, joined by {members - brokers}"
+        supers = env["KAFKA_SUPER_USERS"].split(";")
+        assert "User:ANONYMOUS" not in supers
+        assert all(s.startswith("User:CN=kafka-") for s in supers)
         host = _listeners(env)["CONTROLLER"]
         assert host, f"{name}: CONTROLLER must not bind every interface"
-        nets = [net for net, aliases in _networks(services[name]).items() if host in aliases]
-        assert len(nets) == 1, (name, host)
-        network = nets[0]
+        (network,) = [net for net, aliases in networks.items() if host in aliases]
         assert compose["networks"][network].get("internal") is True
-        members = {other for other, svc in services.items() if network in _networks(svc)}
-        assert members == set(BROKERS), f"{network} is joined by {sorted(members - brokers)}"
+        assert {other for other, svc in services.items()
+                if network in _networks(svc)} == set(BROKERS)
         voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
         assert all(v.split("@")[1].split(":")[0].endswith(".kraft.test") for v in voters)
         assert "9094" not in str(services[name].get("ports", ""))
-        supers = env["KAFKA_SUPER_USERS"].split(";")
-        assert "User:ANONYMOUS" in supers  # documented, and isolated by the checks above
-        assert all(s == "User:ANONYMOUS" or s.startswith("User:CN=kafka-") for s in supers)
 
 
 def test_consul_acl_init_makes_one_policy_and_token_per_participant(tmp_path: Path) -> None:
@@ -726,14 +762,31 @@ esac
     assert again.returncode == 0 and again.stdout.count("token kept") == 3
 
 
-def test_kubernetes_controller_listener_admits_brokers_only() -> None:
+def test_kubernetes_controller_listener_is_mtls_and_admits_brokers_only() -> None:
     docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
     (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     (kafka,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"]
                 if c["name"] == "kafka"]
     env = {e["name"]: e.get("value") for e in kafka["env"]}
-    assert "CONTROLLER:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert "CONTROLLER:SSL" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert "PLAINTEXT" not in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert "ANONYMOUS" not in env["KAFKA_SUPER_USERS"]
+    # Restarted by its monitor for the controller listener (as in compose).
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["shareProcessNamespace"] is True
+    assert kafka["command"] == ["/bin/bash", "/opt/kafka-pki/kafka-supervise.sh",
+                                "/etc/kafka/docker/run"]
+    (monitor,) = [c for c in pod["containers"] if c["name"] == "tls-monitor"]
+    monitor_env = {e["name"]: e.get("value") for e in monitor["env"]}
+    assert monitor_env["MONITOR_RESTART_LISTENERS"] == "CONTROLLER"
+    assert monitor_env["MONITOR_RESTART_CLUSTER_SIZE"] == str(statefulset["spec"]["replicas"])
+    assert monitor_env["MONITOR_RELOAD_ACTION"] == "restart"
+    assert monitor_env["MONITOR_RELOAD_PID_FILE"] == env["KAFKA_SUPERVISE_PID_FILE"]
+    run_dir = posixpath.dirname(env["KAFKA_SUPERVISE_PID_FILE"])
+    assert {"name": "kafka-run", "mountPath": run_dir} in kafka["volumeMounts"]
+    assert {"name": "kafka-run", "mountPath": run_dir, "readOnly": True} in (
+        monitor["volumeMounts"])
     (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"] == labels and spec["policyTypes"] == ["Ingress"]

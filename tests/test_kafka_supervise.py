@@ -89,3 +89,12 @@ def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
                           env={**os.environ, "KAFKA_SUPERVISE_PID_FILE": str(tmp_path / "p")})
     assert done.returncode == 2
     assert b"usage" in done.stderr
+
+
+def test_the_restart_action_never_signals_the_monitor_itself(tmp_path: Path) -> None:
+    """A pid file read from another PID namespace (the broker's container restarted, the
+    monitor still in the old namespace) may name the monitor's own pid there."""
+    pid_file = tmp_path / "kafka.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    with pytest.raises(actions.ActionFailed, match="it is this monitor"):
+        actions.restart(pid_file, timeout=1)

@@ -628,9 +628,10 @@ def test_templated_role_signs_only_the_callers_own_name(version: str) -> None:
             _templated_target(double), {"broker-1": "broker", "producer": "client"})
         broker = hvac.Client(url=double.url, timeout=5)
         broker.auth.approle.login(*creds["broker-1"])
-        csr, _ = make_csr(BROKER, dns=[BROKER, "localhost"], ips=["127.0.0.1"])
+        controller = "broker-1.kraft.test"  # its controller listener's name, brokers only
+        csr, _ = make_csr(BROKER, dns=[BROKER, controller, "localhost"], ips=["127.0.0.1"])
         cert = load(sign(broker, csr, role="kafka-broker")["data"]["certificate"])
-        assert sans(cert) == ({BROKER, "localhost"}, {"127.0.0.1"})
+        assert sans(cert) == ({BROKER, controller, "localhost"}, {"127.0.0.1"})
         csr, _ = make_csr("broker-2.kafka.test")
         with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
             sign(broker, csr, role="kafka-broker")
@@ -644,6 +645,11 @@ def test_templated_role_signs_only_the_callers_own_name(version: str) -> None:
         assert errors_of(exc) == [f"common name {BROKER} not allowed by this role"]
         with pytest.raises(hvac.exceptions.Forbidden):  # the broker role is not its to use
             sign(producer, csr, role="kafka-broker")
+        csr, _ = make_csr("producer.kafka.test", dns=["producer.kraft.test"])
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            sign(producer, csr, "producer.kafka.test", role="kafka-client")
+        assert errors_of(exc) == ["subject alternate name producer.kraft.test not allowed by "
+                                  "this role"]
         csr, _ = make_csr("producer.kafka.test")
         cert = load(sign(producer, csr, "producer.kafka.test", role="kafka-client")
                     ["data"]["certificate"])

@@ -108,7 +108,8 @@ BROKER_ROLE, CLIENT_ROLE = "kafka-broker", "kafka-client"
 def least_privilege_roles(name_template: str) -> dict[str, dict[str, Any]]:
     """The PKI roles of the least-privilege set-up (docker/vault-init.sh writes the same):
     ``kafka-broker`` and ``kafka-client`` allow only ``<name_template>.kafka.test`` (plus
-    localhost and IP SANs), the template naming the caller's auth identity, e.g.
+    localhost and IP SANs; a broker also ``<name_template>.kraft.test``, its controller
+    listener's name), the template naming the caller's auth identity, e.g.
     ``{{identity.entity.aliases.<approle accessor>.metadata.role_name}}``; a client's
     certificate is not valid for TLS servers."""
     common: dict[str, Any] = {
@@ -118,7 +119,9 @@ def least_privilege_roles(name_template: str) -> dict[str, dict[str, Any]]:
         "allow_bare_domains": True,
         "allow_subdomains": False,
     }
-    return {BROKER_ROLE: dict(common), CLIENT_ROLE: {**common, "server_flag": False}}
+    broker_domains = [f"{name_template}.kafka.test", f"{name_template}.kraft.test"]
+    return {BROKER_ROLE: {**common, "allowed_domains": broker_domains},
+            CLIENT_ROLE: {**common, "server_flag": False}}
 
 
 def prepare_least_privilege(
