@@ -205,18 +205,25 @@ def check_files(config: AuthManagerConfig) -> None:
     empty, or output_dir cannot be written (rather than retrying a renewal that cannot
     succeed). Reads the file system: I/O."""
     for name, path in configured_files(config):
-        try:
-            if path.is_dir():
-                if name == "vault_cacert":
-                    continue  # a directory of CA certificates is valid for verification
-                raise ConfigError(f"invalid value for {name}: {path} is a directory")
-            empty = not path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"invalid value for {name}: cannot read {path}: "
-                              f"{exc.strerror}") from None
-        if empty:
-            raise ConfigError(f"invalid value for {name}: {path} is empty")
+        if name == "vault_cacert" and os.path.isdir(path):
+            continue  # a directory of CA certificates is valid for verification
+        read_configured_file(name, path)
     _check_output_dir(config.output_dir)
+
+
+def read_configured_file(name: str, path: Path) -> bytes:
+    """The content of the file of setting ``name``, stripped; ConfigError naming the setting
+    if it is a directory, cannot be read or is empty. I/O."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"invalid value for {name}: {path} is a directory")
+        content = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"invalid value for {name}: cannot read {path}: "
+                          f"{exc.strerror}") from None
+    if not content:
+        raise ConfigError(f"invalid value for {name}: {path} is empty")
+    return content
 
 
 def _check_output_dir(path: Path) -> None:
