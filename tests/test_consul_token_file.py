@@ -59,6 +59,7 @@ def test_once_uses_the_token_from_the_file(consul_acl: AclTokens, vault: VaultTa
     assert denied.returncode == 2, denied.stderr
     (failed,) = once_events(denied.stderr, "once_failed")
     assert failed["kind"] == "permanent_consul_forbidden"
+    assert "CONSUL_HTTP_TOKEN_FILE" in str(failed["action"])  # where a mounted token goes
 
     env["CONSUL_HTTP_TOKEN_FILE"] = str(token_file)
     result = run_script("pki-auth-manager", ["--once"], env)
