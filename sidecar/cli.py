@@ -177,8 +177,8 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
 def permanent_action(exc: Exception) -> str:
     """What to fix after a permanent refusal (the ``action`` of ``once_failed``)."""
     if isinstance(exc, ConsulError):
-        return (f"not retried: give CONSUL_HTTP_TOKEN a token whose policy allows this (see "
-                f"{SIDECAR_POLICY}), then run again")
+        return ("not retried: give CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE) a token whose "
+                f"policy allows this (see {SIDECAR_POLICY}), then run again")
     return "not retried: fix the Vault role, policy or mount names, then run again"
 
 

@@ -25,6 +25,9 @@ from sidecar.settings import (
 )
 
 ENV_PREFIX = "PKI_"
+#: How errors name consul_token_file: also by the consul CLI's variable, which users set.
+CONSUL_TOKEN_FILE = "consul_token_file (CONSUL_HTTP_TOKEN_FILE)"
+_HEADER_TOKEN = re.compile(rb"[\x21-\x7e]+")
 # What Vault's parseutil.ParseDurationSecond accepts: seconds, or Go units plus "d".
 _VAULT_DURATION = re.compile(r"^(?:\d+|(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d))+)$")
 
@@ -86,6 +89,9 @@ class AuthManagerConfig:
                                       env="CONSUL_HTTP_ADDR")
     consul_token: str | None = setting(None, help="Consul ACL token", env="CONSUL_HTTP_TOKEN",
                                        secret=True)
+    consul_token_file: Path | None = setting(
+        None, help="file holding the Consul ACL token (used when CONSUL_HTTP_TOKEN is unset, "
+        "as by the consul CLI)", env="CONSUL_HTTP_TOKEN_FILE")
     cluster: str = setting("default", help="cluster name in the Consul key prefix")
     consul_prefix: str = setting("kafka-pki",
                                  help="Consul KV prefix (keys under <prefix>/<cluster>/)")
@@ -186,7 +192,8 @@ def validate(config: AuthManagerConfig) -> None:
 
 
 def configured_files(config: AuthManagerConfig) -> list[tuple[str, Path]]:
-    """(setting, path) of every file the configuration makes the auth manager read."""
+    """(setting, path) of every file the configuration makes the auth manager read (but the
+    Consul token's: see :func:`consul_token`)."""
     files: list[tuple[str, Path | None]] = [
         ("store_password_file", config.store_password_file),
         ("vault_cacert", config.vault_cacert)]
@@ -205,18 +212,42 @@ def check_files(config: AuthManagerConfig) -> None:
     empty, or output_dir cannot be written (rather than retrying a renewal that cannot
     succeed). Reads the file system: I/O."""
     for name, path in configured_files(config):
-        try:
-            if path.is_dir():
-                if name == "vault_cacert":
-                    continue  # a directory of CA certificates is valid for verification
-                raise ConfigError(f"invalid value for {name}: {path} is a directory")
-            empty = not path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"invalid value for {name}: cannot read {path}: "
-                              f"{exc.strerror}") from None
-        if empty:
-            raise ConfigError(f"invalid value for {name}: {path} is empty")
+        if name == "vault_cacert" and os.path.isdir(path):
+            continue  # a directory of CA certificates is valid for verification
+        read_configured_file(name, path)
+    if config.coordinated:
+        consul_token(config)
     _check_output_dir(config.output_dir)
+
+
+def read_configured_file(name: str, path: Path) -> bytes:
+    """The content of the file of setting ``name``, stripped; ConfigError naming the setting
+    if it is a directory, cannot be read or is empty. I/O."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"invalid value for {name}: {path} is a directory")
+        content = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"invalid value for {name}: cannot read {path}: "
+                          f"{exc.strerror}") from None
+    if not content:
+        raise ConfigError(f"invalid value for {name}: {path} is empty")
+    return content
+
+
+def consul_token(config: AuthManagerConfig) -> str | None:
+    """The Consul ACL token as the consul CLI resolves it: CONSUL_HTTP_TOKEN if set, else the
+    content of CONSUL_HTTP_TOKEN_FILE (stripped), else none. Reads the file each call (I/O);
+    ConfigError naming it if it cannot be read, is empty or holds no token."""
+    if config.consul_token or config.consul_token_file is None:
+        return config.consul_token
+    content = read_configured_file(CONSUL_TOKEN_FILE, config.consul_token_file)
+    if not _HEADER_TOKEN.fullmatch(content):
+        # not sendable as the X-Consul-Token header; the message must not show the content
+        raise ConfigError(f"invalid value for {CONSUL_TOKEN_FILE}: "
+                          f"{config.consul_token_file} does not hold one token (printable "
+                          "ASCII, no spaces)")
+    return content.decode()
 
 
 def _check_output_dir(path: Path) -> None:

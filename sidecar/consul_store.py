@@ -169,8 +169,8 @@ class ConsulStore:
             message += "; Consul does not know this token (revoked, or a typo)"
         elif need:
             message += f"; the token needs {need}"
-        return ConsulError(f"{message}; check CONSUL_HTTP_TOKEN and its policy "
-                           f"(see {self.policy})", "forbidden")
+        return ConsulError(f"{message}; check CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE) and "
+                           f"its policy (see {self.policy})", "forbidden")
 
     def _call(self, what: str, call: Callable[[], T], timeout: float | None = None,
               need: str | None = None) -> T:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import layout
-from sidecar.config import AuthManagerConfig
+from sidecar.config import AuthManagerConfig, consul_token
 from sidecar.consul_store import ConsulError, ConsulStore, KeyRead, watch
 from sidecar.keeper import ACTIVE_ROOT, KEEPER, NODES, ROTATION, BarrierKeeper
 from sidecar.manager import AuthManager
@@ -256,7 +256,7 @@ class RotationParticipant:
                     stop: threading.Event) -> RotationParticipant:
         assert config.consul_addr is not None
         prefix = f"{config.consul_prefix.strip('/')}/{config.cluster}/"
-        store = ConsulStore(config.consul_addr, prefix, config.consul_token)
+        store = ConsulStore(config.consul_addr, prefix, consul_token(config))
         return cls(store=store, watch_store=store.clone(), manager=manager, metrics=metrics,
                    log=log, node_id=config.participant_id, role=config.node_role,
                    policy=Policy(config.min_dwell, config.expected_members),

@@ -103,6 +103,11 @@ def manager_env(tmp_path: Path, **values: str) -> dict[str, str]:
                         "PKI_LISTEN": "", **values})
 
 
+def consul_env(tmp_path: Path, **values: str) -> dict[str, str]:
+    """Coordinated: Consul (nothing listens there) instead of a static root."""
+    return manager_env(tmp_path, CONSUL_HTTP_ADDR="http://127.0.0.1:1", PKI_ROOT="", **values)
+
+
 MANAGER_CASES: dict[str, tuple[Callable[[Path, int], dict[str, str]], list[str], str]] = {
     "listen port in use": (lambda t, p: manager_env(t, PKI_LISTEN=f"127.0.0.1:{p}"),
                            [], "listen"),
@@ -124,6 +129,12 @@ MANAGER_CASES: dict[str, tuple[Callable[[Path, int], dict[str, str]], list[str],
     "unknown flag": (lambda t, p: manager_env(t), ["--no-such-flag"], "--no-such-flag"),
     "config file missing": (lambda t, p: manager_env(t), ["--config", "/no/such.toml"],
                             "config file"),
+    "Consul token file missing": (lambda t, p: consul_env(
+        t, CONSUL_HTTP_TOKEN_FILE=str(t / "nope")), [], "CONSUL_HTTP_TOKEN_FILE"),
+    "Consul token file empty": (lambda t, p: consul_env(
+        t, CONSUL_HTTP_TOKEN_FILE=_write(t / "token", " \n")), [], "CONSUL_HTTP_TOKEN_FILE"),
+    "Consul token file is a directory": (lambda t, p: consul_env(
+        t, CONSUL_HTTP_TOKEN_FILE=str(t)), [], "CONSUL_HTTP_TOKEN_FILE"),
 }
 
 
