@@ -637,7 +637,8 @@ def test_consul_runs_with_acls_default_deny_and_a_management_token_for_init_only
 def test_every_auth_manager_has_its_own_consul_token_source(
         services: dict[str, dict[str, Any]]) -> None:
     """One token volume per participant, written by consul-init, mounted read-only by that
-    participant's two auth manager services only, read into the environment (never argv)."""
+    participant's two auth manager services only, read through CONSUL_HTTP_TOKEN_FILE (never
+    the environment or argv)."""
     init = services["consul-init"]
     assert env_of(init)["PARTICIPANTS"].split() == PARTICIPANTS
     tokens_dir = env_of(init)["TOKENS_DIR"]
@@ -650,9 +651,7 @@ def test_every_auth_manager_has_its_own_consul_token_source(
             assert volume_at(service, CONSUL_TOKEN_DIR) == (volume, True), service_name
             assert env_of(service)["PKI_NODE_ID"] == name  # the id its policy was made for
             assert "CONSUL_HTTP_TOKEN" not in env_of(service)
-            entry = " ".join(service["entrypoint"])
-            assert f"read -r CONSUL_HTTP_TOKEN < {CONSUL_TOKEN_DIR}/token" in entry
-            assert 'exec "$$@"' in entry
+            assert env_of(service)["CONSUL_HTTP_TOKEN_FILE"] == f"{CONSUL_TOKEN_DIR}/token"
             sources[service_name] = volume
     assert len(set(sources.values())) == len(PARTICIPANTS)
     for name, service in services.items():
@@ -798,6 +797,28 @@ def test_kubernetes_controller_listener_is_mtls_and_admits_brokers_only() -> Non
         else:
             assert "from" not in rule  # the SSL listeners and metrics: open as before
     assert any(9094 in {p["port"] for p in r["ports"]} for r in spec["ingress"])
+
+
+def test_kubernetes_auth_managers_read_their_own_consul_token() -> None:
+    docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+    (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "consul-tokens"]
+    assert volume["secret"]["defaultMode"] == 0o440
+    containers = {c["name"]: c for c in pod["initContainers"] + pod["containers"]}
+    for name, container in containers.items():
+        mounted = [m for m in container["volumeMounts"] if m["name"] == "consul-tokens"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if name in ("pki-init", "pki-auth-manager"):
+            assert mounted == [{"name": "consul-tokens", "mountPath": "/etc/kafka-pki/consul",
+                                "readOnly": True}]
+            names = list(env)
+            assert env["CONSUL_HTTP_TOKEN_FILE"] == "/etc/kafka-pki/consul/$(POD_NAME)"
+            assert names.index("POD_NAME") < names.index("CONSUL_HTTP_TOKEN_FILE")
+            assert env["PKI_NODE_ID"] == "$(POD_NAME)"  # the id its token's policy names
+            assert "CONSUL_HTTP_TOKEN" not in env
+        else:
+            assert not mounted, name  # the broker and the monitor never see a token
 
 
 def test_vault_init_has_a_multi_issuer_layout() -> None:
