@@ -322,6 +322,10 @@ class Reloader:
         """Run the reload action (a restart) once it is this broker's turn and the cluster
         shows every broker alive (``restart_gate``); RestartDeferred otherwise."""
         config = self.config
+        if self._started_on_current():
+            self.log.info("restart_not_needed", generation=manifest.generation,
+                          reason="the broker started after this generation was published")
+            return "loaded-at-start"
         admin_dir = self._admin_dir(directory)
         alive = self.admin.alive_brokers(admin_dir)
         if restart_gate.cluster_whole(alive, config.restart_cluster_size):
@@ -337,6 +341,19 @@ class Reloader:
         self.log.info("restarting", generation=manifest.generation,
                       listeners=sorted(self._restart_only()), action=config.reload_action)
         return self._run_action(directory, manifest)
+
+    def _started_on_current(self) -> bool:
+        """The restarted process began after ``current`` last moved (its pid file is newer),
+        so it loaded the current stores at start: a first start, not a change to apply."""
+        pid_file = self.config.reload_pid_file
+        if self.config.reload_action != "restart" or pid_file is None:
+            return False
+        try:
+            started = pid_file.stat().st_mtime
+            published = layout.current_link(self.config.volume_dir).lstat().st_mtime
+        except OSError:
+            return False
+        return started > published
 
     def _restart_only(self) -> set[str]:
         """Listeners that cannot reload dynamically (the action restarts them)."""

@@ -91,3 +91,21 @@ def test_brokers_take_turns_by_id(vault: VaultTarget, tmp_path: Path) -> None:
         assert log.named("reload_failed")[-1]["error"] == \
             "the cluster shows 2 of 3 brokers alive (1, 2)"
         assert int(pid_file.read_text()) == first
+
+
+def test_a_broker_started_on_the_current_generation_is_not_restarted(
+        vault: VaultTarget, tmp_path: Path) -> None:
+    """At a first start the broker loaded the current stores itself: its pid file is newer
+    than the volume's current link, so there is nothing to restart for."""
+    pid_file = tmp_path / "kafka.pid"
+    with broker_rig(vault, tmp_path) as rig:
+        rig.install(PHASES[1])
+        with supervised_sleeper(pid_file) as first:  # started after the generation
+            reloader, _, log = rig.monitor(
+                restart_listeners=["CONTROLLER"], restart_cluster_size=3,
+                restart_stagger=0.0, reload_action="restart", reload_pid_file=pid_file)
+            assert reloader.handle(), log.events
+            assert int(pid_file.read_text()) == first
+            assert log.named("restart_not_needed")
+            ack = Volume(rig.volume).read_ack()
+            assert ack is not None and "CONTROLLER:loaded-at-start" in ack.targets
