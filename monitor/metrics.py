@@ -11,7 +11,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 RELOAD_RESULTS = ("ok", "refused_predicted", "refused_by_kafka", "verify_failed",
-                  "action_failed", "incomplete_generation", "error")
+                  "action_failed", "restart_deferred", "incomplete_generation", "error")
 
 
 class MonitorMetrics:
