@@ -49,10 +49,12 @@ def example() -> dict[str, str]:
 
 
 def ssl_listeners(props: dict[str, str]) -> list[str]:
+    """The SSL listeners the monitor reloads: all but the controller's (restarted instead)."""
     protocols = dict(item.split(":") for item in props["listener.security.protocol.map"]
                      .split(","))
     names = [item.split("://")[0] for item in props["listeners"].split(",")]
-    return [name for name in names if protocols[name] == "SSL"]
+    controllers = props.get("controller.listener.names", "").split(",")
+    return [name for name in names if protocols[name] == "SSL" and name not in controllers]
 
 
 def effective(props: dict[str, str], listener: str, key: str) -> str | None:
@@ -84,7 +86,7 @@ def test_example_is_an_mtls_broker_with_an_internal_listener() -> None:
     advertised = [item.split("://")[0] for item in props["advertised.listeners"].split(",")]
     assert set(listeners) <= set(advertised)
     assert "CONTROLLER" in props["controller.listener.names"].split(",")
-    for listener in listeners:
+    for listener in [*listeners, "CONTROLLER"]:
         assert effective(props, listener, "ssl.client.auth") == "required", listener
     assert props["password.encoder.secret"]
     assert props["process.roles"] == "broker,controller" and "zookeeper" in EXAMPLE.read_text()
@@ -116,6 +118,10 @@ def test_principal_mapping_makes_the_brokers_super_users() -> None:
         name = principal(rules, f"CN=kafka-{n}.kafka.test,OU=kafka,O=Example")
         assert f"User:{name}" in supers and name == f"kafka-{n}.kafka.test"
     assert principal(rules, "CN=app,O=Other") == "CN=app,O=Other", "DEFAULT keeps the DN"
+    assert len(supers) == 3 and "User:ANONYMOUS" not in supers
+    protocols = dict(item.split(":") for item in
+                     props["listener.security.protocol.map"].split(","))
+    assert set(protocols.values()) == {"SSL"}, "no PLAINTEXT listener, so no ANONYMOUS"
 
 
 def test_a_broker_configured_by_the_example_reloads_every_phase(vault: VaultTarget,
