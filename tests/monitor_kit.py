@@ -4,8 +4,10 @@ are configured on, and the TLS monitor reloads it. The broker is the double, or 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,5 +139,7 @@ while True:
         wait_for(pid_file.exists, "the supervised process")
         yield int(pid_file.read_text())
     finally:
-        supervisor.kill()
+        supervisor.kill()  # first, so that nothing starts the process again
         supervisor.wait()
+        with contextlib.suppress(OSError, ValueError):  # then the process it left running
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -49,8 +49,12 @@ def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, 
         yield proc, pid_file, crash
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # the script stops its broker, then itself
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_the_restart_action_gets_a_new_broker(tmp_path: Path) -> None:
