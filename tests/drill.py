@@ -69,13 +69,14 @@ from tests.consul_setup import participant_rules
 from tests.doubles.consul import ConsulDouble
 from tests.doubles.kafka import KafkaBrokerDouble
 from tests.doubles.vault import VaultDouble
+from tests.drill_controllers import Controllers
 from tests.monitor_kit import broker_settings
 from tests.prom import JOBS, AlertSeen, Prometheus
 from tests.vault_setup import BROKER_ROLE, CLIENT_ROLE, VaultTarget, prepare_least_privilege
 
 FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
           "broker-refuses", "volume-full", "volume-read-only", "malformed-root", "rollback",
-          "third-root", "client-reload-fails", "impersonation")
+          "third-root", "client-reload-fails", "impersonation", "controller-restarts")
 #: The alerts the client-reload-fails fault must bring to firing (with --prometheus).
 RELOAD_FAILS_ALERTS = ("PkiRotationPhaseStuck", "PkiRotationParticipantBehind",
                        "TlsMonitorReloadFailing")
@@ -395,6 +396,8 @@ class Drill:
         self.least_privilege = "impersonation" in faults
         self.impersonation: str | None = None
         self.stops: list[StopTime] = []  # how each sidecar ended at teardown
+        #: controller-restarts: the brokers' stand-in controllers, restarted by the monitors.
+        self.controllers: Controllers | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -441,6 +444,8 @@ class Drill:
                 "MONITOR_ADMIN_HOSTNAME_VERIFICATION": "false"})
             if self.broker_mode == "zk":
                 env["MONITOR_ALTER_PASSWORDS"] = "true"
+            if self.controllers is not None:
+                env.update(self.controllers.monitor_env(p.index))
         else:
             env.update({"MONITOR_MODE": "client", "MONITOR_RELOAD_ACTION": "http",
                         "MONITOR_RELOAD_URL": self.hooks.url(p.name)})
@@ -493,6 +498,10 @@ class Drill:
                 p.broker.start()
             else:
                 p.loaded_generation = Volume(p.volume).generations()[-1]
+        if "controller-restarts" in self.faults:
+            self.controllers = Controllers(self.base, {p.index: p.broker for p in
+                                                       self.participants if p.broker})
+            self.controllers.start()
         for p in self.participants:
             wrapper = _subject_to_file_modes() \
                 if "volume-read-only" in self.faults and p is self._read_only_victim() else ()
@@ -532,10 +541,16 @@ class Drill:
         self._stop_prometheus()
         # Every sidecar at once, as an orchestrator stops a deployment, while the brokers,
         # Vault and Consul still answer; then the brokers.
+        controllers = self.controllers
+        if controllers is not None:  # before the sidecars stop (and stop restarting them)
+            self.notes.append(f"controllers: restarts={controllers.restarts} "
+                              f"max_down_at_once={controllers.max_down}")
         self.stops = stop_sidecars(
             [(kind, p.name, proc) for p in self.participants
              for kind, proc in (("pki-auth-manager", p.auth), ("tls-monitor", p.monitor))
              if proc is not None])
+        if controllers is not None:
+            controllers.stop()
         for p in self.participants:
             if p.broker is not None:
                 p.broker.stop()
@@ -718,6 +733,14 @@ class Drill:
                 self._client_reload_fails()
             elif fault == "impersonation":
                 self._when_phase(B, 1, self._impersonate)
+            elif fault == "controller-restarts":
+                mark = self._note("controller listeners restarted by the monitors, one broker "
+                                  "at a time", "controller-restarts")
+
+                def to_the_end(restarts: Mark = mark) -> None:
+                    self._stop_faults.wait()
+                    restarts.until = time.time()
+                self._in_background(to_the_end)
 
     def _impersonate(self) -> None:
         """The first client's auth manager, restarted with the first broker's subject (its

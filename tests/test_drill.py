@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,13 @@ def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
         "third-root": "rotation_deferred",
         "client-reload-fails": "reload_failed action_failed",
         "impersonation": "impersonation=refused",
+        "controller-restarts": "max_down_at_once=1",
     }
     assert expectations[fault] in report, report
+    if fault == "controller-restarts":
+        # every broker's controller restarted for each of the 6 phases (A->B->A), in turn
+        found = re.search(r"controllers: restarts=(\d+)", report)
+        assert found is not None and int(found[1]) >= 2 * 6, report
     if fault == "kill-auth-manager":
         for process in killed(result):
             # The registration outlives kill -9: the new process resumes the same session.

@@ -1,0 +1,101 @@
+"""The drill's ``controller-restarts`` fault: each broker has a controller listener that
+cannot reload, so its monitor restarts the broker on every new generation.
+
+The broker double cannot restart its own listeners, so each broker gets a stand-in controller
+process run under the real ``docker/kafka-supervise.sh``; the monitor's ``restart`` action
+SIGTERMs it through the pid file, as in the compose stack. A watcher thread plays Kafka's
+Metadata: every double lists as alive the peers whose controller process runs, and it records
+how many were down at once (the rolling restart must keep that at one).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.doubles.kafka import KafkaBrokerDouble
+
+SUPERVISE = Path(__file__).resolve().parents[1] / "docker" / "kafka-supervise.sh"
+#: A controller that runs until SIGTERM, then exits 143 (as a JVM after its shutdown hooks).
+STAND_IN = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+            "while True:\n    time.sleep(1)\n")
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+class Controllers:
+    """One supervised stand-in controller per broker, and the cluster view they give."""
+
+    def __init__(self, base: Path, brokers: dict[int, KafkaBrokerDouble]) -> None:
+        self.brokers = brokers
+        self.pid_files = {i: base / f"kafka-{i}-controller.pid" for i in brokers}
+        self.supervisors: list[subprocess.Popen[bytes]] = []
+        self.max_down = 0  # most controllers down at the same moment
+        self.restarts = 0  # pids seen replaced
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def monitor_env(self, index: int, stagger: float = 1.0) -> dict[str, str]:
+        """What a broker's monitor is given to restart its controller."""
+        return {"MONITOR_RESTART_LISTENERS": "CONTROLLER",
+                "MONITOR_RESTART_CLUSTER_SIZE": str(len(self.brokers)),
+                "MONITOR_RESTART_STAGGER": str(stagger), "MONITOR_RELOAD_ACTION": "restart",
+                "MONITOR_RELOAD_PID_FILE": str(self.pid_files[index]),
+                "MONITOR_ACTION_TIMEOUT": "20"}
+
+    def start(self) -> None:
+        for pid_file in self.pid_files.values():
+            env = {**os.environ, "KAFKA_SUPERVISE_PID_FILE": str(pid_file)}
+            self.supervisors.append(subprocess.Popen(
+                ["bash", str(SUPERVISE), sys.executable, "-c", STAND_IN], env=env,
+                stderr=subprocess.DEVNULL))
+        for pid_file in self.pid_files.values():
+            while not _alive(pid_file):
+                self._stop.wait(0.02)
+        self._view({i: True for i in self.brokers})
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        for supervisor in self.supervisors:
+            supervisor.terminate()  # the script stops its controller, then itself
+        for supervisor in self.supervisors:
+            try:
+                supervisor.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                supervisor.kill()
+                supervisor.wait()
+
+    def _watch(self) -> None:
+        pids = {i: f.read_text() for i, f in self.pid_files.items()}
+        while not self._stop.wait(0.01):
+            up = {i: _alive(f) for i, f in self.pid_files.items()}
+            self.max_down = max(self.max_down, sum(not u for u in up.values()))
+            for i, pid_file in self.pid_files.items():
+                try:
+                    pid = pid_file.read_text()
+                except OSError:
+                    continue
+                if pid != pids[i]:
+                    pids[i] = pid
+                    self.restarts += 1
+            self._view(up)
+
+    def _view(self, up: dict[int, bool]) -> None:
+        """Each broker's Metadata: the peers whose controller runs."""
+        for index, broker in self.brokers.items():
+            broker.peers = {other: (b.host, b.ports["SSL"])
+                            for other, b in self.brokers.items()
+                            if other != index and up[other]}
