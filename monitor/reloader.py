@@ -313,14 +313,15 @@ class Reloader:
         self.timings["verify"] = time.monotonic()
         targets = sorted(reload)
         if restart_only:
-            done = self._restart_in_turn(directory, manifest)
-            self._verify(reload, context, manifest)  # back up, on this generation's stores
+            done = self._restart_in_turn(directory, manifest, reload, context)
             targets += [f"{name}:{done}" for name in sorted(restart_only)]
         return targets, "handshake"
 
-    def _restart_in_turn(self, directory: Path, manifest: Manifest) -> str:
+    def _restart_in_turn(self, directory: Path, manifest: Manifest,
+                         reload: dict[str, tuple[str, int]], context: ssl.SSLContext) -> str:
         """Run the reload action (a restart) once it is this broker's turn and the cluster
-        shows every broker alive (``restart_gate``); RestartDeferred otherwise."""
+        shows every broker alive (``restart_gate``), then verify the broker is back on this
+        generation; RestartDeferred otherwise."""
         config = self.config
         if self._started_on_current():
             self.log.info("restart_not_needed", generation=manifest.generation,
@@ -340,7 +341,9 @@ class Reloader:
                                                                 config.restart_cluster_size))
         self.log.info("restarting", generation=manifest.generation,
                       listeners=sorted(self._restart_only()), action=config.reload_action)
-        return self._run_action(directory, manifest)
+        done = self._run_action(directory, manifest)
+        self._verify(reload, context, manifest)  # back up, on this generation's stores
+        return done
 
     def _started_on_current(self) -> bool:
         """The restarted process began after ``current`` last moved (its pid file is newer),
