@@ -25,12 +25,26 @@ STAND_IN = ("import signal, sys, time\n"
             "while True:\n    time.sleep(1)\n")
 
 
-def _alive(pid_file: Path) -> bool:
+def _pid(pid_file: Path) -> str | None:
+    """The pid in the file if that process runs, else None."""
     try:
-        os.kill(int(pid_file.read_text()), 0)
+        pid = pid_file.read_text()
+        os.kill(int(pid), 0)
     except (OSError, ValueError):
-        return False
-    return True
+        return None
+    return pid
+
+
+def stop_supervisor(supervisor: subprocess.Popen[bytes]) -> None:
+    """SIGTERM kafka-supervise.sh (it stops its process, then itself); SIGKILL after 10 s."""
+    if supervisor.poll() is not None:
+        return
+    supervisor.terminate()
+    try:
+        supervisor.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        supervisor.kill()
+        supervisor.wait()
 
 
 class Controllers:
@@ -60,7 +74,7 @@ class Controllers:
                 ["bash", str(SUPERVISE), sys.executable, "-c", STAND_IN], env=env,
                 stderr=subprocess.DEVNULL))
         for pid_file in self.pid_files.values():
-            while not _alive(pid_file):
+            while _pid(pid_file) is None:
                 self._stop.wait(0.02)
         self._view({i: True for i in self.brokers})
         self._thread.start()
@@ -70,28 +84,18 @@ class Controllers:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         for supervisor in self.supervisors:
-            supervisor.terminate()  # the script stops its controller, then itself
-        for supervisor in self.supervisors:
-            try:
-                supervisor.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                supervisor.kill()
-                supervisor.wait()
+            stop_supervisor(supervisor)
 
     def _watch(self) -> None:
-        pids = {i: f.read_text() for i, f in self.pid_files.items()}
+        last = {i: f.read_text() for i, f in self.pid_files.items()}
         while not self._stop.wait(0.01):
-            up = {i: _alive(f) for i, f in self.pid_files.items()}
-            self.max_down = max(self.max_down, sum(not u for u in up.values()))
-            for i, pid_file in self.pid_files.items():
-                try:
-                    pid = pid_file.read_text()
-                except OSError:
-                    continue
-                if pid != pids[i]:
-                    pids[i] = pid
+            running = {i: _pid(f) for i, f in self.pid_files.items()}
+            self.max_down = max(self.max_down, sum(p is None for p in running.values()))
+            for i, pid in running.items():
+                if pid is not None and pid != last[i]:
+                    last[i] = pid
                     self.restarts += 1
-            self._view(up)
+            self._view({i: pid is not None for i, pid in running.items()})
 
     def _view(self, up: dict[int, bool]) -> None:
         """Each broker's Metadata: the peers whose controller runs."""

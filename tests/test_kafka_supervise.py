@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from monitor import actions
+from tests.drill_controllers import SUPERVISE, stop_supervisor
 from tests.monitor_kit import wait_for
-
-SCRIPT = Path(__file__).resolve().parents[1] / "docker" / "kafka-supervise.sh"
 
 # A stand-in broker: runs until SIGTERM (then exits 143, as a JVM after its shutdown hooks),
 # or exits with the status written to the crash file.
@@ -41,20 +40,14 @@ def alive(pid: int) -> bool:
 @contextmanager
 def supervised(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     pid_file, crash = tmp_path / "kafka.pid", tmp_path / "crash"
-    proc = subprocess.Popen(["bash", str(SCRIPT), sys.executable, "-c", BROKER, str(crash)],
+    proc = subprocess.Popen(["bash", str(SUPERVISE), sys.executable, "-c", BROKER, str(crash)],
                             env={**os.environ, "KAFKA_SUPERVISE_PID_FILE": str(pid_file)},
                             stderr=subprocess.PIPE)
     try:
         wait_for(pid_file.exists, "the broker's pid file")
         yield proc, pid_file, crash
     finally:
-        if proc.poll() is None:
-            proc.terminate()  # the script stops its broker, then itself
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_supervisor(proc)
 
 
 def test_the_restart_action_gets_a_new_broker(tmp_path: Path) -> None:
@@ -89,7 +82,7 @@ def test_docker_stop_stops_the_broker_and_the_supervisor(tmp_path: Path,
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, timeout=10,
+    done = subprocess.run(["bash", str(SUPERVISE)], capture_output=True, timeout=10,
                           env={**os.environ, "KAFKA_SUPERVISE_PID_FILE": str(tmp_path / "p")})
     assert done.returncode == 2
     assert b"usage" in done.stderr
