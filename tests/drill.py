@@ -292,21 +292,29 @@ class Timeline:
         except Exception:  # Consul restarting, malformed value: not the timeline's business
             return None
 
+    def _observe(self) -> None:
+        """Read the record once; remember it if it changed since the last one remembered."""
+        record = self.current()
+        if record is None:
+            return
+        last = self.events[-1][1] if self.events else None
+        if last is None or (last.id, last.phase, last.stable) != \
+                (record.id, record.phase, record.stable):
+            self.events.append((time.time(), record))
+
     def _loop(self) -> None:
-        last = None
         while not self._stop.wait(0.02):
-            record = self.current()
-            key = (record.id, record.phase, record.stable) if record else None
-            if record is not None and key != last:
-                last = key
-                self.events.append((time.time(), record))
+            self._observe()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling, with one last look: the drill may have seen the final record (its
+        own read) in the 20 ms since the last poll."""
         self._stop.set()
         self._thread.join(timeout=5)
+        self._observe()
 
 
 class ClientHooks:

@@ -122,7 +122,7 @@ def test_counts_are_exact_for_a_known_sequence(
     assert status == 200 and headers["X-Consul-Index"] == index  # timed out unchanged
     conn.close()
 
-    stats = proxy.stats()
+    stats = counted(proxy, 9)
     assert stats.requests == stats.responses == 9
     assert dict(stats.methods) == {"PUT": 2, "GET": 6, "DELETE": 1}
     assert stats.blocking_queries == 1
@@ -140,6 +140,15 @@ def test_counts_are_exact_for_a_known_sequence(
     assert dict(zero.methods) == {} and dict(zero.statuses) == {}
 
 
+def counted(proxy: CountingProxy, responses: int) -> ProxyStats:
+    """The proxy's stats once it has counted ``responses`` responses (or after 5 s): it counts
+    a response after passing it on, so the client can read it first."""
+    deadline = time.monotonic() + 5
+    while proxy.stats().responses < responses and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proxy.stats()
+
+
 def test_headers_pass_through_unchanged() -> None:
     with ConsulDouble(acl_token="s3cret") as double, CountingProxy(double.url) as proxy:
         denied = requests.get(f"{proxy.url}/v1/kv/k", timeout=5)
@@ -151,7 +160,7 @@ def test_headers_pass_through_unchanged() -> None:
         got = requests.get(f"{proxy.url}/v1/kv/k", headers={"X-Consul-Token": "s3cret"}, timeout=5)
         assert got.headers["X-Consul-Index"] == str(got.json()[0]["ModifyIndex"])
         assert got.headers["X-Consul-KnownLeader"] == "true"
-        assert dict(proxy.stats().statuses) == {403: 1, 200: 2}
+        assert dict(counted(proxy, 3).statuses) == {403: 1, 200: 2}
 
 
 def test_blocking_query_through_the_proxy_returns_when_the_key_changes(
