@@ -12,6 +12,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from monitor.restart_gate import RAFT_RESTART
 from sidecar.settings import ConfigError, build_parser, load, parse_host_port, setting
 
 ENV_PREFIX = "MONITOR_"
@@ -42,14 +43,20 @@ class MonitorConfig:
                                    "NAME=host:port (comma separated)")
     inter_broker_listener: str | None = setting(
         None, help="listener used between brokers (gets Kafka's test handshakes)")
-    restart_listeners: list[str] = setting(
-        [], help="listeners that cannot reload dynamically (KRaft controller): use the "
-        "reload action instead")
+    controller_listener: str | None = setting(
+        None, help="the KRaft controller listener (one of listeners): reloaded like the "
+        "others, and the broker restarted once when the trust set gains a root its Raft client "
+        "did not load (raft_restart)")
+    raft_restart: str = setting(
+        "new-roots", help="restart the broker when the trust set gains a root (new-roots: "
+        "Kafka releases without the KAFKA-20025 fix), or never (releases with it)",
+        choices=RAFT_RESTART)
     restart_cluster_size: int = setting(
-        0, help="brokers the cluster must show alive before this one restarts for "
-        "restart_listeners (restarts go one at a time; required with restart_listeners)")
-    restart_stagger: float = setting(
-        30.0, help="seconds per place in line (brokers by id) before a restart")
+        0, help="brokers the cluster must show alive before this one restarts (required with "
+        "controller_listener and raft_restart=new-roots)")
+    restart_listeners: list[str] = setting(
+        [], help="removed: the controller listener reloads dynamically now; use "
+        "controller_listener")
     alter_passwords: bool = setting(False, help="also send the store passwords (first alter, "
                                     "then when changed; needs password.encoder.secret on "
                                     "the broker)")
@@ -59,7 +66,7 @@ class MonitorConfig:
         True, help="verify the broker's hostname on the admin and verification connections")
     admin_timeout: float = setting(15.0, help="seconds for an admin request")
 
-    # Client mode (and restart_listeners).
+    # Client mode (and a KRaft broker's restart).
     reload_action: str = setting("none", help="how to reload a client app", choices=ACTIONS)
     reload_pid_file: Path | None = setting(None, help="pid file of the process to signal "
                                            "or restart")
@@ -81,6 +88,11 @@ class MonitorConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def raft_restarts(self) -> bool:
+        """This broker's Raft client must be restarted when the trust set gains a root."""
+        return self.mode == "broker" and bool(self.controller_listener) \
+            and self.raft_restart == "new-roots"
 
     def listener_addresses(self) -> dict[str, tuple[str, int]]:
         """Listener name -> (host, port), from ``listeners``."""
@@ -109,17 +121,25 @@ def validate(config: MonitorConfig) -> None:
         names = {item.split("=", 1)[0].upper() for item in config.listeners}
         if config.inter_broker_listener and config.inter_broker_listener.upper() not in names:
             raise ConfigError("invalid value for inter_broker_listener: not in listeners")
-    if config.mode == "broker" and config.restart_listeners \
-            and config.restart_cluster_size <= 0:
-        raise ConfigError("missing required setting restart_cluster_size for "
-                          "restart_listeners (the number of brokers, so that restarts go one "
-                          "at a time)")
-    if config.restart_stagger < 0:
-        raise ConfigError("invalid value for restart_stagger: must not be negative")
-    needs_action = config.mode == "client" or bool(config.restart_listeners)
+    if config.restart_listeners:
+        raise ConfigError("restart_listeners was removed: the controller listener reloads "
+                          "dynamically; set controller_listener="
+                          f"{config.restart_listeners[0]} (and list it in listeners) instead")
+    restarts = config.raft_restarts()
+    if config.mode == "broker" and config.controller_listener:
+        names = {item.split("=", 1)[0].upper() for item in config.listeners}
+        if config.controller_listener.upper() not in names:
+            raise ConfigError("invalid value for controller_listener: not in listeners (it "
+                              "is reloaded and verified like the others)")
+        if restarts and config.restart_cluster_size <= 0:
+            raise ConfigError("missing required setting restart_cluster_size for "
+                              "controller_listener with raft_restart=new-roots (the number "
+                              "of brokers, so that a restart waits for a whole cluster)")
+    needs_action = config.mode == "client" or restarts
     if needs_action and config.reload_action == "none":
         raise ConfigError("missing required setting reload_action (signal, command, http or "
-                          "restart) for a client or for restart_listeners")
+                          "restart) for a client, or to restart a KRaft broker "
+                          "(controller_listener)")
     if config.reload_action in ("signal", "restart") and not config.reload_pid_file:
         raise ConfigError(f"missing required setting reload_pid_file for "
                           f"reload_action={config.reload_action}")

@@ -41,8 +41,23 @@ class MonitorMetrics:
                            registry=r)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
+        waiting = Gauge("tls_monitor_restart_waiting_seconds",
+                        "Seconds this broker has waited for the cluster's restart lock "
+                        "(0 when not waiting)", registry=r)
+        waiting.set_function(self._seconds_waiting)
 
         self._last_verified_at: float | None = None
+        self._waiting_since: float | None = None
+
+    def restart_waiting(self, waiting: bool) -> None:
+        """This broker waits (or stops waiting) for the cluster's restart lock."""
+        if not waiting:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = time.time()
+
+    def _seconds_waiting(self) -> float:
+        return 0.0 if self._waiting_since is None else time.time() - self._waiting_since
 
     def mark_verified(self, generation: int, at: float | None = None, *,
                       served: bool = True) -> None:

@@ -26,8 +26,8 @@ from monitor.kafka import BrokerAdmin, KafkaRefused, served_certificate
 from monitor.listener_settings import SentSettings, listener_settings
 from monitor.metrics import MonitorMetrics
 from monitor.stores import STORE_FILES, load_stores
-from sidecar import layout
-from sidecar.lifecycle import Stopped, pause
+from sidecar import layout, restart_handoff
+from sidecar.lifecycle import Stopped
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError, format_serial
 from sidecar.volume import Volume, VolumeError, read_generation
@@ -41,6 +41,10 @@ class VerifyFailed(Exception):
 
 class RestartDeferred(Exception):
     """Restarting this broker now could take the cluster's quorum down: retried later."""
+
+
+class RestartWaiting(Exception):
+    """The broker must restart, and waits for its auth manager to hold the restart lock."""
 
 
 class Superseded(Exception):
@@ -58,6 +62,10 @@ def write_ack(volume: Path, ack: Acknowledgement) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _created(manifest: Manifest) -> float:
+    return _unix_time(manifest.created_at) or 0.0
 
 
 def find_generation_by_serial(volume: Path, serial: str) -> Path | None:
@@ -101,6 +109,7 @@ class Reloader:
         self.admin = BrokerAdmin(config.bootstrap_servers or "", config.broker_id or 0,
                                  config.admin_hostname_verification, config.admin_timeout)
         self.sent = SentSettings()  # what the broker is known to hold: sent once, not each time
+        self.raft: tuple[str | None, frozenset[str]] | None = None  # for the next ack
 
     def password(self) -> str | None:
         path = self.config.store_password_file
@@ -171,6 +180,10 @@ class Reloader:
             self._fail("restart_deferred", str(exc), manifest,
                        action="not restarting while another broker is down; retrying")
             return False
+        except RestartWaiting as exc:
+            self.metrics.restart_waiting(True)
+            self.log.info("restart_waiting", generation=manifest.generation, reason=str(exc))
+            return False
         except actions.ActionFailed as exc:
             self._fail("action_failed", str(exc), manifest)
             return False
@@ -179,10 +192,14 @@ class Reloader:
             return False
         seconds = time.monotonic() - (self.pending_since or started)
         self.pending_since = None
+        raft_pid, raft_roots = self.raft if self.raft else (None, None)
         write_ack(self.config.volume_dir, Acknowledgement(
             generation=manifest.generation, serial=manifest.serial,
             applied_at=self.now().isoformat(), verified_by=verified_by,
-            targets=tuple(targets)))
+            targets=tuple(targets), raft_pid=raft_pid,
+            raft_roots=tuple(sorted(raft_roots)) if raft_roots is not None else None))
+        restart_handoff.remove_request(self.config.volume_dir)  # the lock may go
+        self.metrics.restart_waiting(False)
         self.applied = manifest.generation
         self.confirmed = True
         self.metrics.reloads.labels(result="ok").inc()
@@ -203,7 +220,7 @@ class Reloader:
         acked_at = None
         if ack is not None and ack.generation == manifest.generation:
             acked_at = _unix_time(ack.applied_at)
-        listeners = self._reload_listeners() if self.config.mode == "broker" else {}
+        listeners = self.config.listener_addresses() if self.config.mode == "broker" else {}
         if not listeners:
             self.metrics.mark_verified(manifest.generation, acked_at)
             self.confirmed = True
@@ -264,11 +281,10 @@ class Reloader:
         new = load_stores(directory, config.keystore_type, password)
         check_material(new, self.now())
         context = client_context(directory, config.admin_hostname_verification)
-        restart_only = self._restart_only()
-        reload = self._reload_listeners()
+        listeners = config.listener_addresses()
         wanted: dict[str, str] = {}
         known: dict[str, tuple[Path | None, int | None]] = {}  # served serial -> its stores
-        for name, (host, port) in reload.items():
+        for name, (host, port) in listeners.items():
             served = self._served(host, port, directory, context)
             serial = format_serial(served.serial_number)
             if serial == manifest.serial:
@@ -305,68 +321,86 @@ class Reloader:
                           settings=sorted({k.split(".", 3)[3] for k in settings}))
         self.timings["alter"] = time.monotonic()
         try:
-            self._verify(reload, context, manifest)
+            self._verify(listeners, context, manifest)
         except BaseException:
             self.sent.forget()  # answered, but not shown: send everything next time
             raise
         self.sent.applied(settings)
         self.timings["verify"] = time.monotonic()
-        targets = sorted(reload)
-        if restart_only:
-            done = self._restart_in_turn(directory, manifest, reload, context)
-            targets += [f"{name}:{done}" for name in sorted(restart_only)]
+        targets = sorted(listeners)
+        self.raft = None
+        if config.controller_listener and config.raft_restarts():
+            done = self._restart_for_raft(directory, manifest, new.trusted, listeners, context)
+            targets.append(f"raft:{done}")
         return targets, "handshake"
 
-    def _restart_in_turn(self, directory: Path, manifest: Manifest,
-                         reload: dict[str, tuple[str, int]], context: ssl.SSLContext) -> str:
-        """Run the reload action (a restart) once it is this broker's turn and the cluster
-        shows every broker alive (``restart_gate``), then verify the broker is back on this
-        generation; RestartDeferred otherwise."""
+    def _restart_for_raft(self, directory: Path, manifest: Manifest,
+                          trusted: tuple[x509.Certificate, ...],
+                          listeners: dict[str, tuple[str, int]], context: ssl.SSLContext) -> str:
+        """Restart the broker if its Raft client does not trust every root of this generation
+        (``restart_gate``): only while the auth manager holds the cluster's restart lock
+        (RestartWaiting otherwise) and Metadata shows every broker alive (RestartDeferred
+        otherwise). Then verify every listener, the controller's included, by handshake."""
         config = self.config
-        if self._started_on_current():
-            self.log.info("restart_not_needed", generation=manifest.generation,
-                          reason="the broker started after this generation was published")
-            return "loaded-at-start"
-        admin_dir = self._admin_dir(directory)
-        alive = self.admin.alive_brokers(admin_dir)
-        if restart_gate.cluster_whole(alive, config.restart_cluster_size):
-            place = restart_gate.place_in_line(config.broker_id or 0, alive)
-            if place:
-                self.log.info("restart_waiting_turn", place=place,
-                              seconds=place * config.restart_stagger)
-                pause(self.stop, place * config.restart_stagger)
-                alive = self.admin.alive_brokers(admin_dir)
+        wanted = restart_gate.root_fingerprints(trusted)
+        pid = self._broker_pid()
+        loaded = self._raft_roots(pid)
+        if not restart_gate.raft_restart_needed(loaded, wanted):
+            assert loaded is not None
+            self.raft = (pid, loaded)
+            return "trusted"
+        volume = config.volume_dir
+        if restart_handoff.read_grant(volume) is None:
+            request = restart_handoff.read_request(volume)
+            if request is None or request.generation != manifest.generation:
+                restart_handoff.write_request(volume, restart_handoff.RestartRequest(
+                    manifest.generation, self.now().isoformat()))
+            raise RestartWaiting("the trust set gains a root the Raft client did not load; "
+                                 "waiting for the cluster's restart lock (pki-auth-manager)")
+        alive = self.admin.alive_brokers(self._admin_dir(directory))
         if not restart_gate.cluster_whole(alive, config.restart_cluster_size):
             raise RestartDeferred(restart_gate.describe_missing(alive,
                                                                 config.restart_cluster_size))
         self.log.info("restarting", generation=manifest.generation,
-                      listeners=sorted(self._restart_only()), action=config.reload_action)
+                      reason="Raft client lacks a root", action=config.reload_action)
         done = self._run_action(directory, manifest)
-        self._verify(reload, context, manifest)  # back up, on this generation's stores
+        self._verify(listeners, context, manifest)  # back up, on this generation's stores
+        self.raft = (self._broker_pid(), wanted)
         return done
 
-    def _started_on_current(self) -> bool:
-        """The restarted process began after ``current`` last moved (its pid file is newer),
-        so it loaded the current stores at start: a first start, not a change to apply."""
-        pid_file = self.config.reload_pid_file
-        if self.config.reload_action != "restart" or pid_file is None:
-            return False
+    def _broker_pid(self) -> str | None:
+        """The broker's pid from its pid file (None without one, or unreadable)."""
+        path = self.config.reload_pid_file
         try:
-            started = pid_file.stat().st_mtime
-            published = layout.current_link(self.config.volume_dir).lstat().st_mtime
+            return path.read_text().strip() or None if path is not None else None
         except OSError:
-            return False
-        return started > published
+            return None
 
-    def _restart_only(self) -> set[str]:
-        """Listeners that cannot reload dynamically (the action restarts them)."""
-        return {name.upper() for name in self.config.restart_listeners}
-
-    def _reload_listeners(self) -> dict[str, tuple[str, int]]:
-        """Listeners reloaded dynamically (all but ``restart_listeners``): name -> address."""
-        restart_only = self._restart_only()
-        return {name: addr for name, addr in self.config.listener_addresses().items()
-                if name not in restart_only}
+    def _raft_roots(self, pid: str | None) -> frozenset[str] | None:
+        """The roots the running broker's Raft client loaded at start: recorded in the ack for
+        this pid, else those of the generation that was current when the pid file was written
+        (the process started); None if neither is known."""
+        ack = self.volume.read_ack()
+        if ack is not None and ack.raft_roots is not None and ack.raft_pid == pid:
+            return frozenset(ack.raft_roots)
+        path = self.config.reload_pid_file
+        if pid is None or path is None:
+            return None
+        try:
+            started = path.stat().st_mtime
+        except OSError:
+            return None
+        gens = layout.generations_dir(self.config.volume_dir)
+        for directory in sorted(gens.glob("[0-9]*"), reverse=True):
+            try:
+                manifest = read_generation(directory)
+                if _created(manifest) > started:
+                    continue
+                stores = load_stores(directory, self.config.keystore_type, self.password())
+            except (VolumeError, MaterialError):
+                return None
+            return restart_gate.root_fingerprints(stores.trusted)
+        return None
 
     def _served_entries(self, served_dir: Path | None, password: str | None) -> int | None:
         """Entry count of the keystore being served; None (check skipped) if unreadable."""

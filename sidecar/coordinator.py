@@ -26,6 +26,7 @@ from sidecar.manager import AuthManager
 from sidecar.manifest import Acknowledgement, Manifest, ManifestError
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.renewal import Desired
+from sidecar.restart_lock import RestartLock
 from sidecar.rotation import (
     NodeState,
     Policy,
@@ -235,6 +236,9 @@ class RotationParticipant:
             node_id=node_id, role=role, policy=policy, watch_wait=watch_wait, metrics=metrics,
             log=log, stop=stop, check_root=self._check_root_exists,
             on_bad_input=self._bad_input, clock=clock)
+        self.restart_lock = RestartLock(
+            store=store.clone(), session=self.registration.current_session, node_id=node_id,
+            volume=manager.volume.root, metrics=metrics, log=log, stop=stop)
         self._watcher: threading.Thread | None = None
         self._watched: KeyRead | None = None
         self._watched_lock = threading.Lock()
@@ -291,6 +295,8 @@ class RotationParticipant:
         self._watcher.start()
         if self.keeper_thread:
             self.keeper.start()
+        if self.role == "broker":  # only a broker's monitor asks for restarts
+            self.restart_lock.start()
 
     def _read_record(self) -> KeyRead:
         """The record: as the live watch last delivered it (Consul would have answered the
@@ -390,6 +396,7 @@ class RotationParticipant:
         the next process (``--once``), giving the keeper lock up either way."""
         if not destroy:
             self.keeper.release()
+        self.restart_lock.release()
         self.stop.set()
         self.registration.close(destroy=destroy)
 

@@ -3,6 +3,8 @@
     <volume>/current -> generations/00000042     (symlink, swapped atomically)
     <volume>/generations/00000042/<files>        (complete generation, manifest written last)
     <volume>/monitor-ack.json                    (written by the monitor)
+    <volume>/restart-request.json                (the monitor: its broker must restart)
+    <volume>/restart-grant.json                  (the auth manager: it holds the restart lock)
 
 Readers resolve ``current`` once and read every file from the resolved directory, so they
 never mix two generations. Kafka is pointed at ``current/<file>``: a new generation is a new
@@ -16,6 +18,8 @@ from pathlib import Path
 CURRENT = "current"
 GENERATIONS = "generations"
 ACK = "monitor-ack.json"
+RESTART_REQUEST = "restart-request.json"
+RESTART_GRANT = "restart-grant.json"
 
 CERT_PEM = "cert.pem"
 CHAIN_PEM = "chain.pem"
@@ -56,3 +60,11 @@ def generations_dir(volume: Path) -> Path:
 
 def ack_path(volume: Path) -> Path:
     return volume / ACK
+
+
+def restart_request_path(volume: Path) -> Path:
+    return volume / RESTART_REQUEST
+
+
+def restart_grant_path(volume: Path) -> Path:
+    return volume / RESTART_GRANT

@@ -73,10 +73,18 @@ class Acknowledgement:
     applied_at: str
     verified_by: str  # e.g. "handshake" or "action:signal"
     targets: tuple[str, ...] = ()  # listeners or action names
+    # KRaft: the broker process (pid) whose Raft client holds these roots (SHA-256 of each
+    # trusted certificate), loaded when it started; None where no controller listener is set.
+    raft_pid: str | None = None
+    raft_roots: tuple[str, ...] | None = None
 
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
         data["targets"] = list(self.targets)
+        if self.raft_roots is None:
+            del data["raft_roots"], data["raft_pid"]
+        else:
+            data["raft_roots"] = list(self.raft_roots)
         return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -86,7 +94,11 @@ class Acknowledgement:
             return cls(generation=_int(data, "generation"), serial=_str(data, "serial"),
                        applied_at=_str(data, "applied_at"),
                        verified_by=_str(data, "verified_by"),
-                       targets=tuple(_str_list(data, "targets")) if "targets" in data else ())
+                       targets=tuple(_str_list(data, "targets")) if "targets" in data else (),
+                       raft_pid=data.get("raft_pid") if isinstance(data.get("raft_pid"), str)
+                       else None,
+                       raft_roots=tuple(_str_list(data, "raft_roots")) if "raft_roots" in data
+                       else None)
         except KeyError as exc:
             raise ManifestError(f"acknowledgement lacks field {exc.args[0]}") from None
 

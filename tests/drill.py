@@ -82,6 +82,9 @@ RELOAD_FAILS_ALERTS = ("PkiRotationPhaseStuck", "PkiRotationParticipantBehind",
                        "TlsMonitorReloadFailing")
 #: --prometheus: the rules' durations times this (for: 10m -> 20s, [15m] -> [30s]).
 PROMETHEUS_SCALE = 1 / 30
+#: controller-restarts: certificates that renew every ~20-30 s, and renewals before the flip.
+RENEWING_TTL = "45s"
+RENEWALS_FIRST = 2
 # Root ignores file modes through these capabilities: the volume-read-only victim runs without.
 DAC_CAPABILITIES = ("dac_override", "dac_read_search", "fowner")
 #: Teardown: how long a sidecar may take to exit after SIGTERM before it is killed -9.
@@ -368,6 +371,8 @@ class Result:
         default_factory=list)
     picture: Path | None = None  # timeline.svg, when the directory is kept
     stops: list[StopTime] = dataclasses.field(default_factory=list)
+    #: controller-restarts: (renewals, rotation, max_down), see Drill.controller_restarts
+    controller_restarts: tuple[int, int, int] | None = None
     #: The impersonation fault's outcome: "refused", or what went wrong (None: not run).
     impersonation: str | None = None
 
@@ -404,8 +409,11 @@ class Drill:
         self.least_privilege = "impersonation" in faults
         self.impersonation: str | None = None
         self.stops: list[StopTime] = []  # how each sidecar ended at teardown
-        #: controller-restarts: the brokers' stand-in controllers, restarted by the monitors.
+        #: controller-restarts: the brokers' stand-in processes, restarted by the monitors.
         self.controllers: Controllers | None = None
+        self.raft_restart = "new-roots"  # the monitors' setting, for controller-restarts
+        self.rotation_window = (float("inf"), float("inf"))  # unix times of the flip to B ..
+        # .. and of convergence on B
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -429,11 +437,19 @@ class Drill:
             "PKI_DNS_SANS": ",".join(dns), "PKI_IP_SANS": "127.0.0.1",
             "PKI_OUTPUT_DIR": str(p.volume),
             "PKI_STORE_PASSWORD_FILE": str(p.secrets / "store-password"),
-            "PKI_TTL": "2h", "PKI_SESSION_TTL": "10", "PKI_WATCH_WAIT": "30",
+            "PKI_TTL": self._ttl(), "PKI_SESSION_TTL": "10", "PKI_WATCH_WAIT": "30",
             "PKI_EXPECTED_MEMBERS": str(self.brokers_n + self.clients_n),
             "PKI_MIN_DWELL": str(self.min_dwell), "PKI_BACKOFF_INITIAL": "0.2",
             "PKI_BACKOFF_MAX": "2", "PKI_LISTEN": p.auth_listen, "PYTHONUNBUFFERED": "1"})
         return env
+
+    def _ttl(self) -> str:
+        """controller-restarts: certificates short enough for renewals during the drill."""
+        return RENEWING_TTL if self.controllers_wanted else "2h"
+
+    @property
+    def controllers_wanted(self) -> bool:
+        return "controller-restarts" in self.faults
 
     def _monitor_env(self, p: Participant) -> dict[str, str]:
         env = self._auth_env(p)
@@ -446,14 +462,14 @@ class Drill:
                 "MONITOR_MODE": "broker", "KAFKA_BOOTSTRAP_SERVERS": p.broker.bootstrap("SSL"),
                 "MONITOR_BROKER_ID": str(p.index),
                 "MONITOR_LISTENERS": ",".join(f"{n}={p.broker.bootstrap(n)}"
-                                              for n in ("SSL", "INTERNAL")),
+                                              for n in p.broker.ports),
                 "MONITOR_INTER_BROKER_LISTENER": "INTERNAL",
                 "MONITOR_STORE_PASSWORD_FILE": str(p.secrets / "store-password"),
                 "MONITOR_ADMIN_HOSTNAME_VERIFICATION": "false"})
             if self.broker_mode == "zk":
                 env["MONITOR_ALTER_PASSWORDS"] = "true"
             if self.controllers is not None:
-                env.update(self.controllers.monitor_env(p.index))
+                env.update(self.controllers.monitor_env(p.index, self.raft_restart))
         else:
             env.update({"MONITOR_MODE": "client", "MONITOR_RELOAD_ACTION": "http",
                         "MONITOR_RELOAD_URL": self.hooks.url(p.name)})
@@ -498,10 +514,13 @@ class Drill:
                 raise RuntimeError(f"--once failed for {p.name}: see {p.name}-once.log")
         for p in self.participants:
             if p.role == "broker":
-                config = _broker_config(p.volume)
+                config = _broker_config(p.volume, self.controllers_wanted)
                 if self.broker_mode == "zk":
                     config["password.encoder.secret"] = "drill-encoder-secret"
-                p.broker = KafkaBrokerDouble(p.index, {"SSL": 0, "INTERNAL": 0}, config,
+                listeners = {"SSL": 0, "INTERNAL": 0}
+                if self.controllers_wanted:
+                    listeners["CONTROLLER"] = 0
+                p.broker = KafkaBrokerDouble(p.index, listeners, config,
                                              "INTERNAL", mode=self.broker_mode, seed=p.index)
                 p.broker.start()
             else:
@@ -552,7 +571,9 @@ class Drill:
         controllers = self.controllers
         if controllers is not None:  # before the sidecars stop (and stop restarting them)
             self.notes.append(f"controllers: restarts={controllers.restarts} "
-                              f"max_down_at_once={controllers.max_down}")
+                              f"max_down_at_once={controllers.max_down} Raft handshakes: "
+                              f"attempted={controllers.raft_attempts} "
+                              f"failed={len(controllers.raft_failures)}")
         self.stops = stop_sidecars(
             [(kind, p.name, proc) for p in self.participants
              for kind, proc in (("pki-auth-manager", p.auth), ("tls-monitor", p.monitor))
@@ -742,8 +763,8 @@ class Drill:
             elif fault == "impersonation":
                 self._when_phase(B, 1, self._impersonate)
             elif fault == "controller-restarts":
-                mark = self._note("controller listeners restarted by the monitors, one broker "
-                                  "at a time", "controller-restarts")
+                mark = self._note("KRaft: controller listeners reloaded, brokers restarted for "
+                                  "their Raft client, one at a time", "controller-restarts")
 
                 def to_the_end(restarts: Mark = mark) -> None:
                     self._stop_faults.wait()
@@ -852,12 +873,16 @@ class Drill:
             traffic.stop()
             self.timeline.stop()
             self.teardown()
+        if self.controllers is not None:  # a stranded voter is a failed handshake
+            traffic.failures.extend(self.controllers.raft_failures)
+            traffic.failures.sort()
         report = self._report(traffic, converged, rotation_seconds)
         alerts = list(self.prometheus.alerts.values()) if self.prometheus else []
         return Result(len(traffic.failures), converged, rotation_seconds, traffic.attempts,
                       report, self.timeline.events, self.participants, self.base, alerts,
                       self.exported, self.faults, self.marks, traffic.failures,
-                      stops=self.stops, impersonation=self.impersonation)
+                      stops=self.stops, impersonation=self.impersonation,
+                      controller_restarts=self.controller_restarts())
 
     def _scenario(self) -> tuple[bool, float]:
         if "malformed-root" in self.faults:
@@ -870,8 +895,11 @@ class Drill:
                     or after.phase != before.phase:
                 self.notes.append("MALFORMED VALUE MOVED THE ROTATION")
                 return False, float("nan")
+        if self.controllers_wanted and not self._await_renewals(RENEWALS_FIRST):
+            return False, float("nan")
         self._start_faults()
         flip = time.monotonic()
+        self.rotation_window = (time.time(), float("inf"))
         self.store.put("active-root", B.encode())
         self._note("active-root -> pki_root_b", "active-root → B", kind="operator")
         final = A
@@ -895,6 +923,7 @@ class Drill:
         elif not self.wait_for(lambda: self.converged(B), flip + self.deadline):
             return False, float("nan")
         rotation_seconds = time.monotonic() - flip
+        self.rotation_window = (self.rotation_window[0], time.time())
         self._stop_faults.set()
         back = time.monotonic()
         self.store.put("active-root", final.encode())
@@ -902,6 +931,28 @@ class Drill:
                    kind="operator")
         ok = self.wait_for(lambda: self.converged(final), back + self.deadline)
         return ok, rotation_seconds
+
+    def _await_renewals(self, count: int) -> bool:
+        """Wait until every broker has renewed ``count`` times (new generations, same roots)."""
+        brokers = [p for p in self.participants if p.role == "broker"]
+        start = {p.name: Volume(p.volume).generations()[-1] for p in brokers}
+        until = time.monotonic() + self.deadline
+        renewed = self.wait_for(lambda: all(
+            Volume(p.volume).generations()[-1] >= start[p.name] + count for p in brokers),
+            until)
+        self._note(f"{count} renewals on every broker" if renewed
+                   else f"RENEWALS DID NOT HAPPEN within {self.deadline:.0f}s",
+                   "renewals", kind="operator")
+        return renewed
+
+    def controller_restarts(self) -> tuple[int, int, int] | None:
+        """(restarts outside the rotation A->B, restarts during it, most brokers down at
+        once) for controller-restarts; None otherwise."""
+        if self.controllers is None:
+            return None
+        start, end = self.rotation_window
+        during = sum(start <= at <= end for at in self.controllers.restart_times)
+        return self.controllers.restarts - during, during, self.controllers.max_down
 
     # -- report -----------------------------------------------------------------------------
 
@@ -1047,8 +1098,8 @@ def stop_lines(stops: list[StopTime]) -> list[str]:
     return lines
 
 
-def _broker_config(volume: Path) -> dict[str, str]:
-    settings = broker_settings(volume, "PKCS12")
+def _broker_config(volume: Path, controller: bool = False) -> dict[str, str]:
+    settings = broker_settings(volume, "PKCS12", controller)
     return {k: PASSWORD if k.endswith("password") else v for k, v in settings.items()}
 
 
@@ -1115,14 +1166,16 @@ def drill_dir(keep: Path | None) -> Iterator[Path]:
 def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 120.0,
               seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
               prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft",
-              roots: str = "mounts") -> Result:
+              roots: str = "mounts", raft_restart: str = "new-roots") -> Result:
     if roots == "issuers" and "impersonation" in faults:
         raise ValueError("--roots issuers with --fault impersonation: the least-privilege "
                          "roles of the drill are set up per mount")
     use_roots(roots)
     with drill_dir(keep) as base:
-        result = Drill(brokers, clients, faults, base, deadline, seed, min_dwell,
-                       prometheus, broker_mode).run()
+        drill = Drill(brokers, clients, faults, base, deadline, seed, min_dwell, prometheus,
+                      broker_mode)
+        drill.raft_restart = raft_restart
+        result = drill.run()
     if keep is not None:
         # Imported here: matplotlib is loaded only when there is a directory to draw into.
         from tests.drill_picture import draw_timeline
@@ -1167,6 +1220,10 @@ def main(argv: list[str] | None = None) -> int:
     rotation = f"{result.rotation_seconds:.2f}" if result.converged else "nan"
     if "impersonation" in result.faults:
         print(f"impersonation={result.impersonation or 'not attempted'}")
+    if result.controller_restarts is not None:
+        renewals, rotation_restarts, max_down = result.controller_restarts
+        print(f"controller_restarts renewals={renewals} rotation={rotation_restarts} "
+              f"max_down={max_down}")
     print(f"failed_handshakes={result.failed_handshakes} "
           f"converged={'yes' if result.converged else 'no'} rotation_seconds={rotation}")
     refused = "impersonation" not in result.faults or result.impersonation == "refused"

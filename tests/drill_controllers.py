@@ -1,11 +1,14 @@
-"""The drill's ``controller-restarts`` fault: each broker has a controller listener that
-cannot reload, so its monitor restarts the broker on every new generation.
+"""The drill's ``controller-restarts`` fault: KRaft brokers whose Raft client never reloads.
 
-The broker double cannot restart its own listeners, so each broker gets a stand-in controller
-process run under the real ``docker/kafka-supervise.sh``; the monitor's ``restart`` action
-SIGTERMs it through the pid file, as in the compose stack. A watcher thread plays Kafka's
-Metadata: every double lists as alive the peers whose controller process runs, and it records
-how many were down at once (the rolling restart must keep that at one).
+Each broker double has a CONTROLLER listener (SASL_SSL: it asks no client certificate), which
+its monitor reloads like the others, and a Raft client built at start (KAFKA-20025). The
+double's process is a stand-in run under the real ``docker/kafka-supervise.sh``; the
+monitor's ``restart`` action SIGTERMs it through the pid file, as in the compose stack, and a
+new pid is the broker's JVM starting again (``restart_process``: every store and the Raft
+client loaded from the files). A watcher thread plays Kafka's Metadata (every double lists as
+alive the peers whose process runs), records how many were down at once and when each restart
+happened, and plays the quorum: every running node's Raft client makes a new handshake to every
+running peer's controller listener, all the time. One that fails is a stranded voter.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
-from tests.doubles.kafka import KafkaBrokerDouble
+from tests.doubles.kafka import KafkaBrokerDouble, RaftUnreachable
 
 SUPERVISE = Path(__file__).resolve().parents[1] / "docker" / "kafka-supervise.sh"
+RAFT_EVERY = 0.25  # seconds between two rounds of new Raft handshakes
 #: A controller that runs until SIGTERM, then exits 143 (as a JVM after its shutdown hooks).
 STAND_IN = ("import signal, sys, time\n"
             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
@@ -55,15 +60,23 @@ class Controllers:
         self.pid_files = {i: base / f"kafka-{i}-controller.pid" for i in brokers}
         self.supervisors: list[subprocess.Popen[bytes]] = []
         self.max_down = 0  # most controllers down at the same moment
-        self.restarts = 0  # pids seen replaced
+        self.restart_times: list[float] = []  # unix time of each pid seen replaced
+        self.raft_attempts = 0
+        self.raft_failures: list[tuple[float, str, str, str]] = []  # at, from, to, why
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def monitor_env(self, index: int, stagger: float = 1.0) -> dict[str, str]:
-        """What a broker's monitor is given to restart its controller."""
-        return {"MONITOR_RESTART_LISTENERS": "CONTROLLER",
+    @property
+    def restarts(self) -> int:
+        return len(self.restart_times)
+
+    def monitor_env(self, index: int, raft_restart: str = "new-roots") -> dict[str, str]:
+        """What a broker's monitor is given to reload the controller listener and restart
+        the broker for its Raft client (``raft_restart=never`` claims a fixed release)."""
+        return {"MONITOR_CONTROLLER_LISTENER": "CONTROLLER",
+                "MONITOR_RAFT_RESTART": raft_restart,
                 "MONITOR_RESTART_CLUSTER_SIZE": str(len(self.brokers)),
-                "MONITOR_RESTART_STAGGER": str(stagger), "MONITOR_RELOAD_ACTION": "restart",
+                "MONITOR_RELOAD_ACTION": "restart",
                 "MONITOR_RELOAD_PID_FILE": str(self.pid_files[index]),
                 "MONITOR_ACTION_TIMEOUT": "20"}
 
@@ -88,14 +101,33 @@ class Controllers:
 
     def _watch(self) -> None:
         last = {i: f.read_text() for i, f in self.pid_files.items()}
+        next_raft = 0.0
         while not self._stop.wait(0.01):
             running = {i: _pid(f) for i, f in self.pid_files.items()}
             self.max_down = max(self.max_down, sum(p is None for p in running.values()))
             for i, pid in running.items():
                 if pid is not None and pid != last[i]:
                     last[i] = pid
-                    self.restarts += 1
-            self._view({i: pid is not None for i, pid in running.items()})
+                    self.restart_times.append(time.time())
+                    self.brokers[i].restart_process()
+            up = {i: pid is not None for i, pid in running.items()}
+            self._view(up)
+            if time.monotonic() >= next_raft:
+                next_raft = time.monotonic() + RAFT_EVERY
+                self._raft_round(up)
+
+    def _raft_round(self, up: dict[int, bool]) -> None:
+        """Every running node's Raft client reaches every running voter anew."""
+        for i, broker in self.brokers.items():
+            for j, voter in self.brokers.items():
+                if i == j or not (up[i] and up[j]):
+                    continue
+                self.raft_attempts += 1
+                try:
+                    broker.raft_handshake(voter.host, voter.ports["CONTROLLER"])
+                except RaftUnreachable as exc:
+                    self.raft_failures.append((time.time(), f"kafka-{i} (Raft client)",
+                                               f"kafka-{j}:CONTROLLER", str(exc)))
 
     def _view(self, up: dict[int, bool]) -> None:
         """Each broker's Metadata: the peers whose controller runs."""

@@ -67,8 +67,10 @@ class Rig:
         return self.broker
 
 
-def broker_settings(volume: Path, store_type: str) -> dict[str, str]:
-    """Both listeners on the volume's stable current/ stores, client auth required."""
+def broker_settings(volume: Path, store_type: str, controller: bool = False) -> dict[str, str]:
+    """Both listeners on the volume's stable current/ stores, client auth required; with
+    ``controller``, a KRaft CONTROLLER listener on them too, asking no client certificate
+    (SASL_SSL: its Raft clients authenticate with SASL PLAIN)."""
     keystore, truststore = STORE_FILES[store_type]
     current = volume / layout.CURRENT
     base = {"ssl.keystore.type": store_type, "ssl.keystore.location": str(current / keystore),
@@ -78,14 +80,20 @@ def broker_settings(volume: Path, store_type: str) -> dict[str, str]:
     if store_type != "PEM":
         base |= {"ssl.keystore.password": PASSWORD, "ssl.key.password": PASSWORD,
                  "ssl.truststore.password": PASSWORD}
-    return {f"listener.name.{listener}.{k}": v
-            for listener in ("ssl", "internal") for k, v in base.items()}
+    listeners = ("ssl", "internal", "controller") if controller else ("ssl", "internal")
+    out = {f"listener.name.{listener}.{k}": v for listener in listeners for k, v in base.items()}
+    if controller:
+        out["listener.name.controller.ssl.client.auth"] = "none"
+        out["controller.listener.names"] = "CONTROLLER"
+    return out
 
 
 @contextmanager
 def broker_rig(vault: VaultTarget, tmp_path: Path, store_type: str = "PKCS12",
-               first: Desired = PHASES[0], **manager_overrides: Any) -> Iterator[Rig]:
-    """Material for ``first`` on the volume, and a broker serving it."""
+               first: Desired = PHASES[0], controller: bool = False,
+               **manager_overrides: Any) -> Iterator[Rig]:
+    """Material for ``first`` on the volume, and a broker serving it (with ``controller``, a
+    KRaft broker with a CONTROLLER listener and its Raft client)."""
     real = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if real and not os.environ.get("KAFKA_TEST_VOLUME_DIR"):
         pytest.fail("KAFKA_BOOTSTRAP_SERVERS is set but KAFKA_TEST_VOLUME_DIR (the volume the "
@@ -104,8 +112,9 @@ def broker_rig(vault: VaultTarget, tmp_path: Path, store_type: str = "PKCS12",
         yield Rig(volume, manager, None, addresses, os.environ.get("KAFKA_STORE_TYPE",
                                                                      store_type), secrets)
         return
-    broker = KafkaBrokerDouble(1, {"SSL": 0, "INTERNAL": 0},
-                               broker_settings(volume, store_type), "INTERNAL")
+    listeners = {"SSL": 0, "INTERNAL": 0} | ({"CONTROLLER": 0} if controller else {})
+    broker = KafkaBrokerDouble(1, listeners, broker_settings(volume, store_type, controller),
+                               "INTERNAL")
     broker.start()
     try:
         yield Rig(volume, manager, broker, {n: broker.bootstrap(n) for n in broker.ports},
@@ -136,7 +145,8 @@ while True:
     p.wait()
 """])
     try:
-        wait_for(pid_file.exists, "the supervised process")
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(),
+                 "the supervised process")
         yield int(pid_file.read_text())
     finally:
         supervisor.kill()  # first, so that nothing starts the process again

@@ -577,7 +577,8 @@ def test_kubernetes_broker_pod_structure() -> None:
 
 def test_consul_policies_are_least_privilege_templates() -> None:
     """Both policies are templates on {{prefix}}: read on the prefix; writes on exact keys
-    only (a participant: rotation, keeper, its own report; the operator: active-root)."""
+    only (a participant: rotation, keeper, restart-lock, its own report; the operator:
+    active-root)."""
     def rules(name: str) -> dict[tuple[str, str], str]:
         text = (ROOT / "docker" / "consul" / name).read_text()
         found = re.findall(r'^(\w+) "([^"]*)" \{\n  policy = "(\w+)"\n\}', text, flags=re.M)
@@ -587,6 +588,7 @@ def test_consul_policies_are_least_privilege_templates() -> None:
         ("key_prefix", "{{prefix}}"): "read",
         ("key", "{{prefix}}rotation"): "write",
         ("key", "{{prefix}}keeper"): "write",
+        ("key", "{{prefix}}restart-lock"): "write",
         ("key", "{{prefix}}nodes/{{node_id}}"): "write",
         ("session_prefix", ""): "write",
     }

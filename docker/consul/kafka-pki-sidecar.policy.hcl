@@ -15,6 +15,8 @@
 #   rotation     the record, written by the keeper in a transaction (check-session on keeper,
 #                then cas on rotation: the check needs read, the cas write)
 #   keeper       the lock, acquired and released with the participant's session
+#   restart-lock a KRaft broker's restart lock (one broker of the cluster restarts at a time),
+#                acquired and released with the participant's session
 #   nodes/<id>   its own report, under its session
 # It cannot write active-root (the operator's) nor another participant's report.
 key_prefix "{{prefix}}" {
@@ -26,6 +28,10 @@ key "{{prefix}}rotation" {
 }
 
 key "{{prefix}}keeper" {
+  policy = "write"
+}
+
+key "{{prefix}}restart-lock" {
   policy = "write"
 }
 

@@ -15,12 +15,14 @@ One module a job, like Kafka's own ``SslFactory`` / ``DefaultSslEngineFactory`` 
 * ``profiles`` -- what differs between Kafka versions; ``timing`` -- what a reload costs and
   when it is applied.
 * ``server`` -- ``KafkaBrokerDouble``: sockets and threads around a ``broker.Broker``.
+* ``raft`` -- the KRaft Raft client: built at start, never reloaded (KAFKA-20025).
 * ``cli`` -- standalone: ``python -m tests.doubles.kafka --broker-id 1 --config
   server.properties``.
 """
 
 from tests.doubles.kafka.errors import JavaError
 from tests.doubles.kafka.profiles import PROFILES, KafkaProfile, profile_for, profile_of_server
+from tests.doubles.kafka.raft import RaftUnreachable
 from tests.doubles.kafka.server import KafkaBrokerDouble
 from tests.doubles.kafka.ssl_factory import tls_exchange
 from tests.doubles.kafka.timing import INSTANT, BrokerTiming
@@ -34,6 +36,7 @@ __all__ = [
     "JavaError",
     "KafkaBrokerDouble",
     "KafkaProfile",
+    "RaftUnreachable",
     "profile_for",
     "profile_of_server",
     "tls_exchange",

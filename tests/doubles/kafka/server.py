@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 
 from tests.doubles.kafka.broker import Broker, _Listener
 from tests.doubles.kafka.profiles import KafkaProfile, Mode
+from tests.doubles.kafka.raft import RaftClient
+from tests.doubles.kafka.ssl_factory import SslEngineFactory
 from tests.doubles.kafka.timing import BrokerTiming
 from tests.doubles.kafka.wire import (
     API_VERSIONS,
@@ -90,6 +92,14 @@ class KafkaBrokerDouble(Broker):
         self._threads: list[threading.Thread] = []
         self.requests: list[tuple[int, int]] = []
         self.peers: dict[int, tuple[str, int]] = {}
+        #: KRaft: the controller listener (controller.listener.names) and its Raft client,
+        #: built at start and at each restart_process() only, unless ``raft_fixed`` (a release
+        #: with KAFKA-20025 fixed, whose Raft client follows the listener's reloads).
+        names = self._static.get("controller.listener.names", "")
+        self.controller_listener: str | None = names.split(",")[0].strip().upper() or None
+        self.raft_fixed = False
+        self.raft: RaftClient | None = None
+        self.process_starts = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -106,6 +116,7 @@ class KafkaBrokerDouble(Broker):
         except BaseException:
             self.stop()
             raise
+        self._start_raft()
         for lst in self._listeners.values():
             t = threading.Thread(
                 target=self._accept_loop,
@@ -116,6 +127,35 @@ class KafkaBrokerDouble(Broker):
             t.start()
             self._threads.append(t)
         return self
+
+    def _start_raft(self) -> None:
+        self.process_starts += 1
+        if self.controller_listener is not None:
+            self.raft = RaftClient(self._effective_ssl(self.controller_listener, {}))
+
+    def restart_process(self) -> None:
+        """The broker's JVM started again: every listener loads its stores from the files as
+        configured (static, then the stored dynamic configs), and so does the Raft client
+        (from the static config: it is built before the metadata log is replayed)."""
+        with self._lock:
+            for name, lst in self._listeners.items():
+                lst.factory = SslEngineFactory(self._effective_ssl(name, self._dynamic),
+                                               self._tmpdir)
+            self._applied = dict(self._dynamic)
+        self._start_raft()
+
+    def raft_handshake(self, host: str, port: int) -> None:
+        """A new connection from this node's Raft client to a voter's controller listener
+        (a leader change, a reconnect); RaftUnreachable if it fails."""
+        if self.controller_listener is None:
+            raise RuntimeError("this double has no controller listener")
+        if self.raft_fixed:
+            with self._lock:
+                configs = self._effective_ssl(self.controller_listener, self._applied)
+            RaftClient(configs).handshake(host, port)
+            return
+        assert self.raft is not None
+        self.raft.handshake(host, port)
 
     def stop(self) -> None:
         """Close the listeners and every open connection."""

@@ -29,6 +29,10 @@ from tests.doubles.kafka.stores import (
     create_truststore,
 )
 
+#: ssl.client.auth -> what the server side asks of a client (SslFactory / SslClientAuth).
+CLIENT_AUTH = {"required": ssl.CERT_REQUIRED, "requested": ssl.CERT_OPTIONAL,
+               "none": ssl.CERT_NONE}
+
 
 class SslEngineFactory:
     """DefaultSslEngineFactory: the configs it was built from, its stores, its SSL contexts."""
@@ -63,7 +67,10 @@ class SslEngineFactory:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if protocol == ssl.PROTOCOL_TLS_CLIENT:
             ctx.check_hostname = False  # SslEngineValidator disables endpoint identification
-        ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:  # ssl.client.auth (the double's listeners default to required, as ours set it)
+            ctx.verify_mode = CLIENT_AUTH.get(self.configs.get("ssl.client.auth", "required"),
+                                              ssl.CERT_REQUIRED)
         store = self.keystore.store
         assert store.key is not None
         pem = store.key.private_bytes(
