@@ -95,6 +95,8 @@ class RestartLock:
                 self._verify(session)
             self.stop.wait(self.poll)
             return
+        if self.holding is not None:  # registered again: the old session's lock is gone
+            self._lost("this participant's session changed")
         self._contend(session, request.generation)
 
     def release(self) -> None:
@@ -140,10 +142,12 @@ class RestartLock:
         entry = self.store.get(RESTART_LOCK).entry
         self._verified_at = self.clock()
         if entry is None or entry.session != session:
-            self.holding = None
-            restart_handoff.remove_grant(self.volume)
-            self.log.warning("restart_lock_lost", node_id=self.node_id,
-                             reason="the lock is no longer held by this session")
+            self._lost("the lock is no longer held by this session")
+
+    def _lost(self, reason: str) -> None:
+        self.holding = None
+        restart_handoff.remove_grant(self.volume)
+        self.log.warning("restart_lock_lost", node_id=self.node_id, reason=reason)
 
     def _value(self, generation: int | None) -> bytes:
         return json.dumps({"node_id": self.node_id, "generation": generation,

@@ -289,7 +289,14 @@ def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str,
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         protocol_map = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
         protocols = dict(p.split(":") for p in protocol_map.split(","))
-        assert protocols == {"SSL": "SSL", "INTERNAL": "SSL", "CONTROLLER": "SSL"}
+        assert protocols == {"SSL": "SSL", "INTERNAL": "SSL", "CONTROLLER": "SASL_SSL"}
+        # The Raft client presents no certificate: SASL PLAIN as the super user controller.
+        assert env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+        assert env["KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH"] == "none"
+        jaas = env["KAFKA_OPTS"].split("java.security.auth.login.config=")[1]
+        assert {"source": "controller-jaas", "target": jaas} in services[broker]["secrets"]
+        assert 'username="controller"' in (ROOT / "docker" / "demo-controller-jaas.conf"
+                                           ).read_text()
         assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
         assert env["KAFKA_ADVERTISED_LISTENERS"] == (
             f"SSL://{host}:9093,INTERNAL://{host}:19093")
@@ -301,13 +308,14 @@ def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str,
         super_users = env["KAFKA_SUPER_USERS"].split(";")
         subjects = [env_of(services[f"pki-{other}"])["PKI_SUBJECT"] for other in BROKERS]
         assert subjects == [f"CN={other}.kafka.test,OU=kafka,O=Example" for other in BROKERS]
-        assert super_users == [f"User:{subject}" for subject in subjects]  # no ANONYMOUS
+        assert super_users == [*(f"User:{subject}" for subject in subjects),
+                               "User:controller"]  # no ANONYMOUS
         # The controller listener is dialled with hostname verification at the voter's name.
         voter = next(v.split("@")[1].rsplit(":", 1)[0]
                      for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
                      if v.startswith(f"{number}@"))
         assert voter in env_of(services[f"pki-{broker}"])["PKI_DNS_SANS"].split(",")
-        for listener in ("SSL", "INTERNAL"):
+        for listener in ("SSL", "INTERNAL", "CONTROLLER"):
             for store in ("KEYSTORE", "TRUSTSTORE"):
                 location = env[f"KAFKA_LISTENER_NAME_{listener}_SSL_{store}_LOCATION"]
                 assert location == f"{VOLUME}/current/{store.lower()}.p12"
@@ -323,7 +331,8 @@ def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str,
         assert monitor["MONITOR_MODE"] == "broker"
         assert monitor["MONITOR_BROKER_ID"] == env["KAFKA_NODE_ID"]
         assert monitor["KAFKA_BOOTSTRAP_SERVERS"] == f"{host}:9093"
-        assert monitor["MONITOR_LISTENERS"] == f"SSL={host}:9093,INTERNAL={host}:19093"
+        assert monitor["MONITOR_LISTENERS"] == (
+            f"SSL={host}:9093,INTERNAL={host}:19093,CONTROLLER={voter}:9094")
         assert monitor["MONITOR_INTER_BROKER_LISTENER"] == "INTERNAL"
         assert monitor["MONITOR_KEYSTORE_TYPE"] == "PKCS12"
         assert_controller_restarts(services, broker, env)
@@ -331,14 +340,16 @@ def test_kafka_listeners_mtls_acls_and_store_paths(services: dict[str, dict[str,
 
 def assert_controller_restarts(services: dict[str, dict[str, Any]], broker: str,
                                env: dict[str, str]) -> None:
-    """The broker runs under kafka-supervise.sh; its monitor restarts it for the controller
-    listener, one broker at a time, through the pid file and the shared PID namespace."""
+    """The broker runs under kafka-supervise.sh; its monitor reloads the controller listener
+    and restarts the broker for its Raft client when a root is added, one broker at a time,
+    through the pid file and the shared PID namespace."""
     kafka, monitor_service = services[broker], services[f"tls-monitor-{broker}"]
     monitor = env_of(monitor_service)
-    assert monitor["MONITOR_RESTART_LISTENERS"] == "CONTROLLER"
+    assert monitor["MONITOR_CONTROLLER_LISTENER"] == "CONTROLLER"
+    assert monitor["MONITOR_RAFT_RESTART"] == "new-roots"
     assert monitor["MONITOR_RESTART_CLUSTER_SIZE"] == str(len(BROKERS))
-    assert float(monitor["MONITOR_RESTART_STAGGER"]) > 0
     assert monitor["MONITOR_RELOAD_ACTION"] == "restart"
+    assert "MONITOR_RESTART_LISTENERS" not in monitor
     pid_file = monitor["MONITOR_RELOAD_PID_FILE"]
     assert pid_file == env["KAFKA_SUPERVISE_PID_FILE"]
     run_dir = posixpath.dirname(pid_file)
@@ -690,8 +701,8 @@ def _networks(service: dict[str, Any]) -> dict[str, list[str]]:
 def test_no_plaintext_listener_beside_a_non_broker_and_no_anonymous_super_user(
         compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     """A PLAINTEXT listener's principal is User:ANONYMOUS: no service but the brokers may share
-    a network with one, and ANONYMOUS is no broker's super user. The controller listener (mTLS
-    now) still binds only to the brokers' internal network."""
+    a network with one, and ANONYMOUS is no broker's super user. The controller listener
+    (SASL_SSL) binds only to an internal network of the brokers and their own monitors."""
     brokers = {name for name, svc in services.items()
                if str(svc.get("image", "")).startswith("apache/kafka")}
     assert brokers == set(BROKERS)
@@ -712,13 +723,13 @@ def test_no_plaintext_listener_beside_a_non_broker_and_no_anonymous_super_user(
                     f"{name}: PLAINTEXT {listener} on {network}, joined by {members - brokers}"
         supers = env["KAFKA_SUPER_USERS"].split(";")
         assert "User:ANONYMOUS" not in supers
-        assert all(s.startswith("User:CN=kafka-") for s in supers)
+        assert all(s.startswith("User:CN=kafka-") or s == "User:controller" for s in supers)
         host = _listeners(env)["CONTROLLER"]
         assert host, f"{name}: CONTROLLER must not bind every interface"
         (network,) = [net for net, aliases in networks.items() if host in aliases]
         assert compose["networks"][network].get("internal") is True
         assert {other for other, svc in services.items()
-                if network in _networks(svc)} == set(BROKERS)
+                if network in _networks(svc)} == {*BROKERS, *(f"tls-monitor-{b}" for b in BROKERS)}
         voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
         assert all(v.split("@")[1].split(":")[0].endswith(".kraft.test") for v in voters)
         assert "9094" not in str(services[name].get("ports", ""))
@@ -763,14 +774,16 @@ esac
     assert again.returncode == 0 and again.stdout.count("token kept") == 3
 
 
-def test_kubernetes_controller_listener_is_mtls_and_admits_brokers_only() -> None:
+def test_kubernetes_controller_listener_is_sasl_ssl_and_admits_brokers_only() -> None:
     docs = [d for d in yaml.safe_load_all(K8S.read_text()) if d]
     (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     (kafka,) = [c for c in statefulset["spec"]["template"]["spec"]["containers"]
                 if c["name"] == "kafka"]
     env = {e["name"]: e.get("value") for e in kafka["env"]}
-    assert "CONTROLLER:SSL" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert "CONTROLLER:SASL_SSL" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    assert env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    assert env["KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH"] == "none"
     assert "PLAINTEXT" not in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
     assert "ANONYMOUS" not in env["KAFKA_SUPER_USERS"]
     # Restarted by its monitor for the controller listener (as in compose).
@@ -780,7 +793,8 @@ def test_kubernetes_controller_listener_is_mtls_and_admits_brokers_only() -> Non
                                 "/etc/kafka/docker/run"]
     (monitor,) = [c for c in pod["containers"] if c["name"] == "tls-monitor"]
     monitor_env = {e["name"]: e.get("value") for e in monitor["env"]}
-    assert monitor_env["MONITOR_RESTART_LISTENERS"] == "CONTROLLER"
+    assert monitor_env["MONITOR_CONTROLLER_LISTENER"] == "CONTROLLER"
+    assert "CONTROLLER=" in monitor_env["MONITOR_LISTENERS"]
     assert monitor_env["MONITOR_RESTART_CLUSTER_SIZE"] == str(statefulset["spec"]["replicas"])
     assert monitor_env["MONITOR_RELOAD_ACTION"] == "restart"
     assert monitor_env["MONITOR_RELOAD_PID_FILE"] == env["KAFKA_SUPERVISE_PID_FILE"]

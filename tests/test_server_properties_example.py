@@ -49,12 +49,11 @@ def example() -> dict[str, str]:
 
 
 def ssl_listeners(props: dict[str, str]) -> list[str]:
-    """The SSL listeners the monitor reloads: all but the controller's (restarted instead)."""
+    """The TLS listeners the monitor reloads: every one, the controller's included."""
     protocols = dict(item.split(":") for item in props["listener.security.protocol.map"]
                      .split(","))
     names = [item.split("://")[0] for item in props["listeners"].split(",")]
-    controllers = props.get("controller.listener.names", "").split(",")
-    return [name for name in names if protocols[name] == "SSL" and name not in controllers]
+    return [name for name in names if protocols[name] in ("SSL", "SASL_SSL")]
 
 
 def effective(props: dict[str, str], listener: str, key: str) -> str | None:
@@ -81,13 +80,19 @@ def monitor_for(props: dict[str, str], volume: Path, addresses: dict[str, str],
 def test_example_is_an_mtls_broker_with_an_internal_listener() -> None:
     props = example()
     listeners = ssl_listeners(props)
-    assert listeners == ["SSL", "INTERNAL"]
+    assert listeners == ["SSL", "INTERNAL", "CONTROLLER"]
     assert props["inter.broker.listener.name"] == "INTERNAL"
     advertised = [item.split("://")[0] for item in props["advertised.listeners"].split(",")]
-    assert set(listeners) <= set(advertised)
-    assert "CONTROLLER" in props["controller.listener.names"].split(",")
-    for listener in [*listeners, "CONTROLLER"]:
+    assert {"SSL", "INTERNAL"} <= set(advertised)
+    assert props["controller.listener.names"] == "CONTROLLER"
+    for listener in ("SSL", "INTERNAL"):
         assert effective(props, listener, "ssl.client.auth") == "required", listener
+    # The Raft client presents no certificate: SASL PLAIN as the super user controller.
+    assert effective(props, "CONTROLLER", "ssl.client.auth") == "none"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    jaas = props["listener.name.controller.plain.sasl.jaas.config"]
+    assert 'username="controller"' in jaas and "user_controller=" in jaas
     assert props["password.encoder.secret"]
     assert props["process.roles"] == "broker,controller" and "zookeeper" in EXAMPLE.read_text()
 
@@ -118,10 +123,10 @@ def test_principal_mapping_makes_the_brokers_super_users() -> None:
         name = principal(rules, f"CN=kafka-{n}.kafka.test,OU=kafka,O=Example")
         assert f"User:{name}" in supers and name == f"kafka-{n}.kafka.test"
     assert principal(rules, "CN=app,O=Other") == "CN=app,O=Other", "DEFAULT keeps the DN"
-    assert len(supers) == 3 and "User:ANONYMOUS" not in supers
+    assert len(supers) == 4 and "User:controller" in supers and "User:ANONYMOUS" not in supers
     protocols = dict(item.split(":") for item in
                      props["listener.security.protocol.map"].split(","))
-    assert set(protocols.values()) == {"SSL"}, "no PLAINTEXT listener, so no ANONYMOUS"
+    assert set(protocols.values()) == {"SSL", "SASL_SSL"}, "no PLAINTEXT, so no ANONYMOUS"
 
 
 def test_a_broker_configured_by_the_example_reloads_every_phase(vault: VaultTarget,
