@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from monitor import actions, restart_gate
+from monitor import actions
 from monitor.checks import (
     PredictedRefusal,
     check_compatible,
@@ -25,8 +25,10 @@ from monitor.config import MonitorConfig
 from monitor.kafka import BrokerAdmin, KafkaRefused, served_certificate
 from monitor.listener_settings import SentSettings, listener_settings
 from monitor.metrics import MonitorMetrics
+from monitor.raft_restart import RaftRestarter, RaftState, RestartDeferred, RestartWaiting
 from monitor.stores import STORE_FILES, load_stores
 from sidecar import layout, restart_handoff
+from sidecar.atomic_file import replace_file
 from sidecar.lifecycle import Stopped
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError, format_serial
@@ -39,33 +41,13 @@ class VerifyFailed(Exception):
     """The broker does not serve the new certificate (yet)."""
 
 
-class RestartDeferred(Exception):
-    """Restarting this broker now could take the cluster's quorum down: retried later."""
-
-
-class RestartWaiting(Exception):
-    """The broker must restart, and waits for its auth manager to hold the restart lock."""
-
-
 class Superseded(Exception):
     """A newer generation was published while this one was being applied."""
 
 
 def write_ack(volume: Path, ack: Acknowledgement) -> None:
     """Write monitor-ack.json atomically (temp file, fsync, rename)."""
-    path = layout.ack_path(volume)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, ack.to_json())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _created(manifest: Manifest) -> float:
-    return _unix_time(manifest.created_at) or 0.0
+    replace_file(layout.ack_path(volume), ack.to_json())
 
 
 def find_generation_by_serial(volume: Path, serial: str) -> Path | None:
@@ -109,7 +91,8 @@ class Reloader:
         self.admin = BrokerAdmin(config.bootstrap_servers or "", config.broker_id or 0,
                                  config.admin_hostname_verification, config.admin_timeout)
         self.sent = SentSettings()  # what the broker is known to hold: sent once, not each time
-        self.raft: tuple[str | None, frozenset[str]] | None = None  # for the next ack
+        self.raft: RaftState | None = None  # what the Raft client holds, for the next ack
+        self.restarter = RaftRestarter(config, self.volume, log, now, self.password)
 
     def password(self) -> str | None:
         path = self.config.store_password_file
@@ -180,9 +163,8 @@ class Reloader:
             self._fail("restart_deferred", str(exc), manifest,
                        action="not restarting while another broker is down; retrying")
             return False
-        except RestartWaiting as exc:
-            self.metrics.restart_waiting(True)
-            self.log.info("restart_waiting", generation=manifest.generation, reason=str(exc))
+        except RestartWaiting:
+            self.metrics.restart_waiting(True)  # logged once per generation by the restarter
             return False
         except actions.ActionFailed as exc:
             self._fail("action_failed", str(exc), manifest)
@@ -329,78 +311,17 @@ class Reloader:
         self.timings["verify"] = time.monotonic()
         targets = sorted(listeners)
         self.raft = None
-        if config.controller_listener and config.raft_restarts():
-            done = self._restart_for_raft(directory, manifest, new.trusted, listeners, context)
+        if config.raft_restarts():
+            def restart() -> str:
+                done = self._run_action(directory, manifest)
+                self._verify(listeners, context, manifest)  # back up, on these stores
+                return done
+
+            done, self.raft = self.restarter.apply(
+                manifest, new.trusted, lambda: self.admin.alive_brokers(self._admin_dir(directory)),
+                restart)
             targets.append(f"raft:{done}")
         return targets, "handshake"
-
-    def _restart_for_raft(self, directory: Path, manifest: Manifest,
-                          trusted: tuple[x509.Certificate, ...],
-                          listeners: dict[str, tuple[str, int]], context: ssl.SSLContext) -> str:
-        """Restart the broker if its Raft client does not trust every root of this generation
-        (``restart_gate``): only while the auth manager holds the cluster's restart lock
-        (RestartWaiting otherwise) and Metadata shows every broker alive (RestartDeferred
-        otherwise). Then verify every listener, the controller's included, by handshake."""
-        config = self.config
-        wanted = restart_gate.root_fingerprints(trusted)
-        pid = self._broker_pid()
-        loaded = self._raft_roots(pid)
-        if not restart_gate.raft_restart_needed(loaded, wanted):
-            assert loaded is not None
-            self.raft = (pid, loaded)
-            return "trusted"
-        volume = config.volume_dir
-        if restart_handoff.read_grant(volume) is None:
-            request = restart_handoff.read_request(volume)
-            if request is None or request.generation != manifest.generation:
-                restart_handoff.write_request(volume, restart_handoff.RestartRequest(
-                    manifest.generation, self.now().isoformat()))
-            raise RestartWaiting("the trust set gains a root the Raft client did not load; "
-                                 "waiting for the cluster's restart lock (pki-auth-manager)")
-        alive = self.admin.alive_brokers(self._admin_dir(directory))
-        if not restart_gate.cluster_whole(alive, config.restart_cluster_size):
-            raise RestartDeferred(restart_gate.describe_missing(alive,
-                                                                config.restart_cluster_size))
-        self.log.info("restarting", generation=manifest.generation,
-                      reason="Raft client lacks a root", action=config.reload_action)
-        done = self._run_action(directory, manifest)
-        self._verify(listeners, context, manifest)  # back up, on this generation's stores
-        self.raft = (self._broker_pid(), wanted)
-        return done
-
-    def _broker_pid(self) -> str | None:
-        """The broker's pid from its pid file (None without one, or unreadable)."""
-        path = self.config.reload_pid_file
-        try:
-            return path.read_text().strip() or None if path is not None else None
-        except OSError:
-            return None
-
-    def _raft_roots(self, pid: str | None) -> frozenset[str] | None:
-        """The roots the running broker's Raft client loaded at start: recorded in the ack for
-        this pid, else those of the generation that was current when the pid file was written
-        (the process started); None if neither is known."""
-        ack = self.volume.read_ack()
-        if ack is not None and ack.raft_roots is not None and ack.raft_pid == pid:
-            return frozenset(ack.raft_roots)
-        path = self.config.reload_pid_file
-        if pid is None or path is None:
-            return None
-        try:
-            started = path.stat().st_mtime
-        except OSError:
-            return None
-        gens = layout.generations_dir(self.config.volume_dir)
-        for directory in sorted(gens.glob("[0-9]*"), reverse=True):
-            try:
-                manifest = read_generation(directory)
-                if _created(manifest) > started:
-                    continue
-                stores = load_stores(directory, self.config.keystore_type, self.password())
-            except (VolumeError, MaterialError):
-                return None
-            return restart_gate.root_fingerprints(stores.trusted)
-        return None
 
     def _served_entries(self, served_dir: Path | None, password: str | None) -> int | None:
         """Entry count of the keystore being served; None (check skipped) if unreadable."""

@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from sidecar import layout
+from sidecar.atomic_file import replace_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +42,8 @@ class RestartGrant:
     granted_at: str
 
 
-def write_json_atomically(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` as JSON: temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+def _write(path: Path, data: dict[str, Any]) -> None:
+    replace_file(path, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -82,11 +74,11 @@ def read_grant(volume: Path) -> RestartGrant | None:
 
 
 def write_request(volume: Path, request: RestartRequest) -> None:
-    write_json_atomically(layout.restart_request_path(volume), dataclasses.asdict(request))
+    _write(layout.restart_request_path(volume), dataclasses.asdict(request))
 
 
 def write_grant(volume: Path, grant: RestartGrant) -> None:
-    write_json_atomically(layout.restart_grant_path(volume), dataclasses.asdict(grant))
+    _write(layout.restart_grant_path(volume), dataclasses.asdict(grant))
 
 
 def remove_request(volume: Path) -> None:
