@@ -1,6 +1,10 @@
-"""Reference tables for the README, generated from the code (a test keeps them in sync).
+"""Reference tables for the docs site, generated from the code.
 
-    python -m sidecar.docs      prints the tables
+The MkDocs hook (docs/hooks/config_tables.py) fills them in at build time; a test keeps the copy
+in docs/configuration.md current.
+
+    python -m sidecar.docs                                  prints the tables
+    python -m sidecar.docs --write docs/configuration.md    rewrites the page's tables
 """
 
 from __future__ import annotations
@@ -66,10 +70,12 @@ def tables() -> dict[str, str]:
             "kafka-pki": command_table(operator_cli.build_parser(), operator_cli.ENVIRONMENT)}
 
 
-def update_readme(text: str) -> str:
-    """Replace every generated block of ``text`` with the current table."""
+def fill_tables(text: str) -> str:
+    """Replace every generated block of ``text`` with the current table; absent ones stay absent."""
     for name, table in tables().items():
         start, end = f"<!-- config:{name} -->", f"<!-- /config:{name} -->"
+        if start not in text:
+            continue
         head, _, rest = text.partition(start)
         _, _, tail = rest.partition(end)
         text = f"{head}{start}\n{table}\n{end}{tail}"
@@ -81,8 +87,8 @@ if __name__ == "__main__":
     from pathlib import Path
 
     if sys.argv[1:2] == ["--write"]:
-        readme = Path(sys.argv[2] if len(sys.argv) > 2 else "README.md")
-        readme.write_text(update_readme(readme.read_text()))
+        page = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/configuration.md")
+        page.write_text(fill_tables(page.read_text()))
     else:
         for name, table in tables().items():
             print(f"<!-- config:{name} -->\n{table}\n<!-- /config:{name} -->\n")

@@ -40,9 +40,9 @@ PARTICIPANTS = BROKERS + APPS
 VOLUME = "/var/run/kafka-pki"
 STORE_SECRET = "/run/secrets/store-password"
 SIDECAR_IMAGE = "kafka-pki-sidecar:dev"
-# The two tables the README generates from the code, and the only other names the sidecar
-# image's processes read (the demo app's bootstrap list uses the monitor's name).
-README_TABLES = ("auth-manager", "tls-monitor")
+# The two tables the configuration reference generates from the code, and the only other names
+# the sidecar image's processes read (the demo app's bootstrap list uses the monitor's name).
+REFERENCE_TABLES = ("auth-manager", "tls-monitor")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -130,14 +130,14 @@ def argv(service: dict[str, Any]) -> list[str]:
     return out
 
 
-def readme_env_names() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
+def documented_env_names() -> set[str]:
+    page = (ROOT / "docs" / "configuration.md").read_text()
     names: set[str] = set()
-    for table in README_TABLES:
-        block = readme.split(f"<!-- config:{table} -->", 1)[1].split(f"<!-- /config:{table} -->")[0]
+    for table in REFERENCE_TABLES:
+        block = page.split(f"<!-- config:{table} -->", 1)[1].split(f"<!-- /config:{table} -->")[0]
         names.update(re.findall(r"^\|[^|]*\| `([A-Z][A-Z0-9_]*)` \|", block, flags=re.M))
     # kafka-pki's environment table: the name in the first column
-    block = readme.split("<!-- config:kafka-pki -->", 1)[1].split("<!-- /config:kafka-pki -->")[0]
+    block = page.split("<!-- config:kafka-pki -->", 1)[1].split("<!-- /config:kafka-pki -->")[0]
     names.update(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", block, flags=re.M))
     assert {"PKI_SUBJECT", "VAULT_ADDR", "MONITOR_MODE", "KAFKA_BOOTSTRAP_SERVERS"} <= names
     return names
@@ -365,14 +365,14 @@ def assert_controller_restarts(services: dict[str, dict[str, Any]], broker: str,
     assert "/var/run/kafka-supervise" in DOCKERFILE.read_text()
 
 
-def test_sidecar_environment_names_are_the_readme_ones(
+def test_sidecar_environment_names_are_the_documented_ones(
         services: dict[str, dict[str, Any]]) -> None:
-    known = readme_env_names()
+    known = documented_env_names()
     for name, service in services.items():
         if service["image"] != SIDECAR_IMAGE:
             continue
         unknown = set(env_of(service)) - known
-        assert not unknown, f"{name}: {sorted(unknown)} are not in the README's tables"
+        assert not unknown, f"{name}: {sorted(unknown)} are not in the configuration reference"
 
 
 def test_auth_managers_identity_vault_and_consul(services: dict[str, dict[str, Any]]) -> None:
@@ -565,7 +565,7 @@ def test_kubernetes_broker_pod_structure() -> None:
     assert set(containers) == {"kafka", "pki-auth-manager", "tls-monitor"}
     assert containers["pki-auth-manager"]["command"] == ["pki-auth-manager"]
     assert containers["tls-monitor"]["command"] == ["tls-monitor"]
-    known = readme_env_names() | {"POD_NAME", "POD_NAMESPACE"}
+    known = documented_env_names() | {"POD_NAME", "POD_NAMESPACE"}
     for container in [init, *containers.values()]:
         paths = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] == "pki"}
         assert VOLUME in paths, container["name"]

@@ -31,7 +31,8 @@ from tests.prom import (
 )
 
 K8S_MONITORING = ROOT / "docker" / "k8s" / "monitoring.yaml"
-README = ROOT / "README.md"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+MKDOCS = ROOT / "mkdocs.yml"
 SEVERITIES = {"warning", "critical"}
 
 
@@ -49,10 +50,16 @@ def alert_rules() -> list[dict[str, Any]]:
             for rule in group["rules"]]
 
 
-def readme_anchors() -> set[str]:
-    """GitHub's anchors of the README's headings."""
+def site_url() -> str:
+    """The docs site's address, as mkdocs.yml publishes it."""
+    url = str(yaml.load(MKDOCS.read_text(), Loader=yaml.BaseLoader)["site_url"])
+    return url if url.endswith("/") else url + "/"
+
+
+def runbook_anchors() -> set[str]:
+    """MkDocs' anchors of the runbook page's headings (its default toc slugify)."""
     anchors = set()
-    for heading in re.findall(r"^#+ (.+)$", README.read_text(), flags=re.M):
+    for heading in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), flags=re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         anchors.add(slug)
     return anchors
@@ -89,15 +96,16 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
 
 
 def test_every_alert_has_severity_summary_description_and_runbook() -> None:
-    anchors = readme_anchors()
+    anchors = runbook_anchors()
+    runbook = f"{site_url()}runbook/#"
     for rule in alert_rules():
         name = rule["alert"]
         assert rule["labels"]["severity"] in SEVERITIES, name
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
         url = annotations["runbook_url"]
-        assert url.endswith(f"README.md#{name.lower()}"), name
-        assert name.lower() in anchors, f"README has no section {name} for the runbook_url"
+        assert url == f"{runbook}{name.lower()}", name
+        assert name.lower() in anchors, f"docs/runbook.md has no section {name} for the runbook_url"
         if "for" in rule:
             assert seconds(rule["for"]) > 0, name
 
