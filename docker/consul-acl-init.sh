@@ -1,5 +1,5 @@
 #!/bin/sh
-# One Consul ACL policy and token per kafka-pki participant, and the operator's (README:
+# One Consul ACL policy and token per kafka-pki participant, and the operator's (docs/vault-consul.md,
 # "Consul for a fleet"). Idempotent: a participant whose token file exists is left alone.
 #
 # Needs: the consul CLI; CONSUL_HTTP_ADDR; a management token in CONSUL_HTTP_TOKEN_FILE (or

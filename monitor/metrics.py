@@ -15,7 +15,7 @@ RELOAD_RESULTS = ("ok", "refused_predicted", "refused_by_kafka", "verify_failed"
 
 
 class MonitorMetrics:
-    """Every metric the monitor exports (names documented in the README)."""
+    """Every metric the monitor exports (names documented in docs/monitoring.md)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

@@ -34,7 +34,7 @@ _VAULT_DURATION = re.compile(r"^(?:\d+|(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h|d))
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuthManagerConfig:
-    """Settings of ``pki-auth-manager``. See the README's configuration reference."""
+    """Settings of ``pki-auth-manager``. See docs/configuration.md."""
 
     # Identity of the certificate (stable: the DN is the Kafka ACL principal).
     subject: str = setting(
@@ -283,5 +283,5 @@ def load_config(argv: Sequence[str] | None, environ: Mapping[str, str]
 
 
 def reference() -> list[tuple[str, str, str, str]]:
-    """(flag, env, default, help) rows for the README's configuration reference."""
+    """(flag, env, default, help) rows for the configuration reference (docs/configuration.md)."""
     return [(i.flag, i.env, i.default, i.help) for i in describe(AuthManagerConfig, ENV_PREFIX)]

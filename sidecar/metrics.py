@@ -18,7 +18,7 @@ CONSUL_REASONS = ("unavailable", "timeout", "forbidden", "error")
 
 
 class AuthManagerMetrics:
-    """Every metric the auth manager exports (names documented in the README)."""
+    """Every metric the auth manager exports (names documented in docs/monitoring.md)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

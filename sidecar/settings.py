@@ -1,8 +1,9 @@
 """Declarative configuration: one dataclass field per setting, read from flags, env and TOML.
 
 Precedence is flag > environment > TOML file > default. Every setting is declared once
-(with :func:`setting`), so the command-line parser, the environment names and the README
-reference all come from the same place. Invalid values fail with one line naming the setting.
+(with :func:`setting`), so the command-line parser, the environment names and the docs'
+configuration reference all come from the same place. Invalid values fail with one line
+naming the setting.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def setting(
 
 @dataclasses.dataclass(frozen=True)
 class SettingInfo:
-    """What the README's configuration reference shows for one setting."""
+    """What the configuration reference (docs/configuration.md) shows for one setting."""
 
     name: str
     flag: str

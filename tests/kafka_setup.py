@@ -393,7 +393,7 @@ def _real_broker(tmp_path: Path) -> Iterator[BrokerUnderTest]:
     pki = os.environ.get("KAFKA_TEST_PKI_DIR")
     if not pki:
         pytest.fail("KAFKA_BOOTSTRAP_SERVERS is set but KAFKA_TEST_PKI_DIR (the broker's test "
-                    "PKI directory) is not: see the README, testing against real servers")
+                    "PKI directory) is not: see docs/testing.md")
     pki_dir = Path(pki)
     root_a, root_b = _load_identity(pki_dir, "a"), _load_identity(pki_dir, "b")
     external = os.environ.get("KAFKA_SSL_LISTENER", "SSL")

@@ -97,8 +97,7 @@ def broker_rig(vault: VaultTarget, tmp_path: Path, store_type: str = "PKCS12",
     real = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if real and not os.environ.get("KAFKA_TEST_VOLUME_DIR"):
         pytest.fail("KAFKA_BOOTSTRAP_SERVERS is set but KAFKA_TEST_VOLUME_DIR (the volume the "
-                    "broker's listeners read) is not: see the README, testing against real "
-                    "servers")
+                    "broker's listeners read) is not: see docs/testing.md")
     volume = Path(os.environ["KAFKA_TEST_VOLUME_DIR"]) if real else tmp_path / "volume"
     secrets = tmp_path / "secrets"
     secrets.mkdir()

@@ -27,7 +27,8 @@ def check(result: Result) -> None:
     check_stops(result)
 
 
-#: The README's promise: both sidecars stop within 2 s of SIGTERM, whatever they are doing.
+#: The docs' promise (docs/configuration.md, exit codes): both sidecars stop within 2 s of
+#: SIGTERM, whatever they are doing.
 STOP_SECONDS = 2.0
 
 

@@ -1,5 +1,5 @@
 """The fleet simulator, small: traffic per participant stays flat, and a killed keeper is
-replaced. The 1,000-participant figures are a benchmark (README), not a test."""
+replaced. The 1,000-participant figures are a benchmark (docs/benchmarks.md), not a test."""
 
 from __future__ import annotations
 
