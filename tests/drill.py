@@ -475,12 +475,27 @@ class Drill:
                         "MONITOR_RELOAD_URL": self.hooks.url(p.name)})
         return env
 
+    # The servers: doubles in this process (the faults drive them); tests/demo.py starts them
+    # as processes instead.
+    def _start_vault(self) -> VaultDouble:
+        return start_vault()
+
+    def _start_consul(self) -> ConsulDouble:
+        return ConsulDouble(acl_token=self.consul_token)
+
+    def _start_broker(self, p: Participant, listeners: dict[str, int],
+                      config: dict[str, str]) -> KafkaBrokerDouble:
+        broker = KafkaBrokerDouble(p.index, listeners, config, "INTERNAL",
+                                   mode=self.broker_mode, seed=p.index)
+        broker.start()
+        return broker
+
     def setup(self) -> None:
-        self.vault = start_vault()
+        self.vault = self._start_vault()
         # Least privilege: Consul with ACLs on (default deny), every participant with a token
         # of its own from the shipped policy; the drill itself acts as the operator.
         self.consul_token = str(uuid.uuid4()) if self.least_privilege else None
-        self.consul = ConsulDouble(acl_token=self.consul_token)
+        self.consul = self._start_consul()
         self.store = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/", self.consul_token)
         self.store.put("active-root", A.encode())
         names = ([("broker", f"kafka-{i}", i) for i in range(1, self.brokers_n + 1)]
@@ -520,9 +535,7 @@ class Drill:
                 listeners = {"SSL": 0, "INTERNAL": 0}
                 if self.controllers_wanted:
                     listeners["CONTROLLER"] = 0
-                p.broker = KafkaBrokerDouble(p.index, listeners, config,
-                                             "INTERNAL", mode=self.broker_mode, seed=p.index)
-                p.broker.start()
+                p.broker = self._start_broker(p, listeners, config)
             else:
                 p.loaded_generation = Volume(p.volume).generations()[-1]
         if "controller-restarts" in self.faults:
@@ -971,7 +984,8 @@ class Drill:
         lines += ["", "== faults and operator actions =="] + [f"  {n}" for n in self.notes]
         if self.impersonation is not None:
             lines.append(f"  impersonation={self.impersonation}")
-        signs = ", ".join(f"{m}={n}" for m, n in sorted(self.vault.sign_count.items()))
+        signs = ", ".join(f"{m}={n}" for m, n in sorted(self.vault.sign_count.items())) \
+            or "not counted (Vault runs in a process of its own)"
         lines += ["", f"Vault signs: {signs}",
                   f"handshakes: attempted={traffic.attempts} failed={len(traffic.failures)} "
                   f"(harness skips: {traffic.harness_errors})"]
