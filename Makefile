@@ -28,8 +28,13 @@ docs: install
 
 # One root rotation A->B on this machine, no Docker: real sidecar processes, OpenBao when
 # installed, Consul and Kafka doubles as processes; prints progress and the picture's path.
-demo: install
+demo: $(VENV)/.installed-demo
 	$(PY) -m tests.demo
+
+# Only the demo extra (quicker on a fresh machine), unless the test extra is installed already.
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	[ $(VENV)/.installed -nt pyproject.toml ] || $(PY) -m pip install -q -e '.[demo]'
+	touch $@
 
 bench: install
 	$(PY) -m tests.bench bundle

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import re
 import socket
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests import demo
+
+
+def test_the_demo_extra_is_part_of_the_test_extra() -> None:
+    """make demo installs the demo extra only; the suite (make test) must have all of it."""
+    extras = tomllib.loads((demo.ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert set(extras["demo"]) <= set(extras["test"])
 
 
 def _listening(address: str) -> bool:
