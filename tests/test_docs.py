@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -50,3 +54,23 @@ def test_every_page_is_in_the_navigation() -> None:
     nav = {page for entry in config["nav"] for page in entry.values()}
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.glob("*.md")}
     assert nav == pages
+
+
+def test_the_built_site_has_the_tables_of_the_code_even_from_a_stale_page(tmp_path: Path) -> None:
+    """The build hook fills the tables in: a stale copy in the page cannot reach the site."""
+    shutil.copytree(DOCS, tmp_path / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    page = tmp_path / "docs" / "configuration.md"
+    stale = re.sub(r"(<!-- config:(\S+) -->\n).*?(\n<!-- /config:\2 -->)",
+                   r"\1| stale |\3", page.read_text(), flags=re.S)
+    assert "PKI_SUBJECT" not in stale and stale.count("| stale |") == len(tables())
+    page.write_text(stale)
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    built = subprocess.run([str(mkdocs), "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, check=False)
+    assert built.returncode == 0, built.stderr
+    html = (tmp_path / "site" / "configuration" / "index.html").read_text()
+    assert "| stale |" not in html and "<td>stale</td>" not in html
+    for env in ("PKI_SUBJECT", "MONITOR_VOLUME_DIR", "CONSUL_HTTP_TOKEN_FILE"):
+        assert f"<code>{env}</code>" in html, env
