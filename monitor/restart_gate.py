@@ -10,9 +10,9 @@ root rotation (phase 1, before any peer presents the new root: the rotation barr
 the broker's acknowledgement), and never for a renewal.
 
 A restart takes a voter away for a while, so restarts of one cluster never overlap: the
-monitor restarts only while its auth manager holds the cluster's restart lock (a Consul lock
-bound to a session, ``sidecar.restart_lock``), and only while Kafka's Metadata shows every
-broker alive (a broker that crashed on its own is not restarted beside).
+monitor restarts only while its auth manager holds the cluster's restart lock (first in a
+Consul queue of session-bound entries, ``sidecar.restart_lock``), and only while Kafka's
+Metadata shows every broker alive (a broker that crashed on its own is not restarted beside).
 """
 
 from __future__ import annotations

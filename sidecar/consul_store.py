@@ -295,6 +295,13 @@ class ConsulStore:
         self._call(f"delete {key}", lambda: self._client.kv.delete(self.prefix + key),
                    need=self.rule(key, "write"))
 
+    def child(self, sub: str) -> ConsulStore:
+        """A store for the keys under ``<prefix><sub>`` (reads of that part of the prefix
+        only), on the same Consul, for use by another thread."""
+        store = self.clone()
+        store.prefix = self.prefix + sub.strip("/") + "/"
+        return store
+
     def create_session(self, name: str, ttl_seconds: int) -> str:
         """A TTL session whose keys are deleted when it dies, with no lock-delay."""
         session_id = self._call("create session", lambda: self._client.session.create(

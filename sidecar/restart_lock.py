@@ -1,19 +1,24 @@
-"""The cluster's restart lock, held by a broker's auth manager for its monitor.
+"""The cluster's restart queue: a broker's auth manager holds its place for its monitor.
 
 A KRaft broker restarts once per root rotation for its Raft client (``monitor.restart_gate``).
 Two of three voters down is a cluster without a quorum, so restarts must never overlap,
 whatever the timing. The monitor cannot reach Consul; it asks on the volume
-(``restart_handoff``), and this thread takes the Consul key ``restart-lock`` with the
-participant's session (``?acquire``): Consul grants a lock to one session at a time. It writes
-the grant to the volume, and releases the lock once the monitor withdraws its request (the
-broker is back and verified). If this auth manager dies, its session ends and Consul releases
-the lock after the session's lock-delay; the monitor of the next broker still restarts only
-while Kafka's Metadata shows every broker alive.
+(``restart_handoff``), and this thread queues for it in Consul, first come first served:
 
-Cost: idle, one ``stat`` of the request file per poll and no Consul request. While a broker
-waits, it blocks on the lock key and wakes at each change of it (one acquire and one release per
-restart of another broker of its cluster): a cluster of B brokers makes at most B*(B-1) such
-wakeups per rotation, spread over its B restarts, and none for clients.
+* it writes ``restart-queue/<node-id>`` with the participant's session (``?acquire``), once:
+  the key's ModifyIndex is its place in line;
+* the entry with the lowest ModifyIndex whose session lives is the holder: it may restart.
+  Its auth manager writes the grant to the volume, and deletes its entry once the monitor
+  withdraws the request (the broker is back and verified);
+* a broker further back watches only the entry just ahead of its own (a blocking query on that
+  one key), and looks at the queue again when that entry goes.
+
+Sessions delete their keys when they end (``ConsulStore.create_session``), so a dead auth
+manager leaves the queue by itself; the next broker's monitor still restarts only while Kafka's
+Metadata shows every broker alive. Cost per broker and rotation: one write, one delete, a read
+of the queue when it joins and each time the entry ahead goes (usually once), and one wakeup
+when it does: linear in the brokers of the cluster. Idle, one ``stat`` of the request file per
+poll and no Consul request. Clients never queue.
 """
 
 from __future__ import annotations
@@ -27,20 +32,32 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import restart_handoff
-from sidecar.consul_store import ConsulError, ConsulStore, error_backoff, next_index
+from sidecar.consul_store import ConsulError, ConsulStore, Snapshot, error_backoff
 from sidecar.metrics import AuthManagerMetrics
 
-RESTART_LOCK = "restart-lock"
+RESTART_QUEUE = "restart-queue"
+
+
+def queue_ahead(queue: Snapshot, node_id: str) -> str | None:
+    """The live entry just ahead of ``node_id``'s in the queue (None: it is first). Raises
+    KeyError if ``node_id`` has no live entry."""
+    mine = queue.entries[node_id]
+    if mine.session is None:
+        raise KeyError(node_id)
+    ahead = [(entry.modify_index, key) for key, entry in queue.entries.items()
+             if entry.session is not None and entry.modify_index < mine.modify_index]
+    return max(ahead)[1] if ahead else None
 
 
 class RestartLock:
-    """Holds ``restart-lock`` while this broker's monitor has a restart request on the volume."""
+    """Holds this broker's place in ``restart-queue/`` while its monitor has a restart request
+    on the volume, and grants the restart on the volume when the place is first."""
 
     def __init__(self, *, store: ConsulStore, session: Callable[[], str | None], node_id: str,
                  volume: Path, metrics: AuthManagerMetrics, log: Any, stop: threading.Event,
-                 poll: float = 0.5, watch_wait: float = 5.0, verify_every: float = 10.0,
+                 poll: float = 0.5, watch_wait: float = 60.0, verify_every: float = 10.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.store = store
+        self.queue = store.child(RESTART_QUEUE)
         self.session = session
         self.node_id = node_id
         self.volume = volume
@@ -52,14 +69,15 @@ class RestartLock:
         self.verify_every = verify_every
         self.clock = clock
         self.rng = random.Random()
-        self.holding: str | None = None  # the session it is held with
-        self._index = 0
+        self.joined: str | None = None  # the session our entry was written with
+        self.holding = False
+        self._ahead: tuple[str, int] | None = None  # the entry watched, and its index
         self._verified_at = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self.run, name="restart-lock", daemon=True)
+            self._thread = threading.Thread(target=self.run, name="restart-queue", daemon=True)
             self._thread.start()
 
     def run(self) -> None:
@@ -73,82 +91,104 @@ class RestartLock:
                 failures += 1
                 delay = error_backoff(failures, self.rng)
                 self.metrics.consul_errors.labels(reason=exc.reason).inc()
-                self.log.warning("restart_lock_consul_failed", error=str(exc),
+                self.log.warning("restart_queue_consul_failed", error=str(exc),
                                  retry_in=round(delay, 2))
                 self.stop.wait(delay)
 
     def step(self) -> None:
-        """One look: release when the request is gone, keep checking the lock while held,
-        else wait for the lock (a blocking read) and take it when free."""
+        """One look: leave the queue when the request is gone; while first, check now and
+        then that the entry is still ours; else join, or wait for the entry ahead to go."""
         request = restart_handoff.read_request(self.volume)
         session = self.session()
         if request is None or session is None:
-            if self.holding is not None:
+            if self.joined is not None:
                 self.release()
             else:
                 restart_handoff.remove_grant(self.volume)
-            self._index = 0
             self.stop.wait(self.poll)
             return
-        if self.holding == session:
+        if self.joined is not None and self.joined != session:
+            self._lost("this participant's session changed")
+        if self.holding:
             if self.clock() - self._verified_at >= self.verify_every:
                 self._verify(session)
             self.stop.wait(self.poll)
             return
-        if self.holding is not None:  # registered again: the old session's lock is gone
-            self._lost("this participant's session changed")
-        self._contend(session, request.generation)
+        if self.joined is None:
+            self._join(session, request.generation)
+        elif self._ahead is not None:
+            self._wait_ahead()
+        else:
+            self._look(session, request.generation)
 
     def release(self) -> None:
-        """Give the lock up (the restart is done, or this process stops)."""
-        session, self.holding = self.holding, None
+        """Leave the queue (the restart is done, or this process stops)."""
+        joined, self.joined, self.holding, self._ahead = self.joined, None, False, None
         restart_handoff.remove_grant(self.volume)
-        if session is None:
+        if joined is None:
             return
         try:
-            self.store.put(RESTART_LOCK, self._value(None), release=session)
-        except ConsulError as exc:  # the session's end releases it in any case
-            self.log.warning("restart_lock_release_failed", error=str(exc))
+            self.queue.delete(self.node_id)
+        except ConsulError as exc:  # the session's end removes it in any case
+            self.log.warning("restart_queue_leave_failed", error=str(exc))
             return
-        self.log.info("restart_lock_released", node_id=self.node_id)
+        self.log.info("restart_queue_left", node_id=self.node_id)
 
-    def _contend(self, session: str, generation: int) -> None:
-        read = self.store.get(RESTART_LOCK, self._index,
-                              self.watch_wait if self._index else None)
-        if self._index:
-            self.metrics.watch_wakeups.labels(key=RESTART_LOCK).inc()
-        self._index = next_index(self._index, read.index)
-        holder = read.entry.session if read.entry is not None else None
-        if holder == session:
-            self._took(session, "resumed", generation)  # a restart of ours left it to us
-        elif holder is None and self.store.put(RESTART_LOCK, self._value(generation),
-                                               acquire=session):
-            self._took(session, "acquired", generation)
-        elif holder is not None:
-            self.log.info("restart_lock_waiting", node_id=self.node_id, holder=holder)
+    def _join(self, session: str, generation: int) -> None:
+        value = json.dumps({"node_id": self.node_id, "generation": generation,
+                            "at": round(self.clock(), 3)}).encode()
+        if not self.queue.put(self.node_id, value, acquire=session):
+            # Our entry is still held by this node's previous session (a restart of this
+            # auth manager with a new session): it goes when that session ends.
+            self.log.info("restart_queue_entry_held", node_id=self.node_id)
+            self.stop.wait(self.poll)
+            return
+        self.joined = session
+        self._look(session, generation)
 
-    def _took(self, session: str, how: str, generation: int) -> None:
-        self.holding = session
+    def _look(self, session: str, generation: int) -> None:
+        """Read the queue: first, take the grant; else watch the entry just ahead."""
+        try:
+            ahead = queue_ahead(self.queue.read(), self.node_id)
+        except KeyError:  # our entry went (its session ended): queue again
+            self.joined = None
+            return
+        if ahead is None:
+            self._took(session, generation)
+            return
+        read = self.queue.get(ahead)
+        self._ahead = (ahead, read.index) if read.entry is not None else None
+        if self._ahead is not None:
+            self.log.info("restart_queue_waiting", node_id=self.node_id, ahead=ahead)
+
+    def _wait_ahead(self) -> None:
+        assert self._ahead is not None
+        key, index = self._ahead
+        read = self.queue.get(key, index, self.watch_wait)
+        if read.index != index:
+            self.metrics.watch_wakeups.labels(key=RESTART_QUEUE).inc()
+        if read.entry is None or read.entry.session is None:
+            self._ahead = None  # gone: look at the queue again
+        else:
+            self._ahead = (key, max(1, read.index))
+
+    def _took(self, session: str, generation: int) -> None:
+        self.holding = True
         self._verified_at = self.clock()
         restart_handoff.write_grant(self.volume, restart_handoff.RestartGrant(
             session=session, node_id=self.node_id,
             granted_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))))
-        self.log.info("restart_lock_acquired", node_id=self.node_id, how=how,
-                      generation=generation)
+        self.log.info("restart_queue_first", node_id=self.node_id, generation=generation)
 
     def _verify(self, session: str) -> None:
-        """Still ours? A session that ended (Consul lost it, the TTL ran out) lost the lock:
-        withdraw the grant so that the monitor does not restart without it."""
-        entry = self.store.get(RESTART_LOCK).entry
+        """Still ours? A session that ended (Consul lost it, the TTL ran out) took our entry
+        with it: withdraw the grant so that the monitor does not restart without it."""
+        entry = self.queue.get(self.node_id).entry
         self._verified_at = self.clock()
         if entry is None or entry.session != session:
-            self._lost("the lock is no longer held by this session")
+            self._lost("the queue entry is no longer held by this session")
 
     def _lost(self, reason: str) -> None:
-        self.holding = None
+        self.joined, self.holding, self._ahead = None, False, None
         restart_handoff.remove_grant(self.volume)
-        self.log.warning("restart_lock_lost", node_id=self.node_id, reason=reason)
-
-    def _value(self, generation: int | None) -> bytes:
-        return json.dumps({"node_id": self.node_id, "generation": generation,
-                           "at": round(self.clock(), 3)}).encode()
+        self.log.warning("restart_queue_lost", node_id=self.node_id, reason=reason)

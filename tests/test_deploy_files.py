@@ -588,7 +588,7 @@ def test_kubernetes_broker_pod_structure() -> None:
 
 def test_consul_policies_are_least_privilege_templates() -> None:
     """Both policies are templates on {{prefix}}: read on the prefix; writes on exact keys
-    only (a participant: rotation, keeper, restart-lock, its own report; the operator:
+    only (a participant: rotation, keeper, its own report and restart-queue entry; the operator:
     active-root)."""
     def rules(name: str) -> dict[tuple[str, str], str]:
         text = (ROOT / "docker" / "consul" / name).read_text()
@@ -599,7 +599,7 @@ def test_consul_policies_are_least_privilege_templates() -> None:
         ("key_prefix", "{{prefix}}"): "read",
         ("key", "{{prefix}}rotation"): "write",
         ("key", "{{prefix}}keeper"): "write",
-        ("key", "{{prefix}}restart-lock"): "write",
+        ("key", "{{prefix}}restart-queue/{{node_id}}"): "write",
         ("key", "{{prefix}}nodes/{{node_id}}"): "write",
         ("session_prefix", ""): "write",
     }

@@ -22,7 +22,7 @@ from sidecar.consul_store import ConsulStore
 from sidecar.manifest import Manifest
 from sidecar.material import format_serial
 from sidecar.metrics import AuthManagerMetrics
-from sidecar.restart_lock import RESTART_LOCK, RestartLock
+from sidecar.restart_lock import RESTART_QUEUE, RestartLock
 from sidecar.settings import ConfigError
 from sidecar.volume import Volume
 from tests.consul_setup import ConsulTarget
@@ -197,9 +197,9 @@ def test_the_double_raft_client_keeps_its_start_up_roots(
 def test_generations_delivered_at_once_restart_one_broker_at_a_time(
         vault: VaultTarget, consul: ConsulTarget, tmp_path: Path) -> None:
     """Three brokers get phase 1 at the same moment, and the cluster always shows all three
-    alive (a stand-in restarts in milliseconds): only the restart lock keeps them apart. Each
-    broker's auth manager holds it (the real RestartLock, on Consul) for its monitor; the
-    three restarts never overlap, and each lock is given back."""
+    alive (a stand-in restarts in milliseconds): only the restart queue keeps them apart. Each
+    broker's auth manager queues (the real RestartLock, on Consul) for its monitor; the
+    three restarts never overlap, and each leaves the queue."""
     store = ConsulStore(consul.url, consul.prefix, consul.token)
     stop = threading.Event()
     windows: dict[int, tuple[float, float]] = {}
@@ -259,5 +259,4 @@ def test_generations_delivered_at_once_restart_one_broker_at_a_time(
             assert log.named("restart_waiting")
             wait_for(lambda r=rig: restart_handoff.read_grant(r.volume) is None,
                      "the lock to be given back")
-        wait_for(lambda: store.get(RESTART_LOCK).entry is None
-                 or store.get(RESTART_LOCK).entry.session is None, "the lock to be free")
+        wait_for(lambda: not store.child(RESTART_QUEUE).read().entries, "an empty queue")

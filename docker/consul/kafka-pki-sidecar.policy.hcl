@@ -15,8 +15,8 @@
 #   rotation     the record, written by the keeper in a transaction (check-session on keeper,
 #                then cas on rotation: the check needs read, the cas write)
 #   keeper       the lock, acquired and released with the participant's session
-#   restart-lock a KRaft broker's restart lock (one broker of the cluster restarts at a time),
-#                acquired and released with the participant's session
+#   restart-queue/<node_id>  its place in the KRaft restart queue (one broker of the cluster
+#                restarts at a time), acquired with the participant's session
 #   nodes/<id>   its own report, under its session
 # It cannot write active-root (the operator's) nor another participant's report.
 key_prefix "{{prefix}}" {
@@ -31,7 +31,7 @@ key "{{prefix}}keeper" {
   policy = "write"
 }
 
-key "{{prefix}}restart-lock" {
+key "{{prefix}}restart-queue/{{node_id}}" {
   policy = "write"
 }
 
