@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import os
 import threading
 import time
 from pathlib import Path
@@ -260,3 +261,25 @@ def test_generations_delivered_at_once_restart_one_broker_at_a_time(
             wait_for(lambda r=rig: restart_handoff.read_grant(r.volume) is None,
                      "the lock to be given back")
         wait_for(lambda: not store.child(RESTART_QUEUE).read().entries, "an empty queue")
+
+
+def test_a_broker_older_than_every_generation_restarts_once(
+        vault: VaultTarget, tmp_path: Path) -> None:
+    """Nothing says what a process that predates every generation on the volume loaded (no
+    ack records it): even a renewal asks for the restart, once; afterwards the ack knows."""
+    pid_file = tmp_path / "kafka.pid"
+    with broker_rig(vault, tmp_path, controller=True) as rig, \
+            supervised_sleeper(pid_file) as first:
+        rig.require_double().peers = {2: PEER, 3: PEER}
+        day_ago = time.time() - 86400
+        os.utime(pid_file, (day_ago, day_ago))
+        reloader, _, log = _kraft(rig, pid_file)
+        assert not reloader.handle()
+        assert restart_handoff.read_request(rig.volume) is not None
+        restart_handoff.write_grant(rig.volume, restart_handoff.RestartGrant("s", "kafka-1", ""))
+        assert reloader.handle(), log.events
+        assert int(pid_file.read_text()) != first
+        _renew(rig)
+        assert reloader.handle(), log.events
+        ack = Volume(rig.volume).read_ack()
+        assert ack is not None and "raft:trusted" in ack.targets
