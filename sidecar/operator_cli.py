@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sidecar.consul_access import AccessRefused, check_read_access, token_source
 from sidecar.consul_store import OPERATOR_POLICY, ConsulError, ConsulStore, Snapshot
 from sidecar.init_check import (
     INIT_DIFFERENT,
@@ -142,7 +143,10 @@ def _store(args: argparse.Namespace) -> ConsulStore:
     cluster = args.cluster or os.environ.get("PKI_CLUSTER") or "default"
     consul_prefix = args.consul_prefix or os.environ.get("PKI_CONSUL_PREFIX") or "kafka-pki"
     prefix = f"{consul_prefix.strip('/')}/{cluster}/"
-    return ConsulStore(addr, prefix, _consul_token(), policy=OPERATOR_POLICY)
+    token = _consul_token()
+    source = token_source(bool(os.environ.get("CONSUL_HTTP_TOKEN")),
+                          os.environ.get("CONSUL_HTTP_TOKEN_FILE"))
+    return ConsulStore(addr, prefix, token, policy=OPERATOR_POLICY, token_source=source)
 
 
 def _consul_token() -> str | None:
@@ -232,10 +236,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     return INIT_DIFFERENT
 
 
+#: ``kafka-pki status`` exit codes (README, kafka-pki): shown; Consul could not be asked;
+#: the token may not read the prefix (Consul would show it an empty cluster).
+STATUS_SHOWN, STATUS_UNAVAILABLE, STATUS_REFUSED = 0, 1, 2
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    data = status_data(_store(args).read(), time.time())
+    store = _store(args)
+    try:
+        check_read_access(store)
+        data = status_data(store.read(), time.time())
+    except (AccessRefused, ConsulError) as exc:
+        refused = isinstance(exc, AccessRefused) or exc.reason == "forbidden"
+        print(f"kafka-pki: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "reason": "forbidden" if refused else
+                              getattr(exc, "reason", "error")}))
+        return STATUS_REFUSED if refused else STATUS_UNAVAILABLE
     print(json.dumps(data, indent=2) if args.json else render_status(data))
-    return 0
+    return STATUS_SHOWN
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:

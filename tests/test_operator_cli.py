@@ -376,3 +376,56 @@ def test_status_reads_the_token_from_consul_http_token_file(
     monkeypatch.setenv("CONSUL_HTTP_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(SystemExit, match="cannot read CONSUL_HTTP_TOKEN_FILE"):
         main(args)
+
+
+def test_status_tells_a_refused_token_from_an_empty_cluster(
+        consul_acl: AclTokens, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Consul filters a denied recursive read down to an empty 404, so status reads
+    active-root directly (403) and asks acl/token/self what the token is: one line, exit 2,
+    with --json too; an empty prefix read with a good token is still "none yet", exit 0."""
+    prefix = consul_acl.base.prefix
+    ConsulStore(consul_acl.base.url, prefix, consul_acl.base.token).put("active-root", b"pki_a")
+    config_prefix, cluster = prefix.strip("/").rsplit("/", 1)
+    args = ["--consul-addr", consul_acl.base.url, "--consul-prefix", config_prefix,
+            "--cluster", cluster, "status"]
+    rule = f'key_prefix "{prefix}" read (see docker/consul/kafka-pki-operator.policy.hcl)'
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN_FILE", raising=False)
+    for extra in ([], ["--json"]):
+        assert main([*args, *extra]) == 2
+        out, err = capsys.readouterr()
+        assert len(err.strip().splitlines()) == 1, err
+        assert "token from nowhere (neither CONSUL_HTTP_TOKEN nor CONSUL_HTTP_TOKEN_FILE" in err
+        assert f"give a token with {rule}" in err
+        if extra:
+            assert json.loads(out)["reason"] == "forbidden"
+        else:
+            assert out == ""
+    elsewhere = consul_acl.token('key_prefix "elsewhere/" { policy = "read" }')
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", elsewhere)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Consul refuses the token from CONSUL_HTTP_TOKEN (AccessorID " in err
+    assert "policies: kafka-pki-test-" in err and f"the token needs {rule}" in err
+    assert elsewhere not in err, "the secret is never shown"
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", str(uuid.uuid4()))
+    assert main(args) == 2
+    assert "Consul does not know the token from CONSUL_HTTP_TOKEN (ACL not found" in (
+        capsys.readouterr().err)
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", consul_acl.token(operator_rules(prefix,
+                                                                             read_only=True)))
+    assert main(args) == 0
+    assert "desired root : pki_a" in capsys.readouterr().out
+    empty = [*args[:4], "--cluster", cluster + "-empty", "status"]
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", consul_acl.token(operator_rules(
+        f"{config_prefix}/{cluster}-empty/", read_only=True)))
+    assert main(empty) == 0, "allowed and empty: not an error"
+    assert "rotation     : none yet" in capsys.readouterr().out
+
+
+def test_status_exits_1_when_consul_cannot_be_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--consul-addr", f"http://127.0.0.1:{closed_port()}", "status", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert "cannot connect" in err and json.loads(out)["reason"] == "unavailable"
