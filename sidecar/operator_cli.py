@@ -45,6 +45,8 @@ from sidecar.rotation import (
     parse_root_name,
 )
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
+from sidecar.watch import Output, TimedOut, follow
+from sidecar.watch_progress import summary
 
 #: Environment variables read, with what for (secrets come from here only, never argv).
 ENVIRONMENT = {
@@ -245,6 +247,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         check_read_access(store)
+        if args.watch:
+            return _watch(store, args.json, None, None)
         data = status_data(store.read(), time.time())
     except (AccessRefused, ConsulError) as exc:
         refused = isinstance(exc, AccessRefused) or exc.reason == "forbidden"
@@ -258,6 +262,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    if (args.timeout is not None or args.json) and not args.wait:
+        print("kafka-pki: --timeout and --json go with --wait", file=sys.stderr)
+        return ROTATE_FAILED
     store = _store(args)
     if args.abort:
         raw = store.read().value(ROTATION)
@@ -270,8 +277,34 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         target = parse_root_name(args.to)
         _root_exists(target, args)
     store.put(ACTIVE_ROOT, target.encode())
-    print(f"active-root = {target} ({store.prefix}{ACTIVE_ROOT}); watch: kafka-pki status")
-    return 0
+    print(f"active-root = {target} ({store.prefix}{ACTIVE_ROOT}); watch: kafka-pki status "
+          "--watch", file=sys.stderr if args.json else sys.stdout)
+    if not args.wait:
+        return ROTATE_DONE
+    return _watch(store, args.json, target, args.timeout)
+
+
+#: ``kafka-pki rotate`` exit codes (README, kafka-pki): flipped (with ``--wait``: and the
+#: rotation completed); refused or failed; ``--timeout`` passed; interrupted (Ctrl-C).
+ROTATE_DONE, ROTATE_FAILED, ROTATE_TIMED_OUT, INTERRUPTED = 0, 1, 2, 130
+
+
+def _watch(store: ConsulStore, json_lines: bool, target: str | None,
+           timeout: float | None) -> int:
+    """Redraw the rotation until it completes (0), ``timeout`` passes (2, one line), or
+    Ctrl-C (130)."""
+    try:
+        with Output(as_json_lines=json_lines) as output:
+            follow(store, output, target=target, timeout=timeout)
+    except TimedOut as exc:
+        print(f"kafka-pki: --timeout {timeout:g}s passed before the rotation to {target} "
+              f"completed: {summary(exc.last)}", file=sys.stderr)
+        return ROTATE_TIMED_OUT
+    except KeyboardInterrupt:
+        print("kafka-pki: interrupted; the rotation goes on (kafka-pki status --watch)",
+              file=sys.stderr)
+        return INTERRUPTED
+    return ROTATE_DONE
 
 
 #: Options every command takes, before or after its name: (flag, help).
@@ -290,6 +323,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, command: bool) -> No
     for flag, help_text in GLOBAL_OPTIONS:
         group.add_argument(flag, help=help_text,
                            default=argparse.SUPPRESS if command else None)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,12 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{', '.join(KEY_TYPES)} (default: ec-p256)")
     init.set_defaults(func=cmd_init)
     status = command("status", "desired root, rotation phase, participants")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="machine-readable output (with "
+                        "--watch: one JSON object per update)")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw the rotation until it completes (or Ctrl-C)")
     status.set_defaults(func=cmd_status)
     rotate = command("rotate", "flip active-root (checked against Vault)")
     group = rotate.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", metavar="ROOT", help="the new root: a PKI mount, or mount:issuer")
     group.add_argument("--abort", action="store_true", help="roll back to the rotation's origin")
+    rotate.add_argument("--wait", action="store_true",
+                        help="after the flip, show the rotation until it completes (as status "
+                             "--watch)")
+    rotate.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --wait: give up (exit 2) after this many seconds")
+    rotate.add_argument("--json", action="store_true",
+                        help="with --wait: one JSON object per update")
     rotate.set_defaults(func=cmd_rotate)
     return parser
 
