@@ -12,6 +12,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ import pytest
 from sidecar import operator_cli, watch
 from sidecar.consul_store import ConsulStore
 from sidecar.operator_cli import main
+from sidecar.rotation import RotationRecord
+from sidecar.watch_progress import Progress
+from tests.consul_setup import ConsulTarget
 from tests.drill import CLUSTER, PREFIX, Drill, Timeline
 from tests.rotation_kit import Cluster
 from tests.test_operator_cli import cli, cluster  # noqa: F401  (the fixture)
@@ -64,7 +68,7 @@ def settle(c: Cluster, *names: str) -> None:
 
 def test_rotate_wait_follows_the_rotation_and_exits_0(
         cluster: Cluster, counted: dict[str, int],  # noqa: F811
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], record_property: Any) -> None:
     """Plain output (stdout is no terminal): one line per change, the last one "complete";
     the reports are read at most once a second plus once per change of the record."""
     settle(cluster, "broker-1", "broker-2", "client-1")
@@ -81,6 +85,8 @@ def test_rotate_wait_follows_the_rotation_and_exits_0(
     for phase in (1, 2, 3):
         assert f"phase {phase} of 3" in shown, shown
     assert "/3 acknowledged" in shown
+    record_property("figure", f"rotate --wait, 3 participants: {elapsed:.1f}s, "
+                    f"{counted['prefix']} prefix reads, {counted['key']} single-key reads")
     # linear: a bounded number of O(N) reads, however many reports arrived
     assert counted["prefix"] <= elapsed / watch.MIN_SPACING + 4 + 2, (counted, elapsed)
     assert counted["key"] <= 2 * (elapsed / watch.WAIT_SECONDS + 4) + 2, (counted, elapsed)
@@ -190,3 +196,55 @@ def test_rotate_wait_exits_0_on_a_drills_cluster(drill_cluster: Drill) -> None:
     while not drill_cluster.converged(B):  # every volume serves B only
         assert time.monotonic() < deadline, result.stdout
         time.sleep(0.2)
+
+
+def test_watch_reads_the_reports_at_a_bounded_rate_however_fast_they_change(
+        consul: ConsulTarget, record_property: Any) -> None:
+    """N reports rewritten as fast as one writer can while the watcher follows a rotation
+    that does not move: the O(N) read of the prefix happens about once a second, not once per
+    report (N watchers of a prefix would pay N x N; one watcher polling would pay N per report)."""
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    n = 300
+    record = RotationRecord("r1", A, B, 1, time.time(), time.time())
+    store.put("rotation", record.to_json())
+    session = store.create_session("watch-test", 30)
+    for i in range(n):
+        store.put(f"nodes/p-{i}", b"{}", acquire=session)
+    writes = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal writes
+        own = store.clone()
+        while not stop.is_set():
+            own.put(f"nodes/p-{writes % n}", json.dumps({"updated_at": time.time()}).encode(),
+                    acquire=session)
+            writes += 1
+
+    reads = 0
+    watcher = store.clone()
+    real_read = watcher.read
+
+    def counted_read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_read(*args, **kwargs)
+
+    watcher.read = counted_read  # type: ignore[method-assign]
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    seen: list[Progress] = []
+    start = time.monotonic()
+    try:
+        with pytest.raises(watch.TimedOut) as info:
+            watch.follow(watcher, seen.append, target=B, timeout=5.0)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        store.destroy_session(session)
+    elapsed = time.monotonic() - start
+    record_property("figure", f"watch, {n} reports, {writes} report writes in {elapsed:.1f}s: "
+                              f"{reads} prefix reads ({reads * n} entries), {len(seen)} redraws")
+    assert info.value.last.total == n and info.value.last.phase == 1
+    assert writes > 5 * reads, "the reports changed far more often than they were read"
+    assert reads <= elapsed / watch.MIN_SPACING + 2, (reads, elapsed)
