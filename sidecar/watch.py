@@ -54,12 +54,17 @@ def follow(store: ConsulStore, on_update: Callable[[Progress], None], *,
     deadline = None if timeout is None else clock() + timeout
     index, last_read, spacing = 0, float("-inf"), MIN_SPACING
     snapshot: Snapshot | None = None
+    seen: object = None
     while True:
-        wait = WAIT_SECONDS if deadline is None else max(1.0, min(WAIT_SECONDS,
-                                                                  deadline - clock()))
+        wait = WAIT_SECONDS
+        asked = clock()
         read = store.get(ROTATION, index, wait if index else None)
-        changed = read.index != index
-        index = next_index(index, read.index)
+        # The same value is no change (Consul answers a missing key with the KV table's
+        # index, which every report moves, and wakes its query for writes near it).
+        changed = read.content() != seen
+        if index and not changed and clock() - asked < wait:
+            time.sleep(wait - (clock() - asked))  # rather than redraw at the reports' pace
+        index, seen = next_index(index, read.index), read.content()
         if snapshot is None or changed or clock() - last_read >= spacing:
             snapshot = store.read()
             last_read = clock()
