@@ -267,8 +267,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         return ROTATE_FAILED
     store = _store(args)
     if args.abort:
-        raw = store.read().value(ROTATION)
-        record = parse_record(raw) if raw else None
+        # One key, read directly: a token denied it gets a 403, not an empty prefix.
+        entry = store.get(ROTATION).entry
+        record = parse_record(entry.value) if entry is not None and entry.value else None
         if record is None or record.stable or record.from_root == record.to_root:
             print("kafka-pki: no rotation in progress; nothing to abort", file=sys.stderr)
             return 1

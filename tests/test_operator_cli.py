@@ -423,6 +423,12 @@ def test_status_tells_a_refused_token_from_an_empty_cluster(
         f"{config_prefix}/{cluster}-empty/", read_only=True)))
     assert main(empty) == 0, "allowed and empty: not an error"
     assert "rotation     : none yet" in capsys.readouterr().out
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN")
+    abort = [*args[:-1], "rotate", "--abort"]
+    assert main(abort) == 1, "rotate --abort: refused, not 'nothing to abort'"
+    err = capsys.readouterr().err
+    assert "permission denied" in err and "token from nowhere" in err
+    assert "nothing to abort" not in err
 
 
 def test_status_exits_1_when_consul_cannot_be_asked(capsys: pytest.CaptureFixture[str]) -> None:
