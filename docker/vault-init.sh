@@ -22,7 +22,8 @@
 #     kafka.test and one policy `kafka-pki` for every participant: any participant can
 #     obtain any other's certificate, a broker's included;
 #   - the ou/organization of every role make the issued DN equal the sidecars' PKI_SUBJECT;
-#   - `kafka-pki-operator` (read the CA chain: what `kafka-pki rotate` checks);
+#   - `kafka-pki-operator` (read the CA chains and the roles: what `kafka-pki rotate` and
+#     `kafka-pki init` check; never sign);
 #   - AppRole auth, one role per participant (BROKERS are brokers, the other PARTICIPANTS
 #     clients), role_id fixed to the participant's name (not a secret: the sidecars get it as
 #     PKI_VAULT_ROLE_ID), secret_id written to $CREDENTIALS_DIR/<participant>/secret-id
@@ -174,7 +175,8 @@ path \"$root/ca_chain\"   { capabilities = [\"read\"] }
 path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
     operator="$operator
 path \"$root/ca_chain\"   { capabilities = [\"read\"] }
-path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
+path \"$root/ca/pem\"     { capabilities = [\"read\"] }
+path \"$root/roles/+\"    { capabilities = [\"read\"] }"
   done
   if [ "$PKI_LAYOUT" = issuers ]; then
     # Vault's `+` is one whole path segment: any issuer of this mount, by name or id.
@@ -183,8 +185,12 @@ path \"$root/ca/pem\"     { capabilities = [\"read\"] }"
 path \"$issuer/sign/kafka\" { capabilities = [\"update\"] }
 path \"$issuer/json\"       { capabilities = [\"read\"] }"
     operator="
-path \"$issuer/json\"       { capabilities = [\"read\"] }"
+path \"$issuer/json\"       { capabilities = [\"read\"] }
+path \"$ISSUER_MOUNT/roles/+\" { capabilities = [\"read\"] }"
   fi
+  # The operator reads the CAs (`kafka-pki rotate`) and the roles (`kafka-pki init` checks the
+  # participants' roles by reading them). It never signs: a token that signs obtains a
+  # certificate every participant trusts (a templated role still gives it localhost).
   printf '%s\n' "$operator" | vault policy write kafka-pki-operator - >/dev/null
   if [ "$PKI_ROLES" = shared ]; then
     printf '%s\n' "$shared" | vault policy write kafka-pki - >/dev/null

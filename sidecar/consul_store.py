@@ -131,8 +131,10 @@ class ConsulStore:
 
     def __init__(self, addr: str, prefix: str, token: str | None = None, *,
                  request_timeout: float = 10.0, verify: bool | str = True,
-                 policy: str = SIDECAR_POLICY) -> None:
-        """``policy``: the example policy a 403 message points to."""
+                 policy: str = SIDECAR_POLICY,
+                 token_source: str = "CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE)") -> None:
+        """``policy``: the example policy a 403 message points to; ``token_source``: where the
+        token came from, as a 403 message names it."""
         scheme, host, port = parse_address(addr)
         self.addr = addr
         self.prefix = prefix.strip("/") + "/"
@@ -147,12 +149,13 @@ class ConsulStore:
         self._token = token
         self._verify = verify
         self.policy = policy
+        self.token_source = token_source
 
     def clone(self) -> ConsulStore:
         """Another store on the same Consul and prefix, for use by another thread."""
         return ConsulStore(self.addr, self.prefix, self._token,
                            request_timeout=self.request_timeout, verify=self._verify,
-                           policy=self.policy)
+                           policy=self.policy, token_source=self.token_source)
 
     def rule(self, key: str | None, access: str) -> str:
         """The Consul ACL rule an operation needs: ``key "<prefix><key>" write``, or on the
@@ -169,8 +172,8 @@ class ConsulStore:
             message += "; Consul does not know this token (revoked, or a typo)"
         elif need:
             message += f"; the token needs {need}"
-        return ConsulError(f"{message}; check CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE) and "
-                           f"its policy (see {self.policy})", "forbidden")
+        return ConsulError(f"{message}; token from {self.token_source}: check it and its "
+                           f"policy (see {self.policy})", "forbidden")
 
     def _call(self, what: str, call: Callable[[], T], timeout: float | None = None,
               need: str | None = None) -> T:
@@ -235,6 +238,18 @@ class ConsulStore:
         return Entry(key=str(item["Key"])[len(self.prefix):],
                      value=value if value is None else bytes(value),
                      modify_index=int(item["ModifyIndex"]), session=item.get("Session"))
+
+    def token_self(self) -> dict[str, Any] | None:
+        """What Consul knows of this store's token (``GET /v1/acl/token/self``: AccessorID,
+        Description, Policies), or None when ACLs are off (401). A token Consul does not know,
+        or none at all, is a ``forbidden`` ConsulError (403 ``ACL not found``)."""
+        def fetch() -> dict[str, Any] | None:
+            try:
+                data = self._client.acl.tokens.self()
+            except consul.ACLDisabled:
+                return None
+            return dict(data) if isinstance(data, dict) else None
+        return self._call("read its token", fetch)
 
     def put(self, key: str, value: bytes, *, cas: int | None = None,
             acquire: str | None = None, release: str | None = None) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sidecar import layout
 from sidecar.config import AuthManagerConfig, consul_token
+from sidecar.consul_access import token_source
 from sidecar.consul_store import ConsulError, ConsulStore, KeyRead, watch
 from sidecar.keeper import ACTIVE_ROOT, KEEPER, NODES, ROTATION, BarrierKeeper
 from sidecar.manager import AuthManager
@@ -260,7 +261,9 @@ class RotationParticipant:
                     stop: threading.Event) -> RotationParticipant:
         assert config.consul_addr is not None
         prefix = f"{config.consul_prefix.strip('/')}/{config.cluster}/"
-        store = ConsulStore(config.consul_addr, prefix, consul_token(config))
+        store = ConsulStore(config.consul_addr, prefix, consul_token(config),
+                            token_source=token_source(bool(config.consul_token),
+                                                      config.consul_token_file))
         return cls(store=store, watch_store=store.clone(), manager=manager, metrics=metrics,
                    log=log, node_id=config.participant_id, role=config.node_role,
                    policy=Policy(config.min_dwell, config.expected_members),

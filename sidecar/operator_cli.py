@@ -1,6 +1,6 @@
 """``kafka-pki``: the operator's view of a cluster's rotation, and the one key to flip.
 
-    kafka-pki init --root pki_root_a [--pki-role kafka] [--name broker-1.kafka.test ...]
+    kafka-pki init --root pki_root_a [--pki-role kafka-broker --name broker-1.kafka.test ...]
     kafka-pki status [--json]
     kafka-pki rotate --to pki_root_b
     kafka-pki rotate --abort
@@ -12,7 +12,6 @@ go before or after the command, as with kubectl or consul.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -21,11 +20,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
+from sidecar.consul_access import AccessRefused, check_read_access, token_source
 from sidecar.consul_store import OPERATOR_POLICY, ConsulError, ConsulStore, Snapshot
+from sidecar.init_check import (
+    INIT_DIFFERENT,
+    INIT_REFUSED,
+    INIT_SET,
+    INIT_UNAVAILABLE,
+    InitRefused,
+    check_ca,
+    check_names,
+    check_roles,
+    is_ip,
+    kind,
+)
 from sidecar.keeper import ACTIVE_ROOT, KEEPER, ROTATION, keeper_holder, registered_nodes
-from sidecar.keys import KEY_TYPES, build_csr, csr_pem, generate_private_key
+from sidecar.keys import KEY_TYPES
 from sidecar.rotation import (
     Policy,
     RotationInputError,
@@ -33,9 +43,10 @@ from sidecar.rotation import (
     barrier,
     parse_record,
     parse_root_name,
-    split_root,
 )
 from sidecar.vault import TokenAuth, VaultError, VaultPKI
+from sidecar.watch import Output, TimedOut, follow
+from sidecar.watch_progress import summary
 
 #: Environment variables read, with what for (secrets come from here only, never argv).
 ENVIRONMENT = {
@@ -44,8 +55,8 @@ ENVIRONMENT = {
     "CONSUL_HTTP_TOKEN_FILE": "file holding the Consul ACL token (used when CONSUL_HTTP_TOKEN "
                               "is unset, as by the consul CLI)",
     "VAULT_ADDR": "Vault address, for `init` and `rotate --to` to check the root's PKI mount",
-    "VAULT_TOKEN": "Vault token allowed to read the root's CA (`init`, `rotate --to`) and to "
-                   "sign with its role (`init`)",
+    "VAULT_TOKEN": "Vault token allowed to read the root's CA (`init`, `rotate --to`) and the "
+                   "roles (`init`); a participant's, to sign with its role (`init --name`)",
     "VAULT_CACERT": "CA bundle to verify Vault's TLS certificate",
     "PKI_CLUSTER": "default for `--cluster`",
     "PKI_CONSUL_PREFIX": "default for `--consul-prefix`",
@@ -134,7 +145,10 @@ def _store(args: argparse.Namespace) -> ConsulStore:
     cluster = args.cluster or os.environ.get("PKI_CLUSTER") or "default"
     consul_prefix = args.consul_prefix or os.environ.get("PKI_CONSUL_PREFIX") or "kafka-pki"
     prefix = f"{consul_prefix.strip('/')}/{cluster}/"
-    return ConsulStore(addr, prefix, _consul_token(), policy=OPERATOR_POLICY)
+    token = _consul_token()
+    source = token_source(bool(os.environ.get("CONSUL_HTTP_TOKEN")),
+                          os.environ.get("CONSUL_HTTP_TOKEN_FILE"))
+    return ConsulStore(addr, prefix, token, policy=OPERATOR_POLICY, token_source=source)
 
 
 def _consul_token() -> str | None:
@@ -166,83 +180,8 @@ def _root_exists(root: str, args: argparse.Namespace) -> None:
         vault.login()
         vault.ca_certificates(root)
     except VaultError as exc:
-        raise SystemExit(f"kafka-pki: {root} is not a usable Vault PKI {_kind(root)}: "
+        raise SystemExit(f"kafka-pki: {root} is not a usable Vault PKI {kind(root)}: "
                          f"{exc}") from None
-
-
-def _kind(root: str) -> str:
-    """What a root identifier names: a mount (``pki_root_b``) or an issuer (``pki:root-b``)."""
-    return "issuer" if split_root(root)[1] is not None else "mount"
-
-
-#: ``kafka-pki init`` exit codes (README, kafka-pki).
-INIT_SET, INIT_DIFFERENT, INIT_REFUSED, INIT_UNAVAILABLE = 0, 1, 2, 3
-#: Vault's answers to a sign request (builtin/logical/pki/path_issue_sign.go, cert_util.go):
-#: the role lookup comes first, so any answer but this one proves the role exists ...
-UNKNOWN_ROLE = "unknown role"
-#: ... and a request without a common name stops here, after the CA and the key type passed.
-CN_REQUIRED = "common_name field is required"
-
-
-class InitRefused(Exception):
-    """Vault refuses what ``init`` was asked to check (exit 2), or cannot answer (exit 3)."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def check_root(vault: VaultPKI, root: str, role: str, names: Sequence[str],
-               key_type: str) -> str:
-    """Ask Vault whether ``root`` is a PKI mount with a CA whose ``role`` signs for ``names``.
-
-    Vault decides: a throwaway CSR (a fresh key of ``key_type``; the first DNS name as common
-    name, every name as a SAN) is sent to ``<root>/sign/<role>``, the request the sidecars
-    make. Re-implementing the role's name rules here (allowed_domains, subdomains, globs,
-    templates, cn_validations, enforce_hostnames, key type and bits ...) would be a second copy
-    that drifts from the Vault version in use. The certificate Vault returns is dropped with
-    its key; it is short-lived and, unless the role has no_store, listed under the mount's
-    certs. Without names only the mount, its CA, the role and the key type are checked.
-    Returns what was checked; raises :class:`InitRefused`.
-    """
-    dns = [n for n in names if not _is_ip(n)]
-    ips = [n for n in names if _is_ip(n)]
-    try:
-        vault.login()
-        vault.ca_certificates(root)
-    except VaultError as exc:
-        raise InitRefused(f"{root} is not a usable Vault PKI {_kind(root)}: {exc}",
-                          _init_code(exc)) from None
-    key = generate_private_key(key_type)
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, dns[0])] if dns else [])
-    try:
-        vault.sign(root, role, csr_pem(build_csr(key, subject, dns, ips)), dns[0] if dns else "",
-                   dns, ips, "5m")
-    except VaultError as exc:
-        if exc.reason == "invalid_request" and UNKNOWN_ROLE in str(exc):
-            raise InitRefused(f"{root} has no role {role}: {exc}", INIT_REFUSED) from None
-        if not names and exc.reason == "invalid_request" and CN_REQUIRED in str(exc):
-            return f"{root}/roles/{role} exists ({key_type}; no --name, so no names checked)"
-        what = ", ".join(names) if names else "a request without names"
-        raise InitRefused(f"{root}/sign/{role} refuses {what} ({key_type}): {exc}",
-                          _init_code(exc)) from None
-    if not names:
-        return f"{root}/roles/{role} exists ({key_type}; no --name, so no names checked)"
-    return f"{root}/sign/{role} signs for {', '.join(names)} ({key_type})"
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _init_code(exc: VaultError) -> int:
-    """Refused for good (fix Vault or the arguments) or not answered (try again)."""
-    return INIT_REFUSED if exc.permanent or exc.reason == "malformed_response" \
-        else INIT_UNAVAILABLE
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -252,9 +191,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     except RotationInputError as exc:
         print(f"kafka-pki: --root: {exc}", file=sys.stderr)
         return INIT_REFUSED
-    if names and all(_is_ip(n) for n in names):
+    if names and all(is_ip(n) for n in names):
         print("kafka-pki: --name: give the common name (a DNS name) first; IP addresses are "
               "only SANs", file=sys.stderr)
+        return INIT_REFUSED
+    if names and len(args.pki_role) != 1:
+        print("kafka-pki: --name: give the one --pki-role whose names to check (a "
+              "participant's, e.g. kafka-broker, with that participant's token)",
+              file=sys.stderr)
         return INIT_REFUSED
     try:
         vault = _vault(args, "writing it")
@@ -262,7 +206,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return INIT_REFUSED
     try:
-        checked = check_root(vault, root, args.pki_role, names, args.key_type)
+        check_ca(vault, root)
+        checked = (check_names(vault, root, args.pki_role[0], names, args.key_type) if names
+                   else check_roles(vault, root, args.pki_role, args.key_type))
     except InitRefused as exc:
         print(f"kafka-pki: {exc}", file=sys.stderr)
         return exc.code
@@ -292,17 +238,38 @@ def cmd_init(args: argparse.Namespace) -> int:
     return INIT_DIFFERENT
 
 
+#: ``kafka-pki status`` exit codes (README, kafka-pki): shown; Consul could not be asked;
+#: the token may not read the prefix (Consul would show it an empty cluster).
+STATUS_SHOWN, STATUS_UNAVAILABLE, STATUS_REFUSED = 0, 1, 2
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    data = status_data(_store(args).read(), time.time())
+    store = _store(args)
+    try:
+        check_read_access(store)
+        if args.watch:
+            return _watch(store, args.json, None, None)
+        data = status_data(store.read(), time.time())
+    except (AccessRefused, ConsulError) as exc:
+        refused = isinstance(exc, AccessRefused) or exc.reason == "forbidden"
+        print(f"kafka-pki: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "reason": "forbidden" if refused else
+                              getattr(exc, "reason", "error")}))
+        return STATUS_REFUSED if refused else STATUS_UNAVAILABLE
     print(json.dumps(data, indent=2) if args.json else render_status(data))
-    return 0
+    return STATUS_SHOWN
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    if (args.timeout is not None or args.json) and not args.wait:
+        print("kafka-pki: --timeout and --json go with --wait", file=sys.stderr)
+        return ROTATE_FAILED
     store = _store(args)
     if args.abort:
-        raw = store.read().value(ROTATION)
-        record = parse_record(raw) if raw else None
+        # One key, read directly: a token denied it gets a 403, not an empty prefix.
+        entry = store.get(ROTATION).entry
+        record = parse_record(entry.value) if entry is not None and entry.value else None
         if record is None or record.stable or record.from_root == record.to_root:
             print("kafka-pki: no rotation in progress; nothing to abort", file=sys.stderr)
             return 1
@@ -311,8 +278,34 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         target = parse_root_name(args.to)
         _root_exists(target, args)
     store.put(ACTIVE_ROOT, target.encode())
-    print(f"active-root = {target} ({store.prefix}{ACTIVE_ROOT}); watch: kafka-pki status")
-    return 0
+    print(f"active-root = {target} ({store.prefix}{ACTIVE_ROOT}); watch: kafka-pki status "
+          "--watch", file=sys.stderr if args.json else sys.stdout)
+    if not args.wait:
+        return ROTATE_DONE
+    return _watch(store, args.json, target, args.timeout)
+
+
+#: ``kafka-pki rotate`` exit codes (README, kafka-pki): flipped (with ``--wait``: and the
+#: rotation completed); refused or failed; ``--timeout`` passed; interrupted (Ctrl-C).
+ROTATE_DONE, ROTATE_FAILED, ROTATE_TIMED_OUT, INTERRUPTED = 0, 1, 2, 130
+
+
+def _watch(store: ConsulStore, json_lines: bool, target: str | None,
+           timeout: float | None) -> int:
+    """Redraw the rotation until it completes (0), ``timeout`` passes (2, one line), or
+    Ctrl-C (130)."""
+    try:
+        with Output(as_json_lines=json_lines) as output:
+            follow(store, output, target=target, timeout=timeout)
+    except TimedOut as exc:
+        print(f"kafka-pki: --timeout {timeout:g}s passed before the rotation to {target} "
+              f"completed: {summary(exc.last)}", file=sys.stderr)
+        return ROTATE_TIMED_OUT
+    except KeyboardInterrupt:
+        print("kafka-pki: interrupted; the rotation goes on (kafka-pki status --watch)",
+              file=sys.stderr)
+        return INTERRUPTED
+    return ROTATE_DONE
 
 
 #: Options every command takes, before or after its name: (flag, help).
@@ -333,6 +326,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, command: bool) -> No
                            default=argparse.SUPPRESS if command else None)
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kafka-pki", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
@@ -347,22 +347,35 @@ def build_parser() -> argparse.ArgumentParser:
     init = command("init", "set active-root if it is absent (checked against Vault first)")
     init.add_argument("--root", required=True, metavar="ROOT",
                       help="the first root: a PKI mount, or mount:issuer (Vault 1.11+)")
-    init.add_argument("--pki-role", default="kafka", metavar="ROLE",
-                      help="PKI role the sidecars sign with (default: kafka)")
+    init.add_argument("--pki-role", action="append", default=[], metavar="ROLE",
+                      help="a PKI role the sidecars sign with (repeat; default: "
+                           "kafka-broker and kafka-client, else kafka, as docker/vault-init.sh "
+                           "makes them)")
     init.add_argument("--name", action="append", default=[], metavar="NAME",
                       help="a name the role must sign for (repeat; the first DNS name is the "
-                           "common name, IP addresses are IP SANs)")
+                           "common name, IP addresses are IP SANs); signs a test CSR, so it "
+                           "needs one --pki-role and a participant's token")
     init.add_argument("--key-type", default="ec-p256", choices=KEY_TYPES, metavar="TYPE",
                       help=f"key type of the test CSR, the sidecars' key_type: "
                            f"{', '.join(KEY_TYPES)} (default: ec-p256)")
     init.set_defaults(func=cmd_init)
     status = command("status", "desired root, rotation phase, participants")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="machine-readable output (with "
+                        "--watch: one JSON object per update)")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw the rotation until it completes (or Ctrl-C)")
     status.set_defaults(func=cmd_status)
     rotate = command("rotate", "flip active-root (checked against Vault)")
     group = rotate.add_mutually_exclusive_group(required=True)
     group.add_argument("--to", metavar="ROOT", help="the new root: a PKI mount, or mount:issuer")
     group.add_argument("--abort", action="store_true", help="roll back to the rotation's origin")
+    rotate.add_argument("--wait", action="store_true",
+                        help="after the flip, show the rotation until it completes (as status "
+                             "--watch)")
+    rotate.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --wait: give up (exit 2) after this many seconds")
+    rotate.add_argument("--json", action="store_true",
+                        help="with --wait: one JSON object per update")
     rotate.set_defaults(func=cmd_rotate)
     return parser
 

@@ -378,6 +378,23 @@ class VaultPKI:
         except MaterialError as exc:
             raise VaultError(str(exc), "malformed_response") from exc
 
+    def read_role(self, root: str, role: str) -> dict[str, Any] | None:
+        """GET /<mount>/roles/<role> of ``root``'s mount: the role's settings, or None when
+        the mount has no such role (Vault answers 404)."""
+        mount, _ = self._split(root)
+        operation = f"read role {mount}/roles/{role}"
+        try:
+            response = self._with_relogin(operation, lambda: self._client.adapter.get(
+                f"/v1/{mount}/roles/{role}"))
+        except VaultError as exc:
+            if exc.reason == "not_found":
+                return None
+            raise
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, dict):
+            raise VaultError(f"Vault {operation}: response has no data", "malformed_response")
+        return data
+
     def pki_mounts(self) -> set[str]:
         """Names of the PKI secrets engines (without trailing slash)."""
         response = self._with_relogin("list mounts",

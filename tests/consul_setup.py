@@ -190,9 +190,9 @@ class AclTokens:
 
     def token(self, rules: str) -> str:
         """A new token holding one policy with ``rules``; its SecretID."""
-        if self.base.double is not None:
-            return self.base.double.create_token(rules)
         name = f"kafka-pki-test-{uuid.uuid4()}"
+        if self.base.double is not None:
+            return self.base.double.create_token(rules, description=name, policy_name=name)
         policy = self._api("PUT", "/v1/acl/policy", {"Name": name, "Rules": rules})
         token = self._api("PUT", "/v1/acl/token",
                           {"Description": name, "Policies": [{"ID": policy["ID"]}]})

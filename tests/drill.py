@@ -497,6 +497,10 @@ class Drill:
         self.consul_token = str(uuid.uuid4()) if self.least_privilege else None
         self.consul = self._start_consul()
         self.store = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/", self.consul_token)
+        print(f"drill: watch it with CONSUL_HTTP_ADDR={self.consul.url} kafka-pki --cluster "
+              f"{CLUSTER} status --watch" + (" (and the drill's management token)"
+                                            if self.consul_token else ""),
+              file=sys.stderr, flush=True)
         self.store.put("active-root", A.encode())
         names = ([("broker", f"kafka-{i}", i) for i in range(1, self.brokers_n + 1)]
                  + [("client", f"client-{i}", i) for i in range(1, self.clients_n + 1)])

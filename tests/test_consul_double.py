@@ -1060,3 +1060,30 @@ def test_acl_token_can_be_set_on_a_running_double(consul_double: ConsulDouble) -
     ok = requests.put(f"{consul_double.url}/v1/kv/k", data=b"1", timeout=5,
                       headers={"X-Consul-Token": "mgmt"})
     assert ok.status_code == 200
+
+
+def test_acl_token_self_describes_the_token_and_only_a_known_one(consul_acl: AclTokens) -> None:
+    """``GET /v1/acl/token/self`` (agent/acl_endpoint.go ACLTokenSelf, ACL.TokenRead by
+    secret): any known token reads itself, whatever its rules; no token or an unknown one is
+    403 ``ACL not found``. Together with a 403 on a direct key read, it tells a refused token
+    from an empty prefix (a denied recursive read is only filtered)."""
+    p = consul_acl.base.prefix
+    assert _raw(consul_acl.base, "PUT", f"/v1/kv/{p}active-root", data=b"x").status_code == 200
+    nothing = consul_acl.token('key_prefix "elsewhere/" { policy = "read" }')
+    me = _raw(consul_acl.target(nothing), "GET", "/v1/acl/token/self")
+    assert me.status_code == 200
+    body = me.json()
+    assert body["SecretID"] == nothing and body["AccessorID"]
+    assert [pol["Name"] for pol in body["Policies"]] == [body["Description"]]  # AclTokens names
+    for token in (None, str(uuid.uuid4())):
+        refused = _raw(consul_acl.target(token), "GET", "/v1/acl/token/self")
+        assert (refused.status_code, refused.text) == (403, "ACL not found")
+    denied = consul_acl.target(nothing)
+    assert _raw(denied, "GET", f"/v1/kv/{p}?recurse").status_code == 404  # filtered: "empty"
+    assert _raw(denied, "GET", f"/v1/kv/{p}active-root").status_code == 403  # refused
+
+
+def test_acl_token_self_without_acls_is_401() -> None:
+    with ConsulDouble() as double:
+        resp = requests.get(f"{double.url}/v1/acl/token/self", timeout=5)
+        assert (resp.status_code, resp.text) == (401, "ACL support disabled")

@@ -60,6 +60,8 @@ def test_once_uses_the_token_from_the_file(consul_acl: AclTokens, vault: VaultTa
     (failed,) = once_events(denied.stderr, "once_failed")
     assert failed["kind"] == "permanent_consul_forbidden"
     assert "CONSUL_HTTP_TOKEN_FILE" in str(failed["action"])  # where a mounted token goes
+    assert "token from nowhere (neither CONSUL_HTTP_TOKEN nor CONSUL_HTTP_TOKEN_FILE is set" in \
+        str(failed["error"])  # the start-up's one line names the token's source
 
     env["CONSUL_HTTP_TOKEN_FILE"] = str(token_file)
     result = run_script("pki-auth-manager", ["--once"], env)
@@ -94,6 +96,8 @@ def test_consul_http_token_wins_over_the_file(consul_acl: AclTokens, vault: Vaul
     assert result.returncode == 2, result.stderr
     (failed,) = once_events(result.stderr, "once_failed")
     assert failed["kind"] == "permanent_consul_forbidden"
+    assert "Consul does not know this token" in str(failed["error"])
+    assert "token from CONSUL_HTTP_TOKEN:" in str(failed["error"])
 
 
 # -- configuration (no Consul request) ---------------------------------------------------------

@@ -47,7 +47,7 @@ docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`
   makes tokens with HCL ``key``/``key_prefix``/``session``/``session_prefix`` rules, checked
   as Consul does (see ``tests.doubles.consul.acl``: exact beats prefix, longest prefix wins, lists
   filtered, txn ops checked one by one); no token is the anonymous token (denied), an
-  unknown one 403 ``ACL not found``.
+  unknown one 403 ``ACL not found``; ``GET /v1/acl/token/self`` describes the request's token.
 
 Test controls (thread safe): :meth:`restart`, :meth:`reset_index`, :meth:`drop_connections`,
 :meth:`set_down`, :meth:`expire_session`, :meth:`spurious_wakeups`, :meth:`reap_tombstones`,
@@ -269,6 +269,8 @@ class ConsulDouble(ServerControls, Transactions, KVEndpoint):
     ) -> _Response:
         if not path.startswith("/v1/"):
             return _Response(404)
+        if path == "/v1/acl/token/self" and method == "GET":
+            return self._token_self(query, headers)
         authz = self._resolve_token(query, headers)
         if isinstance(authz, _Response):
             return authz

@@ -8,7 +8,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from tests.doubles.consul.wire import _first, _Response, _text
+from tests.doubles.consul.wire import _first, _json_response, _Response, _text
 
 # Consul's ACL rules for KV and sessions, as acl/policy_authorizer.go and acl/policy.go
 # enforce them: ``key "<k>"`` and ``session "<n>"`` are exact-match rules, ``key_prefix`` and
@@ -61,6 +61,8 @@ class AclToken:
     accessor_id: str
     rules: dict[tuple[str, str], str]
     management: bool = False
+    description: str = ""
+    policy_names: tuple[str, ...] = ()
 
     def policy_for(self, resource: str, name: str) -> str | None:
         """getPolicy: the exact rule for ``name``, else the longest prefix rule."""
@@ -121,13 +123,17 @@ class AclChecks:
         return bool(self._tokens)
 
     def create_token(self, rules: str, *, secret: str | None = None,
-                     accessor_id: str | None = None) -> str:
+                     accessor_id: str | None = None, description: str = "",
+                     policy_name: str | None = None) -> str:
         """A client token with these HCL rules (see :func:`parse_acl_rules`); its SecretID.
+        ``description`` and ``policy_name`` are what ``acl/token/self`` shows of it.
 
         The first token turns ACLs on (default deny) if ``acl_token`` did not.
         """
         secret = secret or str(uuid.uuid4())
-        token = AclToken(accessor_id or str(uuid.uuid4()), parse_acl_rules(rules))
+        token = AclToken(accessor_id or str(uuid.uuid4()), parse_acl_rules(rules),
+                         description=description,
+                         policy_names=(policy_name,) if policy_name else ())
         with self._lock:
             self._tokens[secret] = token
         return secret
@@ -153,6 +159,25 @@ class AclChecks:
         with self._lock:
             token = self._tokens.get(secret)
         return token if token is not None else _text(403, "ACL not found")
+
+    def _token_self(self, query: dict[str, list[str]], headers: dict[str, str]) -> _Response:
+        """``GET /v1/acl/token/self`` (agent/acl_endpoint.go ``ACLTokenSelf``, ACL.TokenRead by
+        secret): ACLs off, 401 ``ACL support disabled``; the request's own token, whatever its
+        rules (no acl:read needed); no token or an unknown one, 403 ``ACL not found`` (the
+        secret "" names no token)."""
+        if not self._tokens:
+            return _text(401, "ACL support disabled")
+        token = self._resolve_token(query, headers)
+        if isinstance(token, _Response) or token is None or token.accessor_id == ANONYMOUS_ACCESSOR:
+            return _text(403, "ACL not found")
+        policies = ([{"ID": _MANAGEMENT_ACCESSOR, "Name": "global-management"}]
+                    if token.management else
+                    [{"ID": str(uuid.uuid5(uuid.NAMESPACE_URL, name)), "Name": name}
+                     for name in token.policy_names])
+        secret = next(k for k, v in self._tokens.items() if v is token)
+        return _json_response({"AccessorID": token.accessor_id, "SecretID": secret,
+                               "Description": token.description, "Policies": policies,
+                               "Local": False})
 
     def _denial(self, authz: AclToken, resource: str, access: str, name: str) -> str:
         """acl/errors.go ``PermissionDeniedError.Error`` for this version."""
