@@ -14,7 +14,8 @@ query) connections: each costs two coroutines and two sockets, no thread.
   messages are framed by ``Content-Length`` or ``Transfer-Encoding: chunked`` (requests and
   responses), responses without either by the connection closing; 1xx interim responses,
   ``HEAD`` and 204/304 are bodiless.
-* Counted: requests (by method), blocking queries (GETs whose query string has ``index`` >
+* Counted: requests (by method, and by method and path: ``"POST /v1/pki/sign/kafka"``, so
+  it counts a Vault's sign requests too), blocking queries (GETs whose query string has ``index`` >
   0), complete responses (by status), response body bytes (the payload, chunk framing
   excluded) and KV entries returned (the length of the JSON list of a ``GET /v1/kv/...`` 200
   that is not ``?raw``; for ``?keys``, the number of keys).
@@ -56,6 +57,7 @@ class ProxyStats:
 
     requests: int = 0
     methods: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
+    paths: Mapping[str, int] = field(default_factory=lambda: _frozen({}))
     blocking_queries: int = 0
     responses: int = 0
     statuses: Mapping[int, int] = field(default_factory=lambda: _frozen({}))
@@ -88,6 +90,7 @@ class _Counters:
     def reset(self) -> None:
         self.requests = 0
         self.methods: collections.Counter[str] = collections.Counter()
+        self.paths: collections.Counter[str] = collections.Counter()
         self.blocking = 0
         self.responses = 0
         self.statuses: collections.Counter[int] = collections.Counter()
@@ -290,6 +293,7 @@ class _Connection:
             with counters.lock:
                 counters.requests += 1
                 counters.methods[method] += 1
+                counters.paths[f"{method} {urlsplit(target).path}"] += 1
                 if _is_blocking(method, target):
                     counters.blocking += 1
             if self.up_writer is None and not await self._open_upstream():
@@ -463,6 +467,7 @@ class CountingProxy:
             return ProxyStats(
                 requests=c.requests,
                 methods=_frozen(c.methods),  # type: ignore[arg-type]
+                paths=_frozen(c.paths),  # type: ignore[arg-type]
                 blocking_queries=c.blocking,
                 responses=c.responses,
                 statuses=_frozen(c.statuses),  # type: ignore[arg-type]

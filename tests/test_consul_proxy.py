@@ -125,6 +125,9 @@ def test_counts_are_exact_for_a_known_sequence(
     stats = counted(proxy, 9)
     assert stats.requests == stats.responses == 9
     assert dict(stats.methods) == {"PUT": 2, "GET": 6, "DELETE": 1}
+    assert dict(stats.paths) == {"PUT /v1/kv/app/a": 1, "PUT /v1/kv/app/b": 1,
+                                 "GET /v1/kv/app/a": 3, "GET /v1/kv/app/": 2,
+                                 "GET /v1/kv/app/missing": 1, "DELETE /v1/kv/app/b": 1}
     assert stats.blocking_queries == 1
     assert dict(stats.statuses) == {200: 8, 404: 1}
     assert stats.response_body_bytes == body_bytes
@@ -137,7 +140,7 @@ def test_counts_are_exact_for_a_known_sequence(
     proxy.reset()
     zero = proxy.stats()
     assert (zero.requests, zero.responses, zero.kv_entries, zero.response_body_bytes) == (0,) * 4
-    assert dict(zero.methods) == {} and dict(zero.statuses) == {}
+    assert dict(zero.methods) == {} and dict(zero.statuses) == {} and dict(zero.paths) == {}
 
 
 def counted(proxy: CountingProxy, responses: int) -> ProxyStats:
