@@ -19,12 +19,13 @@ from sidecar.manager import (
     RECOVERABLE,
     AuthManager,
     DesiredSource,
+    RetryHeld,
     StaticSource,
     error_kind,
     is_permanent,
 )
 from sidecar.metrics import AuthManagerMetrics
-from sidecar.renewal import Identity, backoff_delay
+from sidecar.renewal import Desired, Identity
 from sidecar.settings import ConfigError
 from sidecar.vault import VaultPKI, authenticator_from
 from sidecar.volume import Volume
@@ -140,23 +141,27 @@ def run_once(manager: AuthManager, source: DesiredSource, log: Any, timeout: flo
     retrying cannot help.
     """
     deadline = time.monotonic() + timeout
-    attempt = 0
     try:
         while stop is None or not stop.is_set():
+            attempted: Desired | None = None
             try:
-                manager.issuer.vault.login()
-                manifest = manager.reconcile(source.desired())
+                attempted = source.desired()
+                manifest = manager.reconcile(attempted)
                 source.report(manifest, manager.volume.read_ack())
                 break
+            except RetryHeld as held:  # the record or the acknowledgement woke the wait
+                source.wait(held.seconds)
+                continue
             except RECOVERABLE as exc:
-                attempt += 1
                 kind = error_kind(exc)
-                if is_permanent(exc):
+                permanent = is_permanent(exc)
+                delay = manager.pacer.failed(permanent, attempted, manager.clock(),
+                                             manager.rng.random())
+                attempt = manager.pacer.failures
+                if permanent:
                     log.error("once_failed", error=str(exc), kind=kind, attempts=attempt,
                               permanent=True, action=permanent_action(exc))
                     return 2
-                delay = backoff_delay(attempt - 1, manager.backoff_initial, manager.backoff_max,
-                                      manager.rng.random())
                 if time.monotonic() + delay > deadline:
                     log.error("once_failed", error=str(exc), kind=kind, attempts=attempt)
                     return 1

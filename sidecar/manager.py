@@ -17,7 +17,7 @@ from sidecar.issuer import Issuer
 from sidecar.manifest import Acknowledgement, Manifest
 from sidecar.material import MaterialError
 from sidecar.metrics import AuthManagerMetrics
-from sidecar.renewal import Desired, backoff_delay, renewal_reason, renewal_time
+from sidecar.renewal import Desired, RetryPacer, renewal_reason, renewal_time
 from sidecar.rotation import RotationInputError
 from sidecar.vault import VaultError
 from sidecar.volume import Volume, VolumeError
@@ -50,6 +50,15 @@ def error_kind(exc: Exception) -> str:
     else:
         kind = str(getattr(exc, "reason", None) or type(exc).__name__)
     return f"permanent_{kind}" if is_permanent(exc) else kind
+
+
+class RetryHeld(Exception):
+    """A pass woke before the back-off of the last failed attempt was over (the record, the
+    acknowledgement or the session woke it): nothing was asked of Vault."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the last attempt failed: next attempt in {seconds:.2f} s")
+        self.seconds = seconds
 
 
 class DesiredSource(Protocol):
@@ -108,7 +117,8 @@ class AuthManager:
                  renew_jitter: float, backoff_initial: float, backoff_max: float,
                  published_dir: PurePath | None = None,
                  now: Callable[[], dt.datetime] = utc_now,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.issuer = issuer
         self.volume = volume
         self.password_file = password_file
@@ -120,9 +130,10 @@ class AuthManager:
         self.backoff_max = backoff_max
         self.published_current = (published_dir or volume.root) / layout.CURRENT
         self.now = now
+        self.clock = clock  # monotonic: the back-off's
         self.rng = rng or random.Random()
         self._jitter: dict[str, float] = {}  # serial -> random unit, stable per certificate
-        self.failures = 0
+        self.pacer = RetryPacer(backoff_initial, backoff_max)
         self.last_error: str | None = None
         self.permanent_error: str | None = None  # the last failure, when retrying cannot help
         self.heartbeat = time.monotonic()
@@ -149,11 +160,17 @@ class AuthManager:
         """Make the volume hold valid material for ``desired``; return its manifest.
 
         Raises VaultError, MaterialError or VolumeError; the previous generation then stays.
+        Raises RetryHeld, asking Vault nothing, while the back-off of the last failed attempt
+        holds ``desired`` back (see RetryPacer).
         """
         now = self.now()
         manifest = self.current_manifest()
         reason = renewal_reason(manifest, desired, self.issuer.identity, now,
                                 self.renew_at(manifest) if manifest else None)
+        held = self.pacer.hold(desired, self.clock())
+        if held > 0 and reason is not None:
+            raise RetryHeld(held)
+        self.issuer.vault.keep_token_alive()
         if reason is None:
             assert manifest is not None
             self._record_installed(manifest)
@@ -219,13 +236,15 @@ class AuthManager:
     def step(self, source: DesiredSource) -> float:
         """One reconcile attempt; returns how long to wait before the next one."""
         self.heartbeat = time.monotonic()
+        attempted: Desired | None = None  # known once the source answered
         try:
-            self.issuer.vault.keep_token_alive()
-            desired = source.desired()
-            manifest = self.reconcile(desired)
+            attempted = source.desired()
+            manifest = self.reconcile(attempted)
+        except RetryHeld as held:
+            return self._held(held, source)
         except RECOVERABLE as exc:
-            return self._failed(exc, source)
-        self.failures = 0
+            return self._failed(exc, source, attempted)
+        self.pacer.succeeded()
         self.last_error = None
         self.permanent_error = None
         self.metrics.ready.set(1)
@@ -236,25 +255,34 @@ class AuthManager:
             seconds = min(seconds, max(1.0, token_left / 3))
         return max(1.0, seconds)
 
-    def _failed(self, exc: Exception, source: DesiredSource) -> float:
+    def _failed(self, exc: Exception, source: DesiredSource, attempted: Desired | None
+                ) -> float:
         kind = error_kind(exc)
         permanent = is_permanent(exc)
-        self.failures += 1
         self.last_error = str(exc)
         self.permanent_error = str(exc) if permanent else None
         # A permanent refusal is retried only at the slowest pace (someone must fix the role,
         # policy or mount first); anything else backs off exponentially from backoff_initial.
-        attempt = 64 if permanent else self.failures - 1
-        delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max, self.rng.random())
+        delay = self.pacer.failed(permanent, attempted, self.clock(), self.rng.random())
         self.metrics.renewals.labels(result=f"error_{kind}").inc()
         self.metrics.errors.labels(kind=kind).inc()
         kept = self.current_manifest()  # read once: for the log, the probe and the report
-        self.log.error("renewal_failed", error=str(exc), kind=kind, attempt=self.failures,
-                       permanent=permanent, retry_in_seconds=round(delay, 2),
+        self.log.error("renewal_failed", error=str(exc), kind=kind,
+                       attempt=self.pacer.failures, permanent=permanent,
+                       retry_in_seconds=round(delay, 2),
                        kept_generation=kept.generation if kept else None)
         self.metrics.ready.set(1 if kept and not self._expired(kept) else 0)
         source.report(kept, self.volume.read_ack())
         return delay
+
+    def _held(self, held: RetryHeld, source: DesiredSource) -> float:
+        """Woken inside the back-off: report what is kept, ask Vault nothing."""
+        self.log.debug("renewal_held", retry_in_seconds=round(held.seconds, 2),
+                       last_error=self.last_error)
+        kept = self.current_manifest()
+        self.metrics.ready.set(1 if kept and not self._expired(kept) else 0)
+        source.report(kept, self.volume.read_ack())
+        return held.seconds
 
     def run(self, source: DesiredSource, stop: threading.Event) -> None:
         """Reconcile until ``stop`` is set, waking early when the source changes."""

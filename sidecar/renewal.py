@@ -59,6 +59,60 @@ def backoff_delay(attempt: int, initial: float, maximum: float, random_unit: flo
     return ceiling / 2 + ceiling / 2 * random_unit
 
 
+@dataclasses.dataclass
+class RetryPacer:
+    """When the next attempt to obtain material may be made: the one owner of the back-off.
+
+    Every failed pass is counted (``failed``) and gets its delay from here. A failed *attempt*
+    (Vault was asked for ``attempted``) also holds further attempts back until that delay
+    has passed (``hold``), however often the loop is woken before: by the rotation record,
+    the monitor's acknowledgement or a new session. A pass that failed before it knew what to
+    ask (Consul, a bad record) holds nothing back: the wake-up that fixes it (the record
+    appearing) must be followed at once.
+
+    A permanent refusal is Vault's verdict on one request (signer and trust set, for this
+    identity and role), so it holds back that request only: a rotation phase that asks for
+    another signer or trust set is tried at once. That costs at most one attempt per record
+    change (a handful per rotation), and holding it would delay the whole fleet's rotation,
+    whose barrier waits for every participant, by up to ``maximum`` per phase. A transient
+    failure (Vault or the network) holds back every request.
+    """
+
+    initial: float
+    maximum: float
+    failures: int = 0
+    _held: Desired | None = None
+    _held_permanent: bool = False
+    _held_until: float = float("-inf")
+
+    def failed(self, permanent: bool, attempted: Desired | None, now: float,
+               random_unit: float) -> float:
+        """Count a failed pass at monotonic time ``now``; return the delay before the next.
+        A permanent refusal waits ``maximum`` (with jitter) at once."""
+        self.failures += 1
+        attempt = 64 if permanent else self.failures - 1
+        delay = backoff_delay(attempt, self.initial, self.maximum, random_unit)
+        if attempted is not None:
+            self._held, self._held_permanent = attempted, permanent
+            self._held_until = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        """An attempt succeeded: the next failure backs off from ``initial`` again."""
+        self.failures = 0
+        self._held, self._held_until = None, float("-inf")
+
+    def hold(self, request: Desired, now: float) -> float:
+        """Seconds before ``request`` may be attempted (0: now)."""
+        left = self._held_until - now
+        if left <= 0:
+            return 0.0
+        if self._held_permanent and self._held is not None and (
+                (request.signer, request.trust) != (self._held.signer, self._held.trust)):
+            return 0.0
+        return left
+
+
 def _parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 

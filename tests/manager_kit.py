@@ -51,6 +51,19 @@ class RecordingLog:
         return "\n".join(json.dumps(e, default=str) for e in self.events)
 
 
+class ManualClock:
+    """A monotonic clock that moves only when told (``AuthManager.clock``, the back-off's)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def password_file(directory: Path) -> Path:
     path = directory / "store-password"
     path.write_text(PASSWORD + "\n")
@@ -86,3 +99,15 @@ def metric(metrics: AuthManagerMetrics, name: str, **labels: str) -> float:
 
 def replace(config: AuthManagerConfig, **changes: Any) -> AuthManagerConfig:
     return dataclasses.replace(config, **changes)
+
+
+def paced_manager(url: str, token: str, tmp_path: Path, backoff_initial: float = 2.0,
+                  backoff_max: float = 60.0
+                  ) -> tuple[AuthManager, AuthManagerMetrics, RecordingLog, ManualClock]:
+    """A static-mode manager (volume ``tmp_path/volume``) whose back-off runs on a
+    ManualClock: the test moves the time."""
+    config = make_config(url, token, tmp_path / "volume", tmp_path,
+                         backoff_initial=backoff_initial, backoff_max=backoff_max)
+    manager, metrics, log = make_manager(config)
+    manager.clock = clock = ManualClock()
+    return manager, metrics, log, clock

@@ -39,7 +39,14 @@ from tests.doubles.consul import ConsulDouble
 from tests.doubles.vault import VaultDouble
 from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
-from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager, metric
+from tests.manager_kit import (
+    PASSWORD,
+    SUBJECT,
+    make_config,
+    make_manager,
+    metric,
+    paced_manager,
+)
 from tests.pki import LocalRoot
 from tests.vault_setup import VaultTarget
 
@@ -211,15 +218,19 @@ PERMANENT_FAULTS = {
 def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_path: Path,
                                                  fault: str) -> None:
     inject, message, result = FAULTS[fault]
-    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
-                         tmp_path, backoff_initial=2.0, backoff_max=60.0)
-    manager, metrics, log = make_manager(config)
+    manager, metrics, log, clock = paced_manager(vault_double.url, vault_double.root_token,
+                                              tmp_path)
     first = manager.reconcile(DESIRED_A)
     before = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
     inject(vault_double)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
     delay = manager.step(source)
     assert 1.0 <= delay <= 2.0, "first retry after backoff_initial (with jitter)"
+    requests = len(vault_double.request_log)
+    clock.advance(delay / 2)  # woken early (the record, the acknowledgement): held back
+    assert manager.step(source) == pytest.approx(delay / 2)
+    assert len(vault_double.request_log) == requests, "nothing asked of Vault"
+    clock.advance(delay / 2)
     assert manager.step(source) >= 2.0, "backoff grows"
     errors = log.named("renewal_failed")
     assert errors and message in errors[0]["error"], errors
@@ -236,13 +247,13 @@ def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_
 def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tmp_path: Path,
                                                    fault: str) -> None:
     inject, message, result = PERMANENT_FAULTS[fault]
-    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
-                         tmp_path, backoff_initial=2.0, backoff_max=60.0)
-    manager, metrics, log = make_manager(config)
+    manager, metrics, log, clock = paced_manager(vault_double.url, vault_double.root_token,
+                                              tmp_path)
     first = manager.reconcile(DESIRED_A)
     inject(vault_double)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
-    assert 30.0 <= manager.step(source) <= 60.0, "at once the slow back-off: backoff_max"
+    delay = manager.step(source)
+    assert 30.0 <= delay <= 60.0, "at once the slow back-off: backoff_max"
     errors = log.named("renewal_failed")
     assert errors and message in errors[0]["error"] and errors[0]["permanent"] is True
     assert errors[0]["kind"] == result.removeprefix("error_")
@@ -252,7 +263,11 @@ def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tm
     ready, detail = manager.readiness()
     assert ready, "the kept generation is still valid"
     assert "failing permanently" in detail and message in detail
-    vault_double.reset_faults()  # the role is fixed: the next pass succeeds and clears it
+    vault_double.reset_faults()  # the role is fixed: the pass after the back-off succeeds
+    clock.advance(delay - 1.0)
+    assert manager.step(source) == pytest.approx(1.0), "held back until backoff_max is over"
+    assert "failing permanently" in manager.readiness()[1]
+    clock.advance(1.0)
     manager.step(source)
     assert "permanent" not in manager.readiness()[1]
     if fault == "forbidden":  # one fresh login was tried before calling it permanent
@@ -261,13 +276,14 @@ def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tm
 
 def test_transient_after_permanent_backs_off_from_the_start(vault_double: VaultDouble,
                                                             tmp_path: Path) -> None:
-    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
-                         tmp_path, backoff_initial=2.0, backoff_max=60.0)
-    manager, _, _ = make_manager(config)
+    manager, _, _, clock = paced_manager(vault_double.url, vault_double.root_token,
+                                              tmp_path)
     manager.reconcile(DESIRED_A)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
     vault_double.fail_next(1, 400, ["common name app-1 not allowed by this role"])
-    assert manager.step(source) >= 30.0
+    delay = manager.step(source)
+    assert delay >= 30.0
+    clock.advance(delay)
     vault_double.fail_next(1, 503, ["Vault is sealed"])
     delay = manager.step(source)
     assert delay < 30.0 and "permanent" not in manager.readiness()[1]

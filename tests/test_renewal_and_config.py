@@ -17,7 +17,14 @@ from sidecar import cli
 from sidecar.config import AuthManagerConfig, load_config, reference
 from sidecar.keys import build_csr, generate_private_key, parse_subject
 from sidecar.manifest import Manifest
-from sidecar.renewal import Desired, Identity, backoff_delay, renewal_reason, renewal_time
+from sidecar.renewal import (
+    Desired,
+    Identity,
+    RetryPacer,
+    backoff_delay,
+    renewal_reason,
+    renewal_time,
+)
 from sidecar.settings import ConfigError
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -45,6 +52,46 @@ def test_backoff_is_capped_and_grows(attempt: int, unit: float) -> None:
     delay = backoff_delay(attempt, 1.0, 300.0, unit)
     assert 0.5 <= delay <= 300.0
     assert backoff_delay(attempt + 1, 1.0, 300.0, 0.0) >= backoff_delay(attempt, 1.0, 300.0, 0.0)
+
+
+PHASE_1 = Desired("pki_root_a", ("pki_root_a", "pki_root_b"), "r1", 1)
+PHASE_2 = Desired("pki_root_b", ("pki_root_a", "pki_root_b"), "r1", 2)
+
+
+def test_a_permanent_refusal_holds_that_request_for_backoff_max() -> None:
+    pacer = RetryPacer(initial=1.0, maximum=300.0)
+    delay = pacer.failed(True, PHASE_1, now=100.0, random_unit=0.5)
+    assert delay == 225.0, "at once between half and all of backoff_max"
+    assert pacer.hold(PHASE_1, 100.0) == 225.0
+    assert pacer.hold(PHASE_1, 300.0) == 25.0, "however often the loop wakes before"
+    same_material = dataclasses.replace(PHASE_1, rotation_id="r2", phase=0)
+    assert pacer.hold(same_material, 300.0) == 25.0, "the same request to Vault"
+    assert pacer.hold(PHASE_1, 325.0) == 0.0
+    assert pacer.hold(PHASE_2, 100.0) == 0.0, "another signer: Vault has not answered it yet"
+    trust_only = Desired("pki_root_a", ("pki_root_b",))
+    assert pacer.hold(trust_only, 100.0) == 0.0, "another trust set: another request too"
+
+
+def test_a_transient_failure_holds_every_request() -> None:
+    pacer = RetryPacer(initial=1.0, maximum=300.0)
+    assert pacer.failed(False, PHASE_1, now=0.0, random_unit=1.0) == 1.0
+    assert pacer.hold(PHASE_2, 0.5) == 0.5, "Vault or the network failed, whatever was asked"
+    assert pacer.failed(False, PHASE_2, now=1.0, random_unit=1.0) == 2.0, "grows"
+    assert pacer.hold(PHASE_1, 2.0) == 1.0
+    pacer.succeeded()
+    assert pacer.hold(PHASE_1, 2.0) == 0.0
+    assert pacer.failed(False, PHASE_1, now=2.0, random_unit=1.0) == 1.0, "from initial again"
+
+
+def test_a_pass_failing_before_its_attempt_holds_nothing_back() -> None:
+    """A Consul error or a missing record: the wake-up that fixes it is followed at once,
+    while the delay still grows; an earlier attempt's hold stays."""
+    pacer = RetryPacer(initial=1.0, maximum=300.0)
+    assert pacer.failed(False, None, now=0.0, random_unit=1.0) == 1.0
+    assert pacer.hold(PHASE_1, 0.0) == 0.0
+    assert pacer.failed(True, PHASE_1, now=0.0, random_unit=1.0) == 300.0
+    assert pacer.failed(False, None, now=10.0, random_unit=1.0) == 4.0
+    assert pacer.hold(PHASE_1, 10.0) == 290.0
 
 
 IDENTITY = Identity(subject="CN=b1.kafka.test,OU=kafka,O=Example", dns_sans=("b1.kafka.test",),
