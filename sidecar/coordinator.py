@@ -242,12 +242,13 @@ class RotationParticipant:
             volume=manager.volume.root, metrics=metrics, log=log, stop=stop)
         self._watcher: threading.Thread | None = None
         self._watched: KeyRead | None = None
+        self._used: KeyRead | None = None  # the read the last pass decided on
         self._watched_lock = threading.Lock()
         self._watch_live = False
         self._known_roots: set[str] = set()
         self._reported_bad: set[str] = set()
         self._record: RotationRecord | None = None
-        self._ack_stamp: float | None = None
+        self._ack_stamp = self._ack_mtime()  # an acknowledgement from before is no news
         self._acted: Desired | None = None  # what the last record read asked of us
         self._served: NodeState | None = None  # what we last reported as verifiably served
         metrics.rotation_min_dwell.set(policy.min_dwell)
@@ -279,7 +280,11 @@ class RotationParticipant:
         def on_change(read: KeyRead) -> None:
             with self._watched_lock:
                 self._watched = read
-            self.changed.set()
+                used = self._used
+            # Only news wakes the loop: the watch's first answer is the record the first pass
+            # reads itself, and waking for it ran that pass (a refused Vault attempt) again.
+            if used is not None and used.content() != read.content():
+                self.changed.set()
 
         def on_error(exc: ConsulError, delay: float) -> None:
             self._watch_live = False
@@ -306,11 +311,13 @@ class RotationParticipant:
         watch had it changed since; a pass per phase then costs no read), else read now."""
         with self._watched_lock:
             if self._watch_live and self._watched is not None and not self.fresh_reads:
+                self._used = self._watched
                 return self._watched
         read = self.store.get(ROTATION)
         with self._watched_lock:
             if self._watched is None or read.index >= self._watched.index:
                 self._watched = read
+            self._used = self._watched
             return self._watched
 
     # -- DesiredSource ----------------------------------------------------------------------
@@ -368,7 +375,7 @@ class RotationParticipant:
             self.changed.wait(min(left, 0.25))
             self.changed.clear()
             with self._watched_lock:
-                read = self._watched or read
+                read = self._used = self._watched or read
         return read
 
     def report(self, manifest: Manifest | None, ack: Acknowledgement | None) -> None:
@@ -405,11 +412,14 @@ class RotationParticipant:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _ack_changed(self) -> bool:
+    def _ack_mtime(self) -> float | None:
         try:
-            stamp = os.stat(layout.ack_path(self.manager.volume.root)).st_mtime
+            return os.stat(layout.ack_path(self.manager.volume.root)).st_mtime
         except OSError:
-            stamp = None
+            return None
+
+    def _ack_changed(self) -> bool:
+        stamp = self._ack_mtime()
         changed = stamp != self._ack_stamp
         self._ack_stamp = stamp
         return changed

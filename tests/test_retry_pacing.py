@@ -20,6 +20,7 @@ from tests.consul_proxy import CountingProxy
 from tests.consul_setup import ConsulTarget
 from tests.doubles.vault import VaultDouble
 from tests.manager_kit import PASSWORD, paced_manager
+from tests.rotation_kit import Cluster
 from tests.vault_setup import CLIENT_ROLE, VaultTarget, prepare_least_privilege
 
 PHASE_0 = Desired("pki_root_a", ("pki_root_a",), "r1", 0)
@@ -147,3 +148,24 @@ def test_a_permanent_refusal_is_asked_once_per_backoff(vault: VaultTarget, consu
         finally:
             manager.stop()
 
+
+def test_a_restarted_participant_is_not_woken_by_what_it_read_itself(
+        consul: ConsulTarget, vault: VaultTarget, tmp_path: Path) -> None:
+    """After its first pass a participant sleeps until something changes: neither the rotation
+    watch's first answer (the record the pass read) nor the acknowledgement its monitor wrote
+    before the restart wakes it."""
+    cluster = Cluster(consul, vault, tmp_path)
+    try:
+        cluster.set_root("pki_root_a")
+        first = cluster.start("broker-1", run=False)
+        first.step()
+        first.step(ack=1)
+        first.halt(destroy=False)
+        again = cluster.start("broker-1", run=False)
+        again.source.fresh_reads = False  # as in production: the live watch's record
+        assert again.manager.step(again.source) > 60, "nothing to do until renewal"
+        started = time.monotonic()
+        again.source.wait(3.0)
+        assert time.monotonic() - started >= 2.5, "woken by no news"
+    finally:
+        cluster.stop()
