@@ -10,13 +10,16 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 from cryptography import x509
 
+from monitor.kafka_logging import LogPump, with_logger
 from sidecar import layout
 from sidecar.lifecycle import STOP_CHECK, Stopped
 
@@ -58,6 +61,11 @@ class KafkaRefused(Exception):
         self.kind = refusal_kind(code)
 
 
+def default_log() -> Any:
+    """Where librdkafka's lines go when no log is given: the monitor's JSON log."""
+    return structlog.get_logger().bind(component="tls-monitor")
+
+
 def admin_config(bootstrap: str, generation_dir: Path, hostname_verification: bool,
                  timeout: float) -> dict[str, str | int | float]:
     """AdminClient settings: SSL with a generation's PEM files."""
@@ -76,11 +84,17 @@ def admin_config(bootstrap: str, generation_dir: Path, hostname_verification: bo
 def alter_broker_configs(config: Mapping[str, str | int | float], broker_id: int,
                          settings: Mapping[str, str], timeout: float,
                          stop: threading.Event | None = None,
-                         admin: AdminClient | None = None) -> None:
+                         admin: AdminClient | None = None, log: Any = None) -> None:
     """IncrementalAlterConfigs SET on the broker resource (with ``admin``, or a client made for
-    this call); KafkaRefused on any failure, Stopped as soon as ``stop`` is set while waiting
-    for the answer."""
-    admin = admin if admin is not None else AdminClient(dict(config))
+    this call, its librdkafka lines into ``log``); KafkaRefused on any failure, Stopped as soon
+    as ``stop`` is set while waiting for the answer."""
+    if admin is None:
+        own = AdminClient(with_logger(config, log or default_log()))
+        pump = LogPump(own)
+        try:
+            return alter_broker_configs(config, broker_id, settings, timeout, stop, own)
+        finally:
+            pump.close()
     entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
                for name, value in settings.items()]
     resource = ConfigResource(ResourceType.BROKER, str(broker_id), incremental_configs=entries)
@@ -108,23 +122,29 @@ class BrokerAdmin:
     it is dropped after any failure that is not the broker's answer (transport, timeout, TLS),
     so the next alter reconnects from scratch. ``warm`` makes it and opens the connection to
     the broker ahead of the next generation (a DescribeConfigs of the broker, answer unused).
+    The client's librdkafka lines go into ``log`` (see :mod:`monitor.kafka_logging`).
     """
 
     def __init__(self, bootstrap: str, broker_id: int, hostname_verification: bool,
-                 timeout: float) -> None:
+                 timeout: float, log: Any = None) -> None:
         self.bootstrap = bootstrap
         self.broker_id = broker_id
         self.hostname_verification = hostname_verification
         self.timeout = timeout
+        self.log = log if log is not None else default_log()
         self._client: AdminClient | None = None
         self._material: Path | None = None
+        self._pump: LogPump | None = None
 
     def client(self, generation_dir: Path) -> AdminClient:
         """The kept client if it was made from ``generation_dir``, else a new one."""
         if self._client is None or self._material != generation_dir:
-            self._client = AdminClient(admin_config(self.bootstrap, generation_dir,
-                                                    self.hostname_verification, self.timeout))
+            self.drop()
+            settings = admin_config(self.bootstrap, generation_dir, self.hostname_verification,
+                                    self.timeout)
+            self._client = AdminClient(with_logger(settings, self.log))
             self._material = generation_dir
+            self._pump = LogPump(self._client)
         return self._client
 
     def warm(self, generation_dir: Path) -> None:
@@ -163,8 +183,11 @@ class BrokerAdmin:
 
     def drop(self) -> None:
         """Forget the client; the next alter makes a new one."""
+        if self._pump is not None:
+            self._pump.close()
         self._client = None
         self._material = None
+        self._pump = None
 
 
 def _await(future: concurrent.futures.Future[object], timeout: float,
