@@ -33,6 +33,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import heapq
+import inspect
 import json
 import os
 import random
@@ -223,6 +224,9 @@ def counting_store_class(base: type) -> type:
     """A ConsulStore that counts its participant's requests, entries and blocking returns,
     and notes when it first saw a rotation record towards each root."""
 
+    # Revisions before the ACL messages (a7bebfd, the previous scheme) have no ``need``.
+    takes_need = "need" in inspect.signature(base._call).parameters
+
     class CountingStore(base):  # type: ignore[valid-type,misc]
         traffic: Traffic
 
@@ -235,7 +239,9 @@ def counting_store_class(base: type) -> type:
         def _call(self, what: str, call: Callable[[], Any], timeout: float | None = None,
                   need: str | None = None) -> Any:
             self.traffic.requests += 1
-            return super()._call(what, call, timeout, need)
+            if takes_need:
+                return super()._call(what, call, timeout, need)
+            return super()._call(what, call, timeout)  # an older product (--product a7bebfd)
 
         def _seen(self, value: bytes | None) -> None:
             if value and b'"to": ' in value:

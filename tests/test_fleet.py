@@ -55,3 +55,24 @@ def test_a_killed_keeper_is_replaced_and_the_rotation_completes(tmp_path: Path) 
     took = [line for line in figures["handovers"] if "took the keeper lock" in line]
     assert len(took) >= 2, figures["handovers"]
     assert [phase for phase, _ in figures["there"]["phases"]] == [1, 2, 3]
+
+
+def test_the_counting_store_counts_a_product_whose_call_takes_no_acl_rule() -> None:
+    """``--product`` runs older revisions (a7bebfd, the previous scheme) whose ConsulStore._call
+    has no ``need`` parameter: the counting store passes what that signature takes."""
+    from tests.fleet import Traffic, counting_store_class
+
+    class Old:
+        def _call(self, what: str, call: Any, timeout: float | None = None) -> Any:
+            return (what, call(), timeout)
+
+    class New:
+        def _call(self, what: str, call: Any, timeout: float | None = None,
+                  need: str | None = None) -> Any:
+            return (what, call(), timeout, need)
+
+    for base, expected in ((Old, ("read", 1, 2.0)), (New, ("read", 1, 2.0, "key read"))):
+        store = counting_store_class(base)()
+        store.traffic = Traffic()
+        assert store._call("read", lambda: 1, 2.0, "key read") == expected
+        assert store.traffic.requests == 1
