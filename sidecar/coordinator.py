@@ -30,11 +30,12 @@ from sidecar.renewal import Desired
 from sidecar.restart_lock import RestartLock
 from sidecar.rotation import (
     NodeState,
+    PhaseMaterial,
     Policy,
     RotationInputError,
     RotationRecord,
+    install_step,
     parse_record,
-    target_phase,
 )
 from sidecar.vault import VaultError
 from sidecar.volume import Volume
@@ -344,12 +345,8 @@ class RotationParticipant:
                 "`kafka-pki init --root <mount>` sets it after checking the mount with Vault; "
                 "`kafka-pki status` shows it and the keeper)")
         self._observe(record)
-        # Decide from what is installed, which the monitor serves next, not from what it has
-        # acknowledged so far: deciding from an older acknowledged generation could install a
-        # lower phase of this record after a higher one, which the barrier may already count.
-        own_phase = record.phase_of(installed.trust, installed.signer) if installed else None
-        phase = target_phase(record, own_phase)
-        material = record.material(phase)
+        phase, material = install_step(record, None if installed is None else PhaseMaterial(
+            frozenset(installed.trust), installed.signer))
         for root in material.trust:
             self._check_root_exists(root)
         self._acted = Desired(signer=material.signer, trust=tuple(material.trust),

@@ -34,8 +34,9 @@ What the model takes from the coordinator, each the weakest safe choice where it
 - a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
   a successful one it may install the record it wrote but reads again before deciding again
   (``Config.decide_again_after_cas`` shows why);
-- it decides the phase from the generation it installed last, not from the one its monitor
-  serves (``Config.decide_from`` and ``test_phases_installed_never_go_down_while_the_monitor_lags``
+- it decides the phase by the coordinator's own rule (:func:`sidecar.rotation.install_step`)
+  from the generation it installed last, not from the one its monitor serves
+  (``Config.decide_from`` and ``test_phases_installed_never_go_down_while_the_monitor_lags``
   show why), and writes a generation only when the material differs from the latest installed
   one (the manifest carries the id of the record it was installed from); either way the
   decision becomes the one it last acted on (the coordinator's ``_acted``);
@@ -75,8 +76,8 @@ from sidecar.rotation import (
     RotationRecord,
     compatible,
     decide,
+    install_step,
     parse_root_name,
-    target_phase,
 )
 
 ROOTS = ("A", "B", "C")
@@ -527,16 +528,17 @@ def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, .
 
 
 def _install(world: World, config: Config, i: int) -> World:
-    """Decide the phase of the record read and write a generation if its material differs from
-    the latest installed one (``RotationParticipant._desired`` and ``AuthManager.reconcile``)."""
+    """Decide the phase of the record read by the coordinator's own rule
+    (:func:`sidecar.rotation.install_step`, which ``RotationParticipant._desired`` calls) and
+    write a generation if its material differs from the latest installed one
+    (``AuthManager.reconcile``)."""
     p = world.participants[i]
     snap = p.snapshot
     assert snap is not None and snap.record is not None
     record = snap.record
+    # The product's rule (install_step); the broken variant feeds it the served generation.
     basis = p.installed if config.decide_from == "installed" else p.serving
-    own = record.phase_of(basis.material.trust, basis.material.signer) if basis else None
-    phase = target_phase(record, own)
-    material = record.material(phase)
+    phase, material = install_step(record, None if basis is None else basis.material)
     acted = Desired(material.signer, tuple(material.trust), record.id, phase)
     serving, backlog = p.serving, p.backlog
     installed = p.installed

@@ -8,9 +8,10 @@ may lag its auth manager (serve an older installed generation after a newer one 
 In every reachable state: no two live participants serve incompatible material and everyone
 whose served material stands for a decision since the last data loss is within one phase of the
 record. From every reachable state, a fair schedule with the operator and faults stopped
-converges; every state in which no participant can make progress is converged. A coordinator
-that decides from the served generation instead of the installed one is caught
-(``test_deciding_from_the_served_generation_is_caught``).
+converges; every state in which no participant can make progress is converged. Three broken
+coordinators are caught by the search itself (``test_every_broken_variant_is_caught``): deciding
+from the served generation instead of the installed one, deciding again on a read that
+predates one's own write, and an unfenced check-and-set.
 
 A schedule is a sequence of state-changing steps from the initial state until no step can change
 the state (steps without effect are left out, or every schedule could be stretched forever). The
@@ -70,6 +71,9 @@ class Scenario:
     from_nothing: bool = False
     lag_monitor: bool = True
     decide_from: DecideFrom = "installed"
+    #: Contracts broken on purpose (Config): the search must catch each.
+    decide_again_after_cas: bool = False
+    fenced_writes: bool = True
 
     @property
     def faults(self) -> bool:
@@ -83,7 +87,9 @@ class Scenario:
         return Config(max_participants=self.participants, lag_reports=True,
                       lag_monitor=self.lag_monitor, faults=self.faults,
                       allow_crash=self.crashes > 0, allow_join=False,
-                      decide_from=self.decide_from)
+                      decide_from=self.decide_from,
+                      decide_again_after_cas=self.decide_again_after_cas,
+                      fenced_writes=self.fenced_writes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,28 +382,44 @@ def test_every_interleaving_is_safe_and_converges(
         assert result.handovers > 0
 
 
-CAUGHT = Scenario("rollback", 2, ("B", "A"))
+#: Each broken variant of the coordinator, the scenario the search catches it in, and what
+#: the counterexample must contain.
+BROKEN = [
+    # The bug fixed in ba54e53: deciding the phase from the generation the monitor serves
+    # (while a newer one waits) installs a lower phase of a rotation after a higher one.
+    (Scenario("rollback", 2, ("B", "A"), decide_from="served"), ("flip", "A"), "serve"),
+    # Deciding again on the registry read before one's own write misses a participant that
+    # registered in between.
+    (Scenario("rollback", 2, ("B", "A"), crashes=1, decide_again_after_cas=True),
+     ("flip", "A"), "register"),
+    # An unfenced check-and-set: a keeper that read while the key was absent, lost its session
+    # and wrote after Consul lost its data, on index 0 again.
+    (Scenario("data-loss-from-nothing", 2, ("B", "A"), wipes=1, partitions=1,
+              from_nothing=True, lag_monitor=False, fenced_writes=False), ("wipe", True),
+     "expire_live"),
+]
 
 
-def test_deciding_from_the_served_generation_is_caught(
-        record_property: Callable[[str, object], None]) -> None:
-    """The bug fixed in ba54e53, put back into the model: deciding the phase from the generation
-    the monitor serves (while a newer one waits) installs a lower phase of a rotation after a
-    higher one; its monitor then serves that higher phase, which the participant published for
-    the rolled-back record, and then the lower one after the barrier counted it. The same
-    scenario deciding from the installed generation is safe in every state."""
+@pytest.mark.parametrize(("broken", "flip", "step"), BROKEN,
+                         ids=["decide-from-served", "decide-again-after-cas", "unfenced-writes"])
+def test_every_broken_variant_is_caught(broken: Scenario, flip: Action, step: str,
+                                        record_property: Callable[[str, object], None]) -> None:
+    """Each contract broken on purpose gives a reachable unsafe state (the product's contracts
+    are proven safe in the first two scenarios and in data loss from nothing without the
+    partition: SCENARIOS)."""
     began = time.monotonic()
     with no_gc(), pytest.raises(Counterexample) as caught:
-        explore(dataclasses.replace(CAUGHT, decide_from="served"))
+        explore(broken)
     found = caught.value
     assert any("not within one phase" in p or "incompatible" in p for p in found.problems), found
-    assert ("flip", "A") in found.schedule and any(a[0] == "serve" for a in found.schedule)
-    with no_gc():
-        result, _ = explore(CAUGHT)
-    figure = (f"exhaustive: decide_from=served caught in {CAUGHT.name} "
-              f"participants={CAUGHT.participants} after {found.states} states, "
-              f"counterexample of {len(found.schedule)} steps ({found.problems[0]}); "
-              f"decide_from=installed: all {result.states} states safe "
+    assert flip in found.schedule and any(a[0] == step for a in found.schedule), found.schedule
+    variant = next(name for name, bad in (
+        ("decide_from=served", broken.decide_from == "served"),
+        ("decide_again_after_cas", broken.decide_again_after_cas),
+        ("unfenced writes", not broken.fenced_writes)) if bad)
+    figure = (f"exhaustive: {variant} caught in {broken.name} "
+              f"participants={broken.participants} after {found.states} states, "
+              f"counterexample of {len(found.schedule)} steps ({found.problems[0]}) "
               f"seconds={time.monotonic() - began:.1f}")
     print(figure)
     record_property("figure", figure)

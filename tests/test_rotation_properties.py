@@ -771,3 +771,19 @@ def test_root_identifier_grammar_accepts(raw: str) -> None:
 def test_root_identifier_grammar_refuses(raw: str, why: str) -> None:
     with pytest.raises(RotationInputError, match=why):
         parse_root_name(raw)
+
+
+def test_the_model_installs_by_the_coordinators_own_rule() -> None:
+    """The model does not copy the participant's install rule: it calls the function the
+    coordinator calls, so the two cannot drift apart."""
+    import sidecar.coordinator
+    import sidecar.rotation
+    import tests.rotation_model
+
+    assert tests.rotation_model.install_step is sidecar.rotation.install_step
+    assert sidecar.coordinator.install_step is sidecar.rotation.install_step
+    record = RotationRecord("r1", "A", "B", 1, 0.0, 0.0)
+    # A participant a phase ahead (after a rollback) stays; one behind moves to the record's.
+    assert sidecar.rotation.install_step(record, record.material(2)) == (2, record.material(2))
+    assert sidecar.rotation.install_step(record, record.material(0)) == (1, record.material(1))
+    assert sidecar.rotation.install_step(record, None) == (1, record.material(1))
