@@ -230,8 +230,8 @@ def counting_store_class(base: type) -> type:
     class CountingStore(base):  # type: ignore[valid-type,misc]
         traffic: Traffic
 
-        def clone(self) -> Any:
-            twin = super().clone()
+        def clone(self, *args: Any) -> Any:
+            twin = super().clone(*args)
             twin.__class__ = type(self)
             twin.traffic = self.traffic
             return twin
