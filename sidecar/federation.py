@@ -67,6 +67,13 @@ class RemoteWatches:
         return out
 
     def _run(self, dc: str, key: str) -> None:
+        try:
+            self._watch(dc, key)
+        except Exception as exc:  # a dead watch would stall the domain's rotation unseen
+            self.log.exception("keeper_wan_watch_failed", datacenter=dc, key=key,
+                               error=str(exc))
+
+    def _watch(self, dc: str, key: str) -> None:
         remote = self.store.clone(datacenter=dc)
         local = self.store.clone()
 
