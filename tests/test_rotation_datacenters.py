@@ -170,3 +170,20 @@ def test_a_datacenter_that_lost_its_data_resumes(federation: Federation) -> None
     fed.one.wait_until(lambda: fed.converged("pki_root_b"), "both datacenters on B",
                        timeout=150)
     assert ConsulStore(fed.dc2.url, fed.one.store.prefix).get("rotation").entry is not None
+
+
+def test_the_primary_rebuilds_a_lost_record_from_every_datacenter(
+        federation: Federation) -> None:
+    """The primary loses its data mid-rotation: its keeper rebuilds the record from its own
+    participants' reports and the other datacenter's summary; everyone converges."""
+    fed = federation
+    start_everyone(fed)
+    with always_compatible(fed):
+        fed.one.set_root("pki_root_b")
+        fed.one.wait_until(lambda: (r := fed.one.record()) is not None and r.to_root ==
+                           "pki_root_b" and r.phase >= 2, "phase 2")
+        fed.dc1.restart(keep_data=False)
+        fed.one.set_root("pki_root_b")  # the operator restores the key Consul lost
+        fed.one.wait_until(lambda: fed.converged("pki_root_b"), "both datacenters on B",
+                           timeout=150)
+    assert any(node.log.named("rotation_bootstrapped") for node in fed.one.nodes.values())
