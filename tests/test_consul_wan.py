@@ -1,7 +1,7 @@
 """The Consul double's datacenters: ``?dc=`` forwarding, per-datacenter state, WAN loss.
 
-Double only: a WAN-federated pair of real datacenters is not at hand here (the README shows how
-to join two on one machine with ``consul join -wan``).
+Double only: a WAN-federated pair of real datacenters is not at hand here (docs/protocol.md
+shows how to join two on one machine with ``consul join -wan``).
 """
 
 from __future__ import annotations

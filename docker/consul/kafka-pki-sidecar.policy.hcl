@@ -39,7 +39,7 @@ key "{{prefix}}nodes/{{node_id}}" {
   policy = "write"
 }
 
-# Only with PKI_DATACENTERS (one rotation over several datacenters, see the README): the
+# Only with PKI_DATACENTERS (one rotation over several datacenters, docs/protocol.md): the
 # keeper writes its datacenter's summary, and learns which datacenter its agent is in.
 key "{{prefix}}summary" {
   policy = "write"
