@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from sidecar.domain import parse_datacenters
 from sidecar.keys import KEY_TYPES, parse_subject
 from sidecar.rotation import RotationInputError, parse_root_name
 from sidecar.settings import (
@@ -101,6 +102,9 @@ class AuthManagerConfig:
     watch_wait: int = setting(60, help="Consul blocking query wait in seconds")
     min_dwell: float = setting(0.0, help="minimum seconds every rotation phase lasts")
     expected_members: int = setting(0, help="rotation waits for at least this many participants")
+    datacenters: str = setting("", help="a rotation domain over these Consul datacenters, "
+                               "comma-separated, the primary first (empty: this datacenter "
+                               "only)")
     require_ack: bool = setting(True, help="report a phase to Consul only once the TLS monitor "
                                 "acknowledged the broker/app serves it")
 
@@ -162,6 +166,10 @@ def validate(config: AuthManagerConfig) -> None:
         raise ConfigError("invalid value for session_ttl: Consul accepts 10..86400 seconds")
     if config.watch_wait < 1:
         raise ConfigError("invalid value for watch_wait: must be at least 1 second")
+    try:
+        parse_datacenters(config.datacenters)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for datacenters: {exc}") from None
     vault = urllib.parse.urlsplit(config.vault_addr)
     if vault.scheme not in ("http", "https") or not vault.hostname:
         raise ConfigError(f"invalid value for vault_addr: {config.vault_addr!r} (expected "

@@ -132,9 +132,12 @@ class ConsulStore:
     def __init__(self, addr: str, prefix: str, token: str | None = None, *,
                  request_timeout: float = 10.0, verify: bool | str = True,
                  policy: str = SIDECAR_POLICY,
-                 token_source: str = "CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE)") -> None:
+                 token_source: str = "CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE)",
+                 datacenter: str | None = None) -> None:
         """``policy``: the example policy a 403 message points to; ``token_source``: where the
-        token came from, as a 403 message names it."""
+        token came from, as a 403 message names it. ``datacenter``: KV reads and writes go to
+        that datacenter (``?dc=``, forwarded by the local agent over the WAN; None: the
+        agent's own)."""
         scheme, host, port = parse_address(addr)
         self.addr = addr
         self.prefix = prefix.strip("/") + "/"
@@ -150,12 +153,21 @@ class ConsulStore:
         self._verify = verify
         self.policy = policy
         self.token_source = token_source
+        self.datacenter = datacenter
 
-    def clone(self) -> ConsulStore:
-        """Another store on the same Consul and prefix, for use by another thread."""
+    def clone(self, datacenter: str | None = None) -> ConsulStore:
+        """Another store on the same Consul and prefix, for use by another thread (in another
+        datacenter if ``datacenter`` is given)."""
         return ConsulStore(self.addr, self.prefix, self._token,
                            request_timeout=self.request_timeout, verify=self._verify,
-                           policy=self.policy, token_source=self.token_source)
+                           policy=self.policy, token_source=self.token_source,
+                           datacenter=datacenter or self.datacenter)
+
+    def local_datacenter(self) -> str:
+        """The datacenter of the agent this store talks to (``/v1/agent/self``)."""
+        info = self._call("read agent", lambda: self._client.agent.self(),
+                          need='agent_prefix "" read')
+        return str(info["Config"]["Datacenter"])
 
     def rule(self, key: str | None, access: str) -> str:
         """The Consul ACL rule an operation needs: ``key "<prefix><key>" write``, or on the
@@ -208,7 +220,8 @@ class ConsulStore:
         new_index, items = self._call(
             "watch" if wait else "read",
             lambda: self._client.kv.get(self.prefix, index=index or None, recurse=True,
-                                        wait=wait), timeout, self.rule(None, "read"))
+                                        wait=wait, dc=self.datacenter), timeout,
+            self.rule(None, "read"))
         entries = {entry.key: entry for entry in map(self._entry, items or [])}
         return Snapshot(index=int(new_index or 0), entries=entries)
 
@@ -222,7 +235,8 @@ class ConsulStore:
         wait, timeout = self._blocking(index, wait_seconds)
         new_index, item = self._call(
             f"watch {key}" if wait else f"read {key}",
-            lambda: self._client.kv.get(self.prefix + key, index=index or None, wait=wait),
+            lambda: self._client.kv.get(self.prefix + key, index=index or None, wait=wait,
+                                        dc=self.datacenter),
             timeout, self.rule(key, "read"))
         return KeyRead(index=int(new_index or 0), entry=self._entry(item) if item else None)
 
@@ -258,14 +272,16 @@ class ConsulStore:
         return bool(self._call(
             f"write {key}",
             lambda: self._client.kv.put(self.prefix + key, value, cas=cas, acquire=acquire,
-                                        release=release), need=self.rule(key, "write")))
+                                        release=release, dc=self.datacenter),
+            need=self.rule(key, "write")))
 
-    def put_if_locked(self, key: str, value: bytes, *, cas: int, lock_key: str,
+    def put_if_locked(self, key: str, value: bytes, *, cas: int | None, lock_key: str,
                       session: str) -> bool:
         """Write ``key`` only if ``lock_key`` is held by ``session`` and the key's ModifyIndex
-        is ``cas`` (0: only if absent), in one Consul transaction (``PUT /v1/txn``:
-        ``check-session`` then ``cas``). False: rolled back (the lock is not held by this
-        session, absent, or the session is gone; or the index is stale).
+        is ``cas`` (0: only if absent; None: whatever it is), in one Consul transaction
+        (``PUT /v1/txn``: ``check-session`` then ``cas`` or ``set``), in the local datacenter.
+        False: rolled back (the lock is not held by this session, absent, or the session is
+        gone; or the index is stale).
 
         A keeper that paused between its read and its write and lost its session meanwhile
         cannot write on its old read any more: sessions do not survive an expiry or a Consul
@@ -274,8 +290,10 @@ class ConsulStore:
         payload = [
             {"KV": {"Verb": "check-session", "Key": self.prefix + lock_key,
                     "Session": session}},
-            {"KV": {"Verb": "cas", "Key": self.prefix + key, "Index": cas,
-                    "Value": base64.b64encode(value).decode("ascii")}},
+            {"KV": {"Verb": "set", "Key": self.prefix + key,
+                    "Value": base64.b64encode(value).decode("ascii")} if cas is None else
+             {"Verb": "cas", "Key": self.prefix + key, "Index": cas,
+              "Value": base64.b64encode(value).decode("ascii")}},
         ]
 
         def transact() -> bool:

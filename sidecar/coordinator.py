@@ -22,6 +22,7 @@ from sidecar import layout
 from sidecar.config import AuthManagerConfig, consul_token
 from sidecar.consul_access import token_source
 from sidecar.consul_store import ConsulError, ConsulStore, KeyRead, watch
+from sidecar.domain import parse_datacenters
 from sidecar.keeper import ACTIVE_ROOT, KEEPER, NODES, ROTATION, BarrierKeeper
 from sidecar.manager import AuthManager
 from sidecar.manifest import Acknowledgement, Manifest, ManifestError
@@ -30,11 +31,12 @@ from sidecar.renewal import Desired
 from sidecar.restart_lock import RestartLock
 from sidecar.rotation import (
     NodeState,
+    PhaseMaterial,
     Policy,
     RotationInputError,
     RotationRecord,
+    install_step,
     parse_record,
-    target_phase,
 )
 from sidecar.vault import VaultError
 from sidecar.volume import Volume
@@ -210,7 +212,7 @@ class RotationParticipant:
                  clock: Callable[[], float] = time.time,
                  keeper_store: ConsulStore | None = None,
                  record_wait: float = 10.0, keeper_thread: bool = True,
-                 ack_poll: float = 0.25) -> None:
+                 ack_poll: float = 0.25, datacenters: tuple[str, ...] = ()) -> None:
         self.store = store
         self.watch_store = watch_store
         self.manager = manager
@@ -236,7 +238,7 @@ class RotationParticipant:
             store=keeper_store or store.clone(), session=self.registration.current_session,
             node_id=node_id, role=role, policy=policy, watch_wait=watch_wait, metrics=metrics,
             log=log, stop=stop, check_root=self._check_root_exists,
-            on_bad_input=self._bad_input, clock=clock)
+            on_bad_input=self._bad_input, clock=clock, datacenters=datacenters)
         self.restart_lock = RestartLock(
             store=store.clone(), session=self.registration.current_session, node_id=node_id,
             volume=manager.volume.root, metrics=metrics, log=log, stop=stop)
@@ -269,7 +271,8 @@ class RotationParticipant:
                    log=log, node_id=config.participant_id, role=config.node_role,
                    policy=Policy(config.min_dwell, config.expected_members),
                    session_ttl=config.session_ttl, watch_wait=config.watch_wait,
-                   require_ack=config.require_ack, stop=stop)
+                   require_ack=config.require_ack, stop=stop,
+                   datacenters=parse_datacenters(config.datacenters))
 
     # -- watching ---------------------------------------------------------------------------
 
@@ -351,12 +354,8 @@ class RotationParticipant:
                 "`kafka-pki init --root <mount>` sets it after checking the mount with Vault; "
                 "`kafka-pki status` shows it and the keeper)")
         self._observe(record)
-        # Decide from what is installed, which the monitor serves next, not from what it has
-        # acknowledged so far: deciding from an older acknowledged generation could install a
-        # lower phase of this record after a higher one, which the barrier may already count.
-        own_phase = record.phase_of(installed.trust, installed.signer) if installed else None
-        phase = target_phase(record, own_phase)
-        material = record.material(phase)
+        phase, material = install_step(record, None if installed is None else PhaseMaterial(
+            frozenset(installed.trust), installed.signer))
         for root in material.trust:
             self._check_root_exists(root)
         self._acted = Desired(signer=material.signer, trust=tuple(material.trust),

@@ -33,6 +33,15 @@ from sidecar.consul_store import (
     error_backoff,
     next_index,
 )
+from sidecar.domain import (
+    SUMMARY,
+    Domain,
+    advances,
+    blocking_datacenters,
+    remote_participants,
+    summarize,
+)
+from sidecar.federation import RemoteWatches
 from sidecar.metrics import AuthManagerMetrics
 from sidecar.rotation import (
     Decision,
@@ -117,7 +126,10 @@ class BarrierKeeper:
                  log: Any, stop: threading.Event, check_root: Callable[[str], None],
                  on_bad_input: Callable[[str, str], None],
                  clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 datacenters: tuple[str, ...] = ()) -> None:
+        """``datacenters``: the rotation domain's datacenters, the primary first (empty: this
+        datacenter only; see :mod:`sidecar.domain`)."""
         self.store = store
         self.session = session
         self.node_id = node_id
@@ -136,6 +148,14 @@ class BarrierKeeper:
         self._recheck_soon = False
         self._deferred_logged: set[tuple[str, str]] = set()
         self._thread: threading.Thread | None = None
+        self.datacenters = datacenters
+        self.domain: Domain | None = None
+        self._remote: RemoteWatches | None = None
+        self._term = 0  # counts lock holdings: a holding's WAN watches end with it
+        self._summary_written: bytes | None = None
+        self._waiting_logged: tuple[str, ...] = ()
+        # The keeper thread and its WAN watches decide one at a time.
+        self._evaluating = threading.Lock()
 
     def start(self) -> None:
         if self._thread is None:
@@ -244,6 +264,8 @@ class BarrierKeeper:
 
     def _took(self, session: str, how: str) -> None:
         self.holding = True
+        self._term += 1
+        self._summary_written = None
         self.metrics.keeper.set(1)
         self.metrics.keeper_acquisitions.inc()
         self.log.info("keeper_acquired", node_id=self.node_id, session=session, how=how)
@@ -262,6 +284,7 @@ class BarrierKeeper:
 
     def _keep(self) -> None:
         """Read the prefix at a bounded rate while we hold the lock; decide on every read."""
+        self._watch_datacenters()
         index, last_read = 0, 0.0
         while not self.stop.is_set() and self.holding:
             wait = self.watch_wait
@@ -285,36 +308,126 @@ class BarrierKeeper:
             spacing = read_spacing(len(nodes))
             self.stop.wait(max(0.0, last_read + spacing - time.monotonic()))
 
-    def _evaluate(self, snapshot: Snapshot, session: str) -> dict[str, NodeState]:
+    def _evaluate(self, snapshot: Snapshot, session: str,
+                  writer: ConsulStore | None = None) -> dict[str, NodeState]:
         """Decide on one read (made while ``session`` held the lock) and write the record if
-        the decision says so: check-and-set, fenced by that session still holding the lock."""
+        the decision says so: check-and-set, fenced by that session still holding the lock.
+        In a domain's other datacenters: mirror the primary's record instead. ``writer``: the
+        calling thread's store."""
+        with self._evaluating:
+            return self._evaluate_read(snapshot, session, writer or self.store)
+
+    def _evaluate_read(self, snapshot: Snapshot, session: str,
+                       writer: ConsulStore) -> dict[str, NodeState]:
         nodes = registered_nodes(snapshot, lambda message: self.on_bad_input("nodes", message))
         try:
             record = self._record(snapshot)
         except RotationInputError:
             return nodes  # a malformed record is left for the operator; nothing advances
-        self._last_record = record
-        desired_root = self._desired_root(snapshot)
         now = self.clock()
-        decision = decide(record, desired_root, nodes, now, self.policy,
-                          new_id=uuid.uuid4().hex[:12])
-        if decision.record is not None:
-            # A plain check-and-set is not enough: a keeper that paused after its read may
-            # write after Consul lost its data, when index 0 matches again (the rotation model
-            # found it). Sessions die with the data, so the fence refuses that write.
-            if self.store.put_if_locked(ROTATION, decision.record.to_json(),
-                                        cas=snapshot.modify_index(ROTATION), lock_key=KEEPER,
-                                        session=session):
-                self._log_events(decision, record)
-                record = decision.record
-            else:
-                self.metrics.cas_conflicts.inc()  # the next read shows who won
+        if self.domain is not None and not self.domain.is_primary:
+            record = self._mirror(snapshot, record, session, writer)
         else:
-            self._log_events(decision, record)
+            record = self._decide(snapshot, record, nodes, session, writer, now)
+        self._last_record = record
+        if self.domain is not None:
+            self._publish_summary(self.domain, record, nodes, now, session, writer)
         waiting = barrier(record, nodes, now, self.policy).waiting_on if record else ()
         self.metrics.rotation_waiting.set(len(waiting))
         self.metrics.keeper_participants.set(len(nodes))
         return nodes
+
+    def _decide(self, snapshot: Snapshot, record: RotationRecord | None,
+                nodes: dict[str, NodeState], session: str, writer: ConsulStore,
+                now: float) -> RotationRecord | None:
+        desired_root = self._desired_root(snapshot)
+        summaries = self._remote.summaries() if self._remote is not None else {}
+        # A record lost in the primary is rebuilt from what every datacenter serves.
+        voters = {**remote_participants(summaries), **nodes} if record is None else nodes
+        decision = decide(record, desired_root, voters, now, self.policy,
+                          new_id=uuid.uuid4().hex[:12])
+        if decision.record is not None and record is not None and self.domain is not None \
+                and advances(record, decision.record):
+            blocked = blocking_datacenters(record, summaries, self.domain.others)
+            if blocked:
+                if blocked != self._waiting_logged:
+                    self._waiting_logged = blocked
+                    self.log.info("rotation_waiting_for_datacenters", keeper=self.node_id,
+                                  rotation_id=record.id, phase=record.phase,
+                                  datacenters=list(blocked))
+                return record
+        self._waiting_logged = ()
+        if decision.record is None:
+            self._log_events(decision, record)
+            return record
+        # A plain check-and-set is not enough: a keeper that paused after its read may
+        # write after Consul lost its data, when index 0 matches again (the rotation model
+        # found it). Sessions die with the data, so the fence refuses that write.
+        if writer.put_if_locked(ROTATION, decision.record.to_json(),
+                                cas=snapshot.modify_index(ROTATION), lock_key=KEEPER,
+                                session=session):
+            self._log_events(decision, record)
+            return decision.record
+        self.metrics.cas_conflicts.inc()  # the next read shows who won
+        return record
+
+    # -- across datacenters ------------------------------------------------------------------
+
+    def _watch_datacenters(self) -> None:
+        """On taking the lock in a domain: learn this agent's datacenter (once) and watch the
+        other datacenters for as long as this holding lasts."""
+        if not self.datacenters:
+            return
+        if self.domain is None:
+            self.domain = Domain(self.datacenters, self.store.local_datacenter())
+        term = self._term
+        self._remote = RemoteWatches(
+            store=self.store, domain=self.domain, watch_wait=self.watch_wait,
+            on_change=self._remote_changed, log=self.log, metrics=self.metrics,
+            stopped=lambda: self.stop.is_set() or not self.holding or self._term != term)
+        self._remote.start()
+
+    def _remote_changed(self, local: ConsulStore) -> None:
+        """Another datacenter's key changed (or became unknown): decide again on a fresh read
+        of our own prefix (one that shows the lock still ours)."""
+        session = self.session()
+        if not self.holding or session is None:
+            return
+        snapshot = local.read()
+        holder = snapshot.entries.get(KEEPER)
+        if holder is not None and holder.session == session:
+            self._evaluate(snapshot, session, local)
+
+    def _mirror(self, snapshot: Snapshot, record: RotationRecord | None, session: str,
+                writer: ConsulStore) -> RotationRecord | None:
+        """Copy the primary's record into this datacenter's ``rotation`` key (fenced
+        check-and-set); an absent or unknown primary record leaves ours as it is."""
+        remote = self._remote.primary_record() if self._remote is not None else None
+        raw = remote.entry.value if remote is not None and remote.entry is not None else None
+        if raw is None or raw == snapshot.value(ROTATION):
+            return record
+        try:
+            primary = parse_record(raw)
+        except RotationInputError as exc:
+            self.on_bad_input(ROTATION, f"the primary datacenter's record: {exc}")
+            return record
+        if writer.put_if_locked(ROTATION, raw, cas=snapshot.modify_index(ROTATION),
+                                lock_key=KEEPER, session=session):
+            self.log.info("rotation_mirrored", keeper=self.node_id, rotation_id=primary.id,
+                          phase=primary.phase, stable=primary.stable)
+            return primary
+        self.metrics.cas_conflicts.inc()
+        return record
+
+    def _publish_summary(self, domain: Domain, record: RotationRecord | None,
+                         nodes: dict[str, NodeState], now: float, session: str,
+                         writer: ConsulStore) -> None:
+        """This datacenter's ``summary`` for the primary's keeper (and ``kafka-pki status``),
+        written when it changes: a few times per phase, whatever the participants' count."""
+        raw = summarize(domain.local, record, nodes, now, self.policy).to_json()
+        if raw != self._summary_written and writer.put_if_locked(
+                SUMMARY, raw, cas=None, lock_key=KEEPER, session=session):
+            self._summary_written = raw
 
     def _record(self, snapshot: Snapshot) -> RotationRecord | None:
         raw = snapshot.value(ROTATION)

@@ -22,6 +22,8 @@ from typing import Any
 
 from sidecar.consul_access import AccessRefused, check_read_access, token_source
 from sidecar.consul_store import OPERATOR_POLICY, ConsulError, ConsulStore, Snapshot
+from sidecar.domain import parse_datacenters
+from sidecar.domain_status import datacenters_status, render_datacenters
 from sidecar.init_check import (
     INIT_DIFFERENT,
     INIT_REFUSED,
@@ -60,6 +62,7 @@ ENVIRONMENT = {
     "VAULT_CACERT": "CA bundle to verify Vault's TLS certificate",
     "PKI_CLUSTER": "default for `--cluster`",
     "PKI_CONSUL_PREFIX": "default for `--consul-prefix`",
+    "PKI_DATACENTERS": "default for `status --datacenters`",
 }
 
 
@@ -246,10 +249,17 @@ STATUS_SHOWN, STATUS_UNAVAILABLE, STATUS_REFUSED = 0, 1, 2
 def cmd_status(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
+        names = parse_datacenters(args.datacenters or os.environ.get("PKI_DATACENTERS") or "")
+    except ValueError as exc:
+        print(f"kafka-pki: --datacenters: {exc}", file=sys.stderr)
+        return 2  # a usage error, as argparse answers one
+    try:
         check_read_access(store)
         if args.watch:
             return _watch(store, args.json, None, None)
         data = status_data(store.read(), time.time())
+        if names:
+            data["datacenters"] = datacenters_status(store, names, time.time(), status_data)
     except (AccessRefused, ConsulError) as exc:
         refused = isinstance(exc, AccessRefused) or exc.reason == "forbidden"
         print(f"kafka-pki: {exc}", file=sys.stderr)
@@ -257,7 +267,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps({"error": str(exc), "reason": "forbidden" if refused else
                               getattr(exc, "reason", "error")}))
         return STATUS_REFUSED if refused else STATUS_UNAVAILABLE
-    print(json.dumps(data, indent=2) if args.json else render_status(data))
+    text = render_status(data)
+    if names:
+        text = f"{text}\n\n{render_datacenters(data['datacenters'])}"
+    print(json.dumps(data, indent=2) if args.json else text)
     return STATUS_SHOWN
 
 
@@ -364,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--watch: one JSON object per update)")
     status.add_argument("--watch", action="store_true",
                         help="redraw the rotation until it completes (or Ctrl-C)")
+    status.add_argument("--datacenters", metavar="DC,DC",
+                        help="progress in each datacenter of the rotation domain, the primary "
+                             "first (default: PKI_DATACENTERS)")
     status.set_defaults(func=cmd_status)
     rotate = command("rotate", "flip active-root (checked against Vault)")
     group = rotate.add_mutually_exclusive_group(required=True)

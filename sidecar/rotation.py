@@ -280,6 +280,21 @@ def _advance(record: RotationRecord, nodes: Mapping[str, NodeState], now: float,
         "to": record.to_root})))
 
 
+def install_step(record: RotationRecord, installed: PhaseMaterial | None
+                 ) -> tuple[int, PhaseMaterial]:
+    """The participant's install rule: the phase of ``record`` to install and its material,
+    given the material it installed last (None: nothing yet).
+
+    Decided from what is installed, which the monitor serves next, not from what it has
+    acknowledged so far: deciding from an older acknowledged generation could install a lower
+    phase of this record after a higher one, which the barrier may already count. The
+    coordinator and the rotation model both call this.
+    """
+    own = record.phase_of(installed.trust, installed.signer) if installed else None
+    phase = target_phase(record, own)
+    return phase, record.material(phase)
+
+
 def target_phase(record: RotationRecord, serving_phase: int | None) -> int:
     """The phase a participant should install: the record's, except that one already a phase
     ahead (after a rollback) stays there, which avoids a needless swap and stays compatible."""

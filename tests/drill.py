@@ -66,7 +66,7 @@ from sidecar.consul_store import ConsulError, ConsulStore
 from sidecar.rotation import RotationRecord, parse_record
 from sidecar.volume import Volume, VolumeError, read_generation
 from tests.consul_setup import participant_rules
-from tests.doubles.consul import ConsulDouble
+from tests.doubles.consul import ConsulDouble, partition
 from tests.doubles.kafka import KafkaBrokerDouble
 from tests.doubles.vault import VaultDouble
 from tests.drill_controllers import Controllers
@@ -76,7 +76,8 @@ from tests.vault_setup import BROKER_ROLE, CLIENT_ROLE, VaultTarget, prepare_lea
 
 FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
           "broker-refuses", "volume-full", "volume-read-only", "malformed-root", "rollback",
-          "third-root", "client-reload-fails", "impersonation", "controller-restarts")
+          "third-root", "client-reload-fails", "impersonation", "controller-restarts",
+          "wan-partition")
 #: The alerts the client-reload-fails fault must bring to firing (with --prometheus).
 RELOAD_FAILS_ALERTS = ("PkiRotationPhaseStuck", "PkiRotationParticipantBehind",
                        "TlsMonitorReloadFailing")
@@ -214,6 +215,7 @@ class Participant:
     auth_listen: str = ""  # /metrics of the auth manager (--prometheus)
     monitor_listen: str = ""
     consul_token: str | None = None  # its own (least privilege), else none: ACLs off
+    datacenter: str = "dc1"  # whose Consul agent it talks to (--datacenters)
 
     def serving_dir(self) -> Path | None:
         """The generation this participant presents and trusts right now."""
@@ -232,8 +234,14 @@ class Participant:
 class Traffic:
     """Continuous mTLS attempts between participants; counts ok/failed with reasons."""
 
-    def __init__(self, pairs: list[tuple[Participant, Participant, str]]) -> None:
+    def __init__(self, pairs: list[tuple[Participant, Participant, str]],
+                 wan_up: threading.Event | None = None) -> None:
         self.pairs = pairs
+        #: Cleared while the link between the datacenters is cut: no traffic across it then.
+        self.wan_up = wan_up
+        #: Attempts inside one datacenter and across two (``--datacenters``).
+        self.inside = 0
+        self.across = 0
         self.attempts = 0
         self.failures: list[tuple[float, str, str, str]] = []
         self.harness_errors = 0
@@ -268,7 +276,15 @@ class Traffic:
             for src, dst, listener in self.pairs:
                 if self._stop.is_set():
                     return
+                across = src.datacenter != dst.datacenter
+                if across and self.wan_up is not None and not self.wan_up.is_set():
+                    continue
+                before = self.attempts
                 self._attempt(src, dst, listener)
+                if across:
+                    self.across += self.attempts - before
+                else:
+                    self.inside += self.attempts - before
                 time.sleep(0.005)
 
     def start(self) -> None:
@@ -382,12 +398,20 @@ class Drill:
 
     def __init__(self, brokers: int, clients: int, faults: list[str], base: Path,
                  deadline: float = 120.0, seed: int = 1, min_dwell: float = 0.0,
-                 prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft") -> None:
+                 prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft",
+                 datacenters: int = 1) -> None:
         unknown = set(faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
         if "client-reload-fails" in faults and clients < 1:
             raise ValueError("the client-reload-fails fault needs a client")
+        if "wan-partition" in faults and datacenters < 2:
+            raise ValueError("the wan-partition fault needs --datacenters 2 or more")
+        #: One rotation domain over this many WAN-joined Consul datacenters (dc1 primary);
+        #: participant k (brokers first) talks to datacenter k mod D's agent.
+        self.datacenters = [f"dc{d + 1}" for d in range(datacenters)]
+        self.wan_up = threading.Event()
+        self.wan_up.set()
         self.with_prometheus = prometheus
         # "zk": brokers in ZooKeeper mode, like the 2.4 field broker, and the monitors send
         # the store passwords too (the broker has a password encoder secret)
@@ -431,16 +455,20 @@ class Drill:
             env["CONSUL_HTTP_TOKEN"] = p.consul_token
         env.update({
             "VAULT_ADDR": self.vault.url,
-            "CONSUL_HTTP_ADDR": self.consul.url, "PKI_CLUSTER": CLUSTER,
+            "CONSUL_HTTP_ADDR": self.consuls[p.datacenter].url, "PKI_CLUSTER": CLUSTER,
             "PKI_CONSUL_PREFIX": PREFIX, "PKI_NODE_ID": p.name, "PKI_NODE_ROLE": p.role,
             "PKI_SUBJECT": f"CN={p.name}.kafka.test,OU=kafka,O=Example",
             "PKI_DNS_SANS": ",".join(dns), "PKI_IP_SANS": "127.0.0.1",
             "PKI_OUTPUT_DIR": str(p.volume),
             "PKI_STORE_PASSWORD_FILE": str(p.secrets / "store-password"),
             "PKI_TTL": self._ttl(), "PKI_SESSION_TTL": "10", "PKI_WATCH_WAIT": "30",
-            "PKI_EXPECTED_MEMBERS": str(self.brokers_n + self.clients_n),
+            # Counted per datacenter in a domain.
+            "PKI_EXPECTED_MEMBERS": str(sum(1 for q in self.participants
+                                            if q.datacenter == p.datacenter)),
             "PKI_MIN_DWELL": str(self.min_dwell), "PKI_BACKOFF_INITIAL": "0.2",
             "PKI_BACKOFF_MAX": "2", "PKI_LISTEN": p.auth_listen, "PYTHONUNBUFFERED": "1"})
+        if len(self.datacenters) > 1:
+            env["PKI_DATACENTERS"] = ",".join(self.datacenters)
         return env
 
     def _ttl(self) -> str:
@@ -495,7 +523,15 @@ class Drill:
         # Least privilege: Consul with ACLs on (default deny), every participant with a token
         # of its own from the shipped policy; the drill itself acts as the operator.
         self.consul_token = str(uuid.uuid4()) if self.least_privilege else None
-        self.consul = self._start_consul()
+        if len(self.datacenters) == 1:
+            self.consuls = {self.datacenters[0]: self._start_consul()}
+        else:
+            self.consuls = {dc: ConsulDouble(acl_token=self.consul_token, datacenter=dc)
+                            for dc in self.datacenters}
+            for k, dc in enumerate(self.datacenters):
+                for other in self.datacenters[k + 1:]:
+                    self.consuls[dc].join_wan(self.consuls[other])
+        self.consul = self.consuls[self.datacenters[0]]  # the primary: the operator's
         self.store = ConsulStore(self.consul.url, f"{PREFIX}/{CLUSTER}/", self.consul_token)
         print(f"drill: watch it with CONSUL_HTTP_ADDR={self.consul.url} kafka-pki --cluster "
               f"{CLUSTER} status --watch" + (" (and the drill's management token)"
@@ -504,12 +540,13 @@ class Drill:
         self.store.put("active-root", A.encode())
         names = ([("broker", f"kafka-{i}", i) for i in range(1, self.brokers_n + 1)]
                  + [("client", f"client-{i}", i) for i in range(1, self.clients_n + 1)])
-        for role, name, index in names:
+        for k, (role, name, index) in enumerate(names):
             volume, secrets = self.base / name / "volume", self.base / name / "secrets"
             secrets.mkdir(parents=True)
             (secrets / "store-password").write_text(PASSWORD)
             (secrets / "store-password").chmod(0o600)
-            participant = Participant(name, role, index, volume, secrets)
+            participant = Participant(name, role, index, volume, secrets,
+                                      datacenter=self.datacenters[k % len(self.datacenters)])
             if self.least_privilege:
                 target = VaultTarget(url=self.vault.url, token=self.vault.root_token,
                                      mounts=(A, B, C), double=self.vault)
@@ -601,7 +638,8 @@ class Drill:
             if p.broker is not None:
                 p.broker.stop()
         self.hooks.stop()
-        self.consul.close()
+        for consul in self.consuls.values():
+            consul.close()
         self.vault.stop()
 
     # -- convergence ------------------------------------------------------------------------
@@ -846,6 +884,33 @@ class Drill:
                 got_through.append(f"{key} WRITTEN")
         return f"Consul NOT REFUSED: {', '.join(got_through)}" if got_through else None
 
+    def _cut_wan_across_the_flip(self) -> None:
+        """Cut the link between the datacenters (Consul's WAN and the traffic across it) just
+        before the flip; 6 s later the rotation must still wait at phase 1 (the primary cannot
+        see the other datacenters' summaries), then the link comes back."""
+        primary, others = self.consuls[self.datacenters[0]], self.datacenters[1:]
+        for dc in others:
+            partition(primary, self.consuls[dc], cut=True)
+        self.wan_up.clear()
+        mark = self._note(f"WAN cut between {self.datacenters[0]} and {', '.join(others)}",
+                          "wan-partition")
+
+        def restore() -> None:
+            time.sleep(6.0)
+            record = self.timeline.current()
+            if record is not None and record.to_root == B and record.phase > 1:
+                self.notes.append(f"THE ROTATION DID NOT WAIT: phase {record.phase} during "
+                                  "the WAN partition")
+            else:
+                self._note(f"rotation waited during the WAN partition: "
+                           f"{'none' if record is None else f'phase {record.phase}'}")
+            for dc in others:
+                partition(primary, self.consuls[dc], cut=False)
+            self.wan_up.set()
+            mark.until = time.time()
+            self._note("WAN restored")
+        self._in_background(restore)
+
     def _client_reload_fails(self) -> None:
         """From the flip on, the first client app cannot reload (its hook answers 500): its
         monitor fails (action_failed), so the barrier holds phase 1. Released once Prometheus
@@ -876,7 +941,7 @@ class Drill:
         brokers = [p for p in self.participants if p.role == "broker"]
         pairs = [(c, b, "SSL") for c in self.participants if c.role == "client" for b in brokers]
         pairs += [(x, y, "INTERNAL") for x in brokers for y in brokers if x is not y]
-        traffic = Traffic(pairs)
+        traffic = Traffic(pairs, self.wan_up)
         converged = False
         rotation_seconds = float("nan")
         try:
@@ -915,6 +980,8 @@ class Drill:
         if self.controllers_wanted and not self._await_renewals(RENEWALS_FIRST):
             return False, float("nan")
         self._start_faults()
+        if "wan-partition" in self.faults:
+            self._cut_wan_across_the_flip()
         flip = time.monotonic()
         self.rotation_window = (time.time(), float("inf"))
         self.store.put("active-root", B.encode())
@@ -947,7 +1014,8 @@ class Drill:
         self._note(f"active-root -> {final}", f"active-root → {short_root(final)}",
                    kind="operator")
         ok = self.wait_for(lambda: self.converged(final), back + self.deadline)
-        return ok, rotation_seconds
+        waited = not any(n.startswith("THE ROTATION DID NOT WAIT") for n in self.notes)
+        return ok and waited, rotation_seconds
 
     def _await_renewals(self, count: int) -> bool:
         """Wait until every broker has renewed ``count`` times (new generations, same roots)."""
@@ -993,6 +1061,11 @@ class Drill:
         lines += ["", f"Vault signs: {signs}",
                   f"handshakes: attempted={traffic.attempts} failed={len(traffic.failures)} "
                   f"(harness skips: {traffic.harness_errors})"]
+        if len(self.datacenters) > 1:
+            wan = {dc: sum(c.wan_forwarded.values()) for dc, c in self.consuls.items()}
+            lines.append(f"  inside a datacenter: {traffic.inside}, across two: "
+                         f"{traffic.across}; Consul requests forwarded across the WAN: "
+                         + ", ".join(f"from {dc} {n}" for dc, n in wan.items()))
         for at, src, dst, reason in traffic.failures[:10]:
             lines.append(f"  FAILED +{at - t0:.2f}s {src} -> {dst}: {reason}")
         lines += ["", "== participants =="]
@@ -1184,14 +1257,15 @@ def drill_dir(keep: Path | None) -> Iterator[Path]:
 def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 120.0,
               seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
               prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft",
-              roots: str = "mounts", raft_restart: str = "new-roots") -> Result:
+              roots: str = "mounts", raft_restart: str = "new-roots",
+              datacenters: int = 1) -> Result:
     if roots == "issuers" and "impersonation" in faults:
         raise ValueError("--roots issuers with --fault impersonation: the least-privilege "
                          "roles of the drill are set up per mount")
     use_roots(roots)
     with drill_dir(keep) as base:
         drill = Drill(brokers, clients, faults, base, deadline, seed, min_dwell, prometheus,
-                      broker_mode)
+                      broker_mode, datacenters)
         drill.raft_restart = raft_restart
         result = drill.run()
     if keep is not None:
@@ -1229,9 +1303,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="scrape every sidecar with a real Prometheus and the shipped rules")
     parser.add_argument("--roots", choices=sorted(ROOT_LAYOUTS), default="mounts",
                         help="a Vault PKI mount per root, or issuers of one mount (pki:root-a)")
+    parser.add_argument("--datacenters", type=int, default=1,
+                        help="participants spread over this many WAN-joined Consul "
+                             "datacenters, one rotation domain (dc1 the primary)")
     args = parser.parse_args(argv)
     result = run_drill(args.brokers, args.clients, args.fault, args.deadline, args.seed,
-                       args.keep, args.min_dwell, args.prometheus, roots=args.roots)
+                       args.keep, args.min_dwell, args.prometheus, roots=args.roots,
+                       datacenters=args.datacenters)
     print(result.report)
     if result.picture is not None:
         print(f"\npicture: {result.picture}")

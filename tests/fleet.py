@@ -1,6 +1,7 @@
 """Fleet simulator: N participants built from the product's coordination code rotate A->B->A.
 
     python -m tests.fleet --participants N [--brokers B] [--seed S] [--kill-keeper]
+                          [--datacenters D]
 
 Every participant is the product's own ``AuthManager.run`` loop with a
 :class:`~sidecar.coordinator.RotationParticipant` (``Registration``, ``ConsulStore``, the keeper)
@@ -18,7 +19,9 @@ completed record, then flips back, and prints per direction: time to stable, eac
 duration, Consul requests, KV entries and bytes returned, blocking-query wakeups per participant
 (mean and max), flip-seen reaction percentiles and keeper hand-overs. The last line is
 ``participants=<N> rotation_seconds=<s> entries_per_participant=<x>
-wakeups_per_participant=<y>`` for A->B.
+wakeups_per_participant=<y>`` for A->B (with ``wan_requests_per_participant=<z>`` when
+``--datacenters`` spreads the participants over D WAN-joined datacenters, one rotation domain:
+participant i is in datacenter i mod D, and its traffic is split into local and WAN).
 
 The previous scheme (every participant watches the whole prefix and decides) is measured by
 running this same file against that revision's product code: ``--product DIR`` puts a checkout
@@ -33,6 +36,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import heapq
+import inspect
 import json
 import os
 import random
@@ -216,6 +220,9 @@ class Traffic:
     entries: int = 0
     wakeups: int = 0
     passes: int = 0
+    #: Of those, what went to another datacenter (``?dc=``, across the WAN).
+    wan_requests: int = 0
+    wan_entries: int = 0
     first_seen: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -223,11 +230,14 @@ def counting_store_class(base: type) -> type:
     """A ConsulStore that counts its participant's requests, entries and blocking returns,
     and notes when it first saw a rotation record towards each root."""
 
+    # Revisions before the ACL messages (a7bebfd, the previous scheme) have no ``need``.
+    takes_need = "need" in inspect.signature(base._call).parameters
+
     class CountingStore(base):  # type: ignore[valid-type,misc]
         traffic: Traffic
 
-        def clone(self) -> Any:
-            twin = super().clone()
+        def clone(self, *args: Any, **kwargs: Any) -> Any:
+            twin = super().clone(*args, **kwargs)
             twin.__class__ = type(self)
             twin.traffic = self.traffic
             return twin
@@ -235,7 +245,11 @@ def counting_store_class(base: type) -> type:
         def _call(self, what: str, call: Callable[[], Any], timeout: float | None = None,
                   need: str | None = None) -> Any:
             self.traffic.requests += 1
-            return super()._call(what, call, timeout, need)
+            if getattr(self, "datacenter", None):
+                self.traffic.wan_requests += 1
+            if takes_need:
+                return super()._call(what, call, timeout, need)
+            return super()._call(what, call, timeout)  # an older product (--product a7bebfd)
 
         def _seen(self, value: bytes | None) -> None:
             if value and b'"to": ' in value:
@@ -246,6 +260,8 @@ def counting_store_class(base: type) -> type:
         def read(self, index: int = 0, wait_seconds: float | None = None) -> Any:
             snapshot = super().read(index, wait_seconds)
             self.traffic.entries += len(snapshot.entries)
+            if getattr(self, "datacenter", None):
+                self.traffic.wan_entries += len(snapshot.entries)
             self.traffic.wakeups += 1 if index else 0
             self._seen(snapshot.value("rotation"))
             return snapshot
@@ -253,6 +269,8 @@ def counting_store_class(base: type) -> type:
         def get(self, key: str, index: int = 0, wait_seconds: float | None = None) -> Any:
             result = super().get(key, index, wait_seconds)
             self.traffic.entries += 1 if result.entry is not None else 0
+            if getattr(self, "datacenter", None) and result.entry is not None:
+                self.traffic.wan_entries += 1
             self.traffic.wakeups += 1 if index else 0
             if key == "rotation" and result.entry is not None:
                 self._seen(result.entry.value)
@@ -366,10 +384,12 @@ class Worker:
 
         manager.step = counted_step
         stop = threading.Event()
+        domain = {"datacenters": tuple(f"dc{d + 1}" for d in range(args.datacenters))} \
+            if args.datacenters > 1 else {}
         source = api["Participant"](
             store=store, watch_store=store.clone(), manager=manager, metrics=metrics, log=log,
             node_id=name, role=role, policy=api["Policy"](), session_ttl=args.session_ttl,
-            watch_wait=args.watch_wait, require_ack=True, stop=stop)
+            watch_wait=args.watch_wait, require_ack=True, stop=stop, **domain)
         if hasattr(source, "ack_poll"):
             source.ack_poll = ACK_POLL
         thread = threading.Thread(target=manager.run, args=(source, stop), daemon=True,
@@ -395,6 +415,8 @@ class Worker:
 
     def serve(self) -> int:
         for i in range(self.args.first, self.args.first + self.args.count):
+            if i % self.args.datacenters != self.args.dc_index:
+                continue  # another datacenter's worker runs it
             member = self.start_member(i)
             self.members[member.name] = member
             if i % 25 == 24:
@@ -406,7 +428,7 @@ class Worker:
             if word == "reset":
                 for m in self.members.values():
                     m.traffic.requests = m.traffic.entries = m.traffic.wakeups = 0
-                    m.traffic.passes = 0
+                    m.traffic.passes = m.traffic.wan_requests = m.traffic.wan_entries = 0
                     m.traffic.first_seen.clear()
             elif word == "kill":
                 self.kill(arg)
@@ -417,6 +439,8 @@ class Worker:
                                                "entries": m.traffic.entries,
                                                "wakeups": m.traffic.wakeups,
                                                "passes": m.traffic.passes,
+                                               "wan_requests": m.traffic.wan_requests,
+                                               "wan_entries": m.traffic.wan_entries,
                                                "first_seen": dict(m.traffic.first_seen),
                                                "alive": m.alive}
                                       for m in self.members.values()},
@@ -485,6 +509,11 @@ class Direction:
     reaction_p99: float
     reaction_max: float
     unseen: int
+    #: Requests to another datacenter (``?dc=``), per participant and the most for one.
+    wan_requests: int = 0
+    wan_requests_mean: float = 0.0
+    wan_requests_max: int = 0
+    wan_entries: int = 0
 
 
 class Fleet:
@@ -501,17 +530,30 @@ class Fleet:
         self.owner: dict[str, Child] = {}
         self.killed: set[str] = set()
         consul_addr = os.environ.get("CONSUL_HTTP_ADDR")
+        #: Each datacenter's agent (the doubles of a federation, WAN-joined, with
+        #: --datacenters; a real federation's agents by CONSUL_HTTP_ADDR_<DC>).
+        self.datacenters = [f"dc{d + 1}" for d in range(args.datacenters)]
+        addrs: dict[str, str] = {}
         if not consul_addr:
             self.consul_proc, info = start_json_process(
-                [sys.executable, "-m", "tests.doubles.consul", "--port", "0"])
-            consul_addr = str(info["url"])
-        self.consul_addr = consul_addr if "://" in consul_addr else "http://" + consul_addr
-        self.proxy = Child([sys.executable, "-m", "tests.fleet", "--serve-proxy",
-                            self.consul_addr])
+                [sys.executable, "-m", "tests.doubles.consul", "--port", "0",
+                 "--datacenters", ",".join(self.datacenters)])
+            addrs = {dc: str(url) for dc, url in info["urls"].items()}
+        else:
+            addrs[self.datacenters[0]] = consul_addr
+            for dc in self.datacenters[1:]:
+                addrs[dc] = os.environ[f"CONSUL_HTTP_ADDR_{dc.upper()}"]
+        self.addrs = {dc: a if "://" in a else "http://" + a for dc, a in addrs.items()}
+        self.consul_addr = self.addrs[self.datacenters[0]]
+        self.proxies = {dc: Child([sys.executable, "-m", "tests.fleet", "--serve-proxy", addr])
+                        for dc, addr in self.addrs.items()}
+        self.proxy = self.proxies[self.datacenters[0]]
         import consul
 
         self.token = os.environ.get("CONSUL_HTTP_TOKEN")
-        self.direct = consul.Consul(**_consul_kwargs(self.consul_addr))
+        self.directs = {dc: consul.Consul(**_consul_kwargs(addr))
+                        for dc, addr in self.addrs.items()}
+        self.direct = self.directs[self.datacenters[0]]
 
     # -- observing (direct, uncounted) ----------------------------------------------------------
 
@@ -523,10 +565,14 @@ class Fleet:
         self.direct.kv.put(self.prefix + key, value, token=self.token)
 
     def serving(self) -> dict[str, tuple[str | None, tuple[str, ...]]]:
-        """What every registered participant reports it serves (its monitor acknowledged)."""
-        _, items = self.direct.kv.get(self.prefix + "nodes/", recurse=True, token=self.token)
+        """What every registered participant reports it serves (its monitor acknowledged), in
+        every datacenter."""
+        items = []
+        for direct in self.directs.values():
+            _, found = direct.kv.get(self.prefix + "nodes/", recurse=True, token=self.token)
+            items += found or []
         out = {}
-        for item in items or []:
+        for item in items:
             if item.get("Session") and item.get("Value"):
                 data = json.loads(item["Value"])
                 if data.get("serial"):
@@ -547,7 +593,7 @@ class Fleet:
         self.put("active-root", ROOT_A)
         args, n = self.args, self.args.participants
         per = -(-n // args.workers)
-        common = [sys.executable, "-m", "tests.fleet", "--worker-consul", self.proxy.info["url"],
+        common = [sys.executable, "-m", "tests.fleet",
                   "--prefix", self.prefix, "--volumes", str(self.base),
                   "--brokers", str(args.brokers), "--seed", str(args.seed),
                   "--session-ttl", str(args.session_ttl), "--watch-wait", str(args.watch_wait),
@@ -556,10 +602,15 @@ class Fleet:
             common += ["--product", str(args.product)]
         for first in range(0, n, per):
             count = min(per, n - first)
-            worker = Child([*common, "--first", str(first), "--count", str(count)])
-            self.workers.append(worker)
-            for i in range(first, first + count):
-                self.owner[f"{'broker' if i < args.brokers else 'client'}-{i}"] = worker
+            # Participant i is in datacenter i % D, on that datacenter's agent (its proxy).
+            for d, dc in enumerate(self.datacenters):
+                worker = Child([*common, "--first", str(first), "--count", str(count),
+                                "--datacenters", str(args.datacenters), "--dc-index", str(d),
+                                "--worker-consul", self.proxies[dc].info["url"]])
+                self.workers.append(worker)
+                for i in range(first + (d - first) % len(self.datacenters), first + count,
+                               len(self.datacenters)):
+                    self.owner[f"{'broker' if i < args.brokers else 'client'}-{i}"] = worker
         deadline = time.monotonic() + max(120.0, n * 0.3)
         while not self.converged(ROOT_A):
             if time.monotonic() > deadline:
@@ -576,7 +627,8 @@ class Fleet:
         time.sleep(self.args.settle)  # an operator does not flip the instant a rotation ends
         for worker in self.workers:
             worker.command("reset")
-        self.proxy.command("reset")
+        for proxy in self.proxies.values():
+            proxy.command("reset")
         notes: list[str] = []
         flipped, flipped_wall = time.monotonic(), time.time()
         self.put("active-root", root)
@@ -603,7 +655,7 @@ class Fleet:
                     break
             time.sleep(0.02)
         seconds = phases[-1][1]
-        stats = self.proxy.command("stats")
+        stats = self.proxy_stats()
         members: dict[str, dict[str, Any]] = {}
         events: list[Any] = []
         for worker in self.workers:
@@ -631,9 +683,26 @@ class Fleet:
             reaction_min=reactions[0] if reactions else float("nan"),
             reaction_p50=percentile(reactions, 0.5), reaction_p99=percentile(reactions, 0.99),
             reaction_max=reactions[-1] if reactions else float("nan"),
-            unseen=len(live) - len(reactions))
+            unseen=len(live) - len(reactions),
+            wan_requests=sum(int(m.get("wan_requests", 0)) for m in members.values()),
+            wan_requests_mean=statistics.fmean(int(m.get("wan_requests", 0))
+                                               for m in members.values()),
+            wan_requests_max=max(int(m.get("wan_requests", 0)) for m in members.values()),
+            wan_entries=sum(int(m.get("wan_entries", 0)) for m in members.values()))
         self.events = sorted(events)
         return direction, notes
+
+    def proxy_stats(self) -> dict[str, Any]:
+        """The counting proxies' figures, summed over the datacenters."""
+        total: dict[str, Any] = {"requests": 0, "kv_entries": 0, "response_body_bytes": 0,
+                                 "methods": {}}
+        for proxy in self.proxies.values():
+            stats = proxy.command("stats")
+            for key in ("requests", "kv_entries", "response_body_bytes"):
+                total[key] += int(stats[key])
+            for method, count in stats["methods"].items():
+                total["methods"][method] = total["methods"].get(method, 0) + int(count)
+        return total
 
     def kill_keeper(self, flipped: float) -> str:
         name = self.keeper()
@@ -647,7 +716,8 @@ class Fleet:
     def close(self) -> None:
         for worker in self.workers:
             worker.close()
-        self.proxy.close()
+        for proxy in self.proxies.values():
+            proxy.close()
         if self.consul_proc is not None:
             self.consul_proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -696,7 +766,10 @@ def report(direction: Direction, label: str) -> list[str]:
             f"  flip seen             min {d.reaction_min * 1000:.0f} ms, "
             f"p50 {d.reaction_p50 * 1000:.0f} ms, "
             f"p99 {d.reaction_p99 * 1000:.0f} ms, max {d.reaction_max * 1000:.0f} ms"
-            + (f" ({d.unseen} never saw it)" if d.unseen else "")]
+            + (f" ({d.unseen} never saw it)" if d.unseen else ""),
+            f"  across the WAN        {d.wan_requests} requests ({d.wan_requests_mean:.2f} per "
+            f"participant; max {d.wan_requests_max} for one, a keeper), {d.wan_entries} KV "
+            f"entries; local {d.requests - d.wan_requests}"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -706,6 +779,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--brokers", type=int, default=None,
                         help="how many are brokers (default: a tenth); the rest are clients")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--datacenters", type=int, default=1,
+                        help="participants spread over this many WAN-joined datacenters "
+                             "(one rotation domain; dc1 is the primary)")
     parser.add_argument("--kill-keeper", action="store_true",
                         help="kill -9 the keeper when A->B reaches phase 2")
     parser.add_argument("--workers", type=int, default=None,
@@ -728,6 +804,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--volumes", help=hidden)
     parser.add_argument("--first", type=int, default=0, help=hidden)
     parser.add_argument("--count", type=int, default=0, help=hidden)
+    parser.add_argument("--dc-index", type=int, default=0, help=hidden)
     args = parser.parse_args(argv)
     if args.brokers is None:
         args.brokers = max(1, args.participants // 10)
@@ -742,7 +819,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sim = Fleet(args)
     try:
         print(f"fleet: {args.participants} participants ({args.brokers} brokers) in "
-              f"{args.workers} processes, consul "
+              f"{args.workers * args.datacenters} processes, {args.datacenters} "
+              f"datacenter(s), consul "
               f"{'double' if sim.consul_proc else sim.consul_addr} via counting proxy, product "
               f"{args.product or REPO}", flush=True)
         sim.bring_up()
@@ -770,9 +848,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "handovers": handovers(sim.events), "errors": len(errors)}
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
+    wan = (f" wan_requests_per_participant={there.wan_requests_mean:.2f}"
+           if args.datacenters > 1 else "")
     print(f"participants={args.participants} rotation_seconds={there.seconds:.2f} "
           f"entries_per_participant={there.entries_mean:.1f} "
-          f"wakeups_per_participant={there.wakeups_mean:.1f}", flush=True)
+          f"wakeups_per_participant={there.wakeups_mean:.1f}{wan}", flush=True)
     return figures
 
 

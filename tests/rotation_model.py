@@ -34,8 +34,9 @@ What the model takes from the coordinator, each the weakest safe choice where it
 - a check-and-set uses the ModifyIndex of the read it decided on (0: the key was absent); after
   a successful one it may install the record it wrote but reads again before deciding again
   (``Config.decide_again_after_cas`` shows why);
-- it decides the phase from the generation it installed last, not from the one its monitor
-  serves (``Config.decide_from`` and ``test_phases_installed_never_go_down_while_the_monitor_lags``
+- it decides the phase by the coordinator's own rule (:func:`sidecar.rotation.install_step`)
+  from the generation it installed last, not from the one its monitor serves
+  (``Config.decide_from`` and ``test_phases_installed_never_go_down_while_the_monitor_lags``
   show why), and writes a generation only when the material differs from the latest installed
   one (the manifest carries the id of the record it was installed from); either way the
   decision becomes the one it last acted on (the coordinator's ``_acted``);
@@ -52,7 +53,12 @@ What the model takes from the coordinator, each the weakest safe choice where it
   participant registers again); reports may lag installs and serves (``Config.lag_reports``);
 - a restarted process registers only once its old session has expired (Consul refuses to
   acquire a key another session holds); a crash loses the volume (the participant comes back
-  serving nothing).
+  serving nothing);
+- the usual restart (``resume``, ``Config.allow_resume``) keeps the volume, the monitor and the
+  broker: the new auth manager resumes the session saved on the volume, republishes under it
+  without its predecessor's decision, and resumes a lock that session holds;
+- Consul counts its indices from 1 again after losing its data (``Config.reuse_indices``): a
+  check-and-set on a ModifyIndex read before the loss may match afterwards, at any index.
 """
 
 from __future__ import annotations
@@ -75,8 +81,8 @@ from sidecar.rotation import (
     RotationRecord,
     compatible,
     decide,
+    install_step,
     parse_root_name,
-    target_phase,
 )
 
 ROOTS = ("A", "B", "C")
@@ -142,6 +148,13 @@ class Config:
     #: a stale keeper's write fails. False: check-and-set on the ModifyIndex alone, which a
     #: stale keeper wins across a Consul data loss.
     fenced_writes: bool = True
+    #: A restart of the auth manager that keeps the volume and resumes its session (and with it
+    #: a held keeper lock): the usual restart (``Registration._resume_or_create``,
+    #: ``BarrierKeeper._try_acquire``: "resumed").
+    allow_resume: bool = False
+    #: Consul counts its indices from 1 again after losing its data, so a ModifyIndex read
+    #: before the loss may match one after it (False: indices are never reused).
+    reuse_indices: bool = True
 
     def __post_init__(self) -> None:
         if self.decide_from not in get_args(DecideFrom):
@@ -348,7 +361,7 @@ def enabled(world: World, config: Config, *,
 
 
 PARTICIPANT_STEPS = ("register", "acquire", "step_down", "read", "survey", "decide", "install",
-                     "serve", "report", "crash", "expire", "restart", "expire_live")
+                     "serve", "report", "crash", "expire", "restart", "expire_live", "resume")
 
 
 def can(world: World, config: Config, kind: str, i: int) -> bool:
@@ -358,7 +371,9 @@ def can(world: World, config: Config, kind: str, i: int) -> bool:
     if kind == "register":
         return p.alive and not p.session and entry is None
     if kind == "acquire":
-        return p.alive and p.session and not p.keeper and world.keeper is None
+        # Free, or held by its own session (a restarted process that resumed the session
+        # resumes the lock: BarrierKeeper._try_acquire).
+        return p.alive and p.session and not p.keeper and world.keeper in (None, p.node_id)
     if kind == "step_down":
         return p.alive and p.keeper and world.keeper != p.node_id
     if kind == "read":
@@ -386,6 +401,8 @@ def can(world: World, config: Config, kind: str, i: int) -> bool:
         return not p.alive
     if kind == "expire_live":
         return config.faults and p.alive and p.session
+    if kind == "resume":
+        return config.allow_resume and p.alive
     raise ValueError(kind)
 
 
@@ -402,11 +419,13 @@ def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Ev
     if kind == "tick":
         return evolve(world, now=world.now + action[1]), ()
     if kind == "wipe":
-        # Every session (and with them the lock) is lost; nobody notices yet.
+        # Every session (and with them the lock) is lost; nobody notices yet. Consul counts
+        # its indices from 1 again (Config.reuse_indices).
         people = tuple(evolve(p, session=False) for p in world.participants)
         return _notice(evolve(
             world, record=None, index=0, registry=(), participants=people,
             epoch=world.epoch + 1, keeper=None,
+            next_index=1 if config.reuse_indices else world.next_index,
             active_root=world.active_root if action[1] else None), config), ()
     i = action[1]
     p = world.participants[i]
@@ -461,14 +480,49 @@ def apply(world: World, config: Config, action: Action) -> tuple[World, tuple[Ev
         person = evolve(p, session=False)
         return _notice(_set(world, i, person, registry=_unpublish(world.registry, p.node_id),
                             keeper=keeper), config), ()
+    if kind == "resume":
+        return _resume(world, config, i), ()
     raise ValueError(action)
 
 
-def usable(view: Snapshot | None, index: int) -> bool:
-    """Whether a check-and-set on ``view`` can still succeed: it was read at the current
-    ModifyIndex, or while the key was absent (0: once Consul lost its data the key is absent
-    again; other indices are never reused)."""
-    return view is not None and view.index in (index, 0)
+def _resume(world: World, config: Config, i: int) -> World:
+    """The auth manager restarts; the volume (and the session id on it), the monitor and the
+    broker stay. The new process knows nothing of the old one's reads and decisions (``_acted``
+    is gone, so it publishes the id the served generation's manifest carries), renews the
+    session if Consul still has it and republishes under it (``Registration.ensure``). A lock
+    its session holds stays held, by nobody who believes it, until the new keeper thread
+    resumes it (an ``acquire`` of a lock its own session holds). A check-and-set the old
+    process sent just before it stopped is a ``decide`` before this step: one landing later
+    changes nothing more, as the same session fences it and the ModifyIndex orders it.
+    Without a live session it registers again as usual."""
+    p = world.participants[i]
+    person = evolve(p, snapshot=None, acted=None, acted_epoch=-1, keeper=False, view=None,
+                    pending_report=p.pending_report and p.session)
+    if not p.session:
+        return _set(world, i, person)
+    return _reported(world, config, i, person)
+
+
+def usable(view: Snapshot | None, world: World, reuse_indices: bool) -> bool:
+    """Whether a check-and-set on ``view`` can still succeed, now or later: it was read at the
+    current ModifyIndex, or while the key was absent (0: once Consul lost its data the key is
+    absent again), or before a data loss (Consul counts from 1 again: any later index may
+    match it, Config.reuse_indices)."""
+    if view is None or view.index == STALE_INDEX:
+        return False
+    return view.index in (world.index, 0) or (reuse_indices and view.epoch != world.epoch)
+
+
+def cas_matches(view: Snapshot, world: World, config: Config) -> bool:
+    """Whether a check-and-set on the ModifyIndex of ``view`` succeeds now. A read from before
+    a data loss matches any index since (the worst case of Consul reusing its indices: the
+    schedule decides when the decision is made, so every collision is covered)."""
+    if view.index == STALE_INDEX:
+        return False
+    if config.reuse_indices and view.epoch != world.epoch and view.index > 0 \
+            and world.index > 0:
+        return True
+    return view.index == world.index
 
 
 def _notice(world: World, config: Config) -> World:
@@ -483,7 +537,8 @@ def _notice(world: World, config: Config) -> World:
         return world
     people = world.participants
     for i, p in enumerate(people):
-        if p.keeper and world.keeper != p.node_id and not usable(p.view, world.index):
+        if p.keeper and world.keeper != p.node_id and not usable(p.view, world,
+                                                                      config.reuse_indices):
             people = (*people[:i], evolve(p, keeper=False, view=None), *people[i + 1:])
     return world if people is world.participants else evolve(world, participants=people)
 
@@ -507,7 +562,8 @@ def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, .
         return world, decision.events
     # Check-and-set on the ModifyIndex read (0: create only if the key is absent), fenced: in
     # the same transaction, check-session on the keeper lock with the writer's session.
-    if view.index != world.index or (config.fenced_writes and world.keeper != p.node_id):
+    if not cas_matches(view, world, config) or (
+            config.fenced_writes and world.keeper != p.node_id):
         return world, decision.events
     index = world.next_index
     # Its registry view predates the write: deciding again needs a fresh read of the prefix
@@ -527,16 +583,17 @@ def _decide(world: World, config: Config, i: int) -> tuple[World, tuple[Event, .
 
 
 def _install(world: World, config: Config, i: int) -> World:
-    """Decide the phase of the record read and write a generation if its material differs from
-    the latest installed one (``RotationParticipant._desired`` and ``AuthManager.reconcile``)."""
+    """Decide the phase of the record read by the coordinator's own rule
+    (:func:`sidecar.rotation.install_step`, which ``RotationParticipant._desired`` calls) and
+    write a generation if its material differs from the latest installed one
+    (``AuthManager.reconcile``)."""
     p = world.participants[i]
     snap = p.snapshot
     assert snap is not None and snap.record is not None
     record = snap.record
+    # The product's rule (install_step); the broken variant feeds it the served generation.
     basis = p.installed if config.decide_from == "installed" else p.serving
-    own = record.phase_of(basis.material.trust, basis.material.signer) if basis else None
-    phase = target_phase(record, own)
-    material = record.material(phase)
+    phase, material = install_step(record, None if basis is None else basis.material)
     acted = Desired(material.signer, tuple(material.trust), record.id, phase)
     serving, backlog = p.serving, p.backlog
     installed = p.installed
@@ -733,11 +790,13 @@ def canonical_key(world: World, *, ordered: bool = False) -> tuple[Any, ...]:
         view = p.view
         seen: tuple[Any, ...] | None = None
         # Only a read at the current index can still win a check-and-set (or at index 0,
-        # "absent", once Consul lost its data: indices are never reused otherwise): the record
-        # it would write matters; any other read decides nothing any more (as if there were
-        # none: deciding on it changes nothing).
-        if view is not None and usable(view, index):
-            seen = (view.index == index, rec(view.plan))
+        # "absent", once Consul lost its data, or one from before a data loss, whose index
+        # Consul may reuse): the record it would write matters; any other read decides nothing
+        # any more (as if there were none: deciding on it changes nothing). Keyed as if indices
+        # were reused (Config.reuse_indices), which only tells more states apart otherwise.
+        if view is not None and usable(view, world, True):
+            seen = (view.index == index, view.epoch == epoch, view.index == 0,
+                    rec(view.plan))
         # The phase acted on only shows in the published (informational) phase.
         acted = p.acted
         person = (p.alive, p.session, p.keeper, world.keeper == p.node_id,

@@ -588,7 +588,8 @@ def test_kubernetes_broker_pod_structure() -> None:
 
 def test_consul_policies_are_least_privilege_templates() -> None:
     """Both policies are templates on {{prefix}}: read on the prefix; writes on exact keys
-    only (a participant: rotation, keeper, its own report and restart-queue entry; the operator:
+    only (a participant: rotation, keeper, its own report and restart-queue entry, its
+    datacenter's summary, and read on its agent to learn its datacenter; the operator:
     active-root)."""
     def rules(name: str) -> dict[tuple[str, str], str]:
         text = (ROOT / "docker" / "consul" / name).read_text()
@@ -601,6 +602,8 @@ def test_consul_policies_are_least_privilege_templates() -> None:
         ("key", "{{prefix}}keeper"): "write",
         ("key", "{{prefix}}restart-queue/{{node_id}}"): "write",
         ("key", "{{prefix}}nodes/{{node_id}}"): "write",
+        ("key", "{{prefix}}summary"): "write",
+        ("agent_prefix", ""): "read",
         ("session_prefix", ""): "write",
     }
     assert rules("kafka-pki-operator.policy.hcl") == {

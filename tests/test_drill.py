@@ -107,7 +107,9 @@ def test_drill_rotates_a_to_b_and_back_under_traffic(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
-    result = run_drill(brokers=2, clients=1, faults=[fault], keep=tmp_path, deadline=90)
+    # The WAN partition is between the two datacenters of a rotation domain.
+    result = run_drill(brokers=2, clients=1, faults=[fault], keep=tmp_path, deadline=90,
+                       datacenters=2 if fault == "wan-partition" else 1)
     check(result)
     check_picture(result, fault)
     report = result.report
@@ -125,6 +127,7 @@ def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
         "client-reload-fails": "reload_failed action_failed",
         "impersonation": "impersonation=refused",
         "controller-restarts": "max_down_at_once=1",
+        "wan-partition": "rotation waited during the WAN partition: phase 1",
     }
     assert expectations[fault] in report, report
     if fault == "controller-restarts":
@@ -143,6 +146,10 @@ def test_drill_survives_fault(tmp_path: Path, fault: str) -> None:
                       if e["event"] in ("consul_session_created", "consul_session_resumed")}
             after = {e["session"] for e in events_named(last, "consul_session_resumed")}
             assert after and after <= before, (process, before, after)
+    elif fault == "wan-partition":
+        # Traffic ran inside each datacenter and across the two (while the link was up).
+        found = re.search(r"inside a datacenter: (\d+), across two: (\d+)", report)
+        assert found is not None and int(found[1]) > 0 and int(found[2]) > 0, report
     elif fault == "kill-monitor":
         for process in killed(result):
             # After its restart it verified what the broker or app serves.

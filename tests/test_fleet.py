@@ -55,3 +55,40 @@ def test_a_killed_keeper_is_replaced_and_the_rotation_completes(tmp_path: Path) 
     took = [line for line in figures["handovers"] if "took the keeper lock" in line]
     assert len(took) >= 2, figures["handovers"]
     assert [phase for phase, _ in figures["there"]["phases"]] == [1, 2, 3]
+
+
+@pytest.mark.timeout(600)
+def test_two_datacenters_cross_the_wan_only_through_their_keepers(tmp_path: Path) -> None:
+    if os.environ.get("CONSUL_HTTP_ADDR") and not os.environ.get("CONSUL_HTTP_ADDR_DC2"):
+        pytest.skip("a real federation needs CONSUL_HTTP_ADDR_DC2 (dc2's agent) too")
+    figures, out = simulate(tmp_path, "--participants", "30", "--datacenters", "2")
+    last = out.strip().splitlines()[-1]
+    assert LAST_LINE.match(last.rsplit(" wan_requests_per_participant=", 1)[0]), last
+    for direction in ("there", "back"):
+        d = figures[direction]
+        assert d["converged"] and [phase for phase, _ in d["phases"]] == [1, 2, 3], d
+        assert d["entries_mean"] <= 50 and d["wakeups_mean"] <= 20, d
+        # Two keepers watch one key each across the WAN: a few requests per phase in all.
+        assert 0 < d["wan_requests"] <= 60 and d["wan_requests_mean"] <= 2, d
+    assert figures["errors"] == 0, out[-2000:]
+
+
+def test_the_counting_store_counts_a_product_whose_call_takes_no_acl_rule() -> None:
+    """``--product`` runs older revisions (a7bebfd, the previous scheme) whose ConsulStore._call
+    has no ``need`` parameter: the counting store passes what that signature takes."""
+    from tests.fleet import Traffic, counting_store_class
+
+    class Old:
+        def _call(self, what: str, call: Any, timeout: float | None = None) -> Any:
+            return (what, call(), timeout)
+
+    class New:
+        def _call(self, what: str, call: Any, timeout: float | None = None,
+                  need: str | None = None) -> Any:
+            return (what, call(), timeout, need)
+
+    for base, expected in ((Old, ("read", 1, 2.0)), (New, ("read", 1, 2.0, "key read"))):
+        store = counting_store_class(base)()
+        store.traffic = Traffic()
+        assert store._call("read", lambda: 1, 2.0, "key read") == expected
+        assert store.traffic.requests == 1

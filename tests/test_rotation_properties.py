@@ -117,6 +117,7 @@ class RotationMachine(RuleBasedStateMachine):
         policy = Policy(min_dwell=dwell, expected_members=n if faults else 0)
         self.config = Config(max_participants=8, lag_reports=lag, lag_monitor=lag_monitor,
                              faults=faults, allow_crash=swarm.crashes,
+                             allow_resume=swarm.crashes,
                              allow_join=swarm.joins and not faults, decide_from=self.decide_from)
         self.swarm = swarm
         self.world = initial_world(n, policy, from_nothing=from_nothing, keeper=keeper)
@@ -280,6 +281,14 @@ class RotationMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def restart(self, data: st.DataObject) -> None:
         self._step(data, "restart")
+
+    @precondition(lambda self: bool(self._able("resume", stalled_too=True)))
+    @rule(data=st.data())
+    def restart_resuming(self, data: st.DataObject) -> None:
+        """The auth manager restarts on its volume and resumes its session (and lock)."""
+        i = data.draw(st.sampled_from(self._able("resume", stalled_too=True)), label="resume")
+        self.stalled.discard(i)
+        self._do(("resume", i))
 
     @precondition(lambda self: self.world is not None and self.config.allow_join
                   and len(self.world.participants) < self.config.max_participants)
@@ -771,3 +780,69 @@ def test_root_identifier_grammar_accepts(raw: str) -> None:
 def test_root_identifier_grammar_refuses(raw: str, why: str) -> None:
     with pytest.raises(RotationInputError, match=why):
         parse_root_name(raw)
+
+
+def test_the_model_installs_by_the_coordinators_own_rule() -> None:
+    """The model does not copy the participant's install rule: it calls the function the
+    coordinator calls, so the two cannot drift apart."""
+    import sidecar.coordinator
+    import sidecar.rotation
+    import tests.rotation_model
+
+    assert tests.rotation_model.install_step is sidecar.rotation.install_step
+    assert sidecar.coordinator.install_step is sidecar.rotation.install_step
+    record = RotationRecord("r1", "A", "B", 1, 0.0, 0.0)
+    # A participant a phase ahead (after a rollback) stays; one behind moves to the record's.
+    assert sidecar.rotation.install_step(record, record.material(2)) == (2, record.material(2))
+    assert sidecar.rotation.install_step(record, record.material(0)) == (1, record.material(1))
+    assert sidecar.rotation.install_step(record, None) == (1, record.material(1))
+
+
+def test_a_restarted_keeper_resumes_its_session_and_lock_mid_rotation() -> None:
+    """The usual restart (``coordinator.Registration._resume_or_create``,
+    ``BarrierKeeper._try_acquire``): the keeper's auth manager restarts at phase 2 keeping its
+    volume; the new process renews the session saved there, so its report and the lock stay
+    put (no hand-over, nobody else may take the lock), publishes what its monitor serves with
+    the id the manifest carries (its last decision went with the old process) and takes the
+    lock back as "resumed"; the rotation completes."""
+    config = Config(max_participants=3, allow_resume=True)
+    world = _run(initial_world(3, Policy()), config, [("flip", "B")])
+    while world.record is None or world.record.phase < 2:
+        world = fair_round(world, config)
+    world = _run(world, config, [("resume", 0)])
+    keeper = world.participants[0]
+    assert world.keeper == "n0" and not keeper.keeper and keeper.session
+    assert keeper.acted is None and keeper.serving is not None
+    assert world.entry("n0") is not None, "the session and its report survive the restart"
+    for i in (1, 2):
+        assert not can(world, config, "acquire", i), "the lock is still n0's session's"
+    assert can(world, config, "acquire", 0), "the new process resumes the lock"
+    world = _run(world, config, [("acquire", 0)])
+    assert world.participants[0].keeper and world.keeper == "n0"
+    assert converged(_settle(world, config, "B"), "B")
+
+
+def test_a_pre_data_loss_read_wins_a_reused_index_without_the_fence() -> None:
+    """Consul counts its indices from 1 again after losing its data, so a check-and-set on a
+    ModifyIndex read before the loss can match a record written after it (not only index 0).
+    An unfenced keeper (a sidecar of the previous version during an upgrade) that read at
+    phase 1 of A->B and paused across the loss overwrites the rebuilt record with its old
+    plan; the fenced write of the product is refused (its session died with the data)."""
+    config = Config(max_participants=2, faults=True, lag_reports=False, lag_monitor=False,
+                    merge_stale_keepers=False)
+    world = _run(initial_world(2, Policy(expected_members=2)), config, [
+        ("flip", "B"), ("survey", 0), ("decide", 0), *_everyone(initial_world(2, Policy()),
+                                                                 "read", "install"),
+        ("survey", 0)])
+    stale = world.participants[0].view
+    assert stale is not None and stale.index == world.index > 0 and stale.plan is not None
+    world = _run(world, config, [("wipe", True), ("register", 1), ("register", 0),
+                                 ("acquire", 1), ("survey", 1), ("decide", 1)])
+    assert world.record is not None and world.index > 0 and world.epoch == 1
+    assert world.participants[0].keeper and world.keeper == "n1", "n0 has not noticed yet"
+    for fenced in (True, False):
+        after, _ = apply(world, dataclasses.replace(config, fenced_writes=fenced), ("decide", 0))
+        assert (after is world) == fenced, describe(after)
+    after, _ = apply(world, dataclasses.replace(config, reuse_indices=False,
+                                                fenced_writes=False), ("decide", 0))
+    assert after is world, "without index reuse only index 0 could match"

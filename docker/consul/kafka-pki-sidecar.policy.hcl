@@ -39,6 +39,16 @@ key "{{prefix}}nodes/{{node_id}}" {
   policy = "write"
 }
 
+# Only with PKI_DATACENTERS (one rotation over several datacenters, docs/protocol.md): the
+# keeper writes its datacenter's summary, and learns which datacenter its agent is in.
+key "{{prefix}}summary" {
+  policy = "write"
+}
+
+agent_prefix "" {
+  policy = "read"
+}
+
 # Sessions are created on the node of the agent the sidecar talks to (its local agent).
 # Restrict this to your agents' node names (session "<node>" or a narrower prefix) if you can.
 session_prefix "" {

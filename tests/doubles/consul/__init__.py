@@ -49,6 +49,12 @@ docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`
   filtered, txn ops checked one by one); no token is the anonymous token (denied), an
   unknown one 403 ``ACL not found``; ``GET /v1/acl/token/self`` describes the request's token.
 
+* Datacenters (``wan``): each double is one datacenter (``datacenter``); :meth:`join_wan`
+  federates two, ``?dc=`` forwards a request (blocking queries too) to the other one, and
+  :meth:`set_wan_link` / :func:`partition` cut the link; a failed forward is answered as Consul
+  does (500 ``No path to datacenter`` / ``Remote DC has no server currently reachable`` /
+  ``rpc error making call: EOF``).
+
 Test controls (thread safe): :meth:`restart`, :meth:`reset_index`, :meth:`drop_connections`,
 :meth:`set_down`, :meth:`expire_session`, :meth:`spurious_wakeups`, :meth:`reap_tombstones`,
 :attr:`request_log`.  Run standalone with ``python -m tests.doubles.consul --port 8500``.
@@ -64,6 +70,7 @@ requests:
 * ``kv``: the KV store, radix-node watch scoping, index rules, tombstones.
 * ``sessions``: sessions, TTL reaper, lock-delay, ``/v1/session``.
 * ``kv_endpoint``: ``/v1/kv``; ``txn_codec`` and ``txn``: ``/v1/txn``.
+* ``wan``: ``?dc=`` forwarding to another datacenter's double, WAN link controls.
 * ``__main__``: the standalone server.
 """
 
@@ -79,6 +86,7 @@ from tests.doubles.consul.kv_endpoint import KVEndpoint
 from tests.doubles.consul.server import ServerControls, _Handler
 from tests.doubles.consul.sessions import SESSION_TTL_MIN_NS, SESSION_TTL_MULTIPLIER
 from tests.doubles.consul.txn import Transactions
+from tests.doubles.consul.wan import WanLinks, partition
 from tests.doubles.consul.wire import (
     RequestRecord,
     _first,
@@ -95,10 +103,11 @@ __all__ = [
     "format_go_duration",
     "parse_acl_rules",
     "parse_go_duration",
+    "partition",
 ]
 
 
-class ConsulDouble(ServerControls, Transactions, KVEndpoint):
+class ConsulDouble(ServerControls, Transactions, KVEndpoint, WanLinks):
     """A Consul agent (single server, leader) on 127.0.0.1 speaking the HTTP API.
 
     Use as ``with ConsulDouble() as consul:``; the server is listening once constructed.
@@ -156,6 +165,7 @@ class ConsulDouble(ServerControls, Transactions, KVEndpoint):
         self._spurious_after = 0.05
         self._epoch = 0
         self._closed = False
+        self._init_wan()
         self._wipe()
         self._start_server()
         self._reaper = threading.Thread(
@@ -269,14 +279,15 @@ class ConsulDouble(ServerControls, Transactions, KVEndpoint):
     ) -> _Response:
         if not path.startswith("/v1/"):
             return _Response(404)
+        dc = _first(query, "dc")
+        if dc and dc != self.datacenter:
+            # The token goes along: the remote datacenter's servers resolve it.
+            return self._forward(dc, method, path, query, headers, body)
         if path == "/v1/acl/token/self" and method == "GET":
             return self._token_self(query, headers)
         authz = self._resolve_token(query, headers)
         if isinstance(authz, _Response):
             return authz
-        dc = _first(query, "dc")
-        if dc and dc != self.datacenter:
-            return _text(500, "No path to datacenter")
         try:
             if path.startswith("/v1/kv/"):
                 return self._kv_endpoint(
