@@ -37,9 +37,12 @@ def test_demo_rotates_a_to_b_says_what_is_a_stand_in_and_draws_it(
     out = capsys.readouterr().out
     assert code == 0, out
     assert re.search(r"failed_handshakes=0 converged=yes rotation_seconds=\d", out), out
-    # progress while it runs: every phase of A->B, each reached by every participant
+    # progress while it runs: every phase of A->B (sampled: the last participant of a phase
+    # may serve it in the same tenth of a second as the next phase starts), then all of them
     for phase in (1, 2, 3):
-        assert re.search(rf"phase {phase} \(.*\): 3/3 participants serve it", out), out
+        assert re.search(rf"phase {phase} \(.*\): [0-3]/3 participants serve it", out), out
+    assert "rotation A→B complete in Consul; 3/3 serve it" in out
+    assert out.index("complete in Consul") < out.index("converged: every participant")
     picture = out_dir / "timeline.svg"
     assert f"picture of the rotation: {picture}" in out
     svg = picture.read_text()
