@@ -22,7 +22,7 @@ _LISTENER = re.compile(r"^([A-Za-z0-9_]+)=(.+:\d+)$")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MonitorConfig:
-    """Settings of ``tls-monitor``. See the README's configuration reference."""
+    """Settings of ``tls-monitor``. See docs/configuration.md."""
 
     volume_dir: Path = setting(help="shared secrets volume written by pki-auth-manager")
     mode: str = setting("broker", help="reload a Kafka broker, or a client app",

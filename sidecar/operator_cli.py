@@ -241,7 +241,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return INIT_DIFFERENT
 
 
-#: ``kafka-pki status`` exit codes (README, kafka-pki): shown; Consul could not be asked;
+#: ``kafka-pki status`` exit codes (docs/configuration.md): shown; Consul could not be asked;
 #: the token may not read the prefix (Consul would show it an empty cluster).
 STATUS_SHOWN, STATUS_UNAVAILABLE, STATUS_REFUSED = 0, 1, 2
 
@@ -298,7 +298,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return _watch(store, args.json, target, args.timeout)
 
 
-#: ``kafka-pki rotate`` exit codes (README, kafka-pki): flipped (with ``--wait``: and the
+#: ``kafka-pki rotate`` exit codes (docs/configuration.md): flipped (with ``--wait``: and the
 #: rotation completed); refused or failed; ``--timeout`` passed; interrupted (Ctrl-C).
 ROTATE_DONE, ROTATE_FAILED, ROTATE_TIMED_OUT, INTERRUPTED = 0, 1, 2, 130
 

@@ -25,7 +25,7 @@ participant i is in datacenter i mod D, and its traffic is split into local and 
 
 The previous scheme (every participant watches the whole prefix and decides) is measured by
 running this same file against that revision's product code: ``--product DIR`` puts a checkout
-of it first on ``sys.path`` (see the README's fleet table).
+of it first on ``sys.path`` (see the fleet table in docs/benchmarks.md).
 """
 
 from __future__ import annotations

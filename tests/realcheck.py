@@ -4,7 +4,7 @@
     python -m tests.realcheck --make-kafka-pki DIR [--store-type PKCS12|JKS|PEM]
 
 Each group is a set of test files that run unchanged against a real server when its
-environment is set (README, "Testing against real servers"). A group runs as one pytest
+environment is set (docs/testing.md). A group runs as one pytest
 subprocess, with its counts read from pytest's JUnit XML, and prints
 ``<group>: passed=N failed=N skipped=N``; a group whose environment is missing prints
 ``<group>: not configured (missing VAR ...)`` and counts as neither passed nor failed. The exit
@@ -294,7 +294,7 @@ def _stop_pid(pid_file: Path) -> None:
 
 
 def _fill_volume(volume: Path, work: Path) -> dict[str, str]:
-    """``pki-auth-manager --once`` into a fresh ``volume``, as the README tells; its settings."""
+    """``pki-auth-manager --once`` into a fresh ``volume`` (docs/deploying.md); its settings."""
     from tests.manager_kit import PASSWORD, SUBJECT
     from tests.monitor_kit import broker_settings
 

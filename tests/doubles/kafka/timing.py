@@ -25,8 +25,8 @@ The structure is Kafka's own, read from apache/kafka:
   record (``DynamicConfigPublisher``, which also reloads modified files then).
 
 The durations are fitted to a real Kafka 2.4.1 broker (ZooKeeper mode, idle, SSL and INTERNAL
-listeners; figures in the README): a SET of one ordinary listener's keystore location answered
-in 16-25 ms with a warm AdminClient (3 to 6 factory builds: ~3 ms each); the monitor's
+listeners; figures in docs/benchmarks.md): a SET of one ordinary listener's keystore location
+answered in 16-25 ms with a warm AdminClient (3 to 6 factory builds: ~3 ms each); the monitor's
 two-listener alter took 0.55-0.60 s, which leaves ~40 ms for each of the 12 validator
 handshakes of the inter-broker listener's 6 builds; the change showed 100-300 ms after the
 answer (FIELD-NOTES, second round).
