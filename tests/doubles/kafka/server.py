@@ -111,6 +111,7 @@ class KafkaBrokerDouble(Broker):
             for name, port in self._listener_ports.items():
                 factory = self._initial_factory(name)
                 sock = socket.create_server((self.host, port))
+                sock.settimeout(0.5)  # here, not in the thread: a quick stop() may close it first
                 self._socks[name] = sock
                 self._listeners[name] = _Listener(name, sock.getsockname()[1], factory)
         except BaseException:
@@ -197,7 +198,6 @@ class KafkaBrokerDouble(Broker):
     # --- network ---------------------------------------------------------------------------
 
     def _accept_loop(self, lst: _Listener, sock: socket.socket) -> None:
-        sock.settimeout(0.5)
         while not self._stopping.is_set():
             try:
                 conn, _ = sock.accept()
