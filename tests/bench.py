@@ -27,8 +27,8 @@ from typing import Any
 
 from sidecar.consul_store import ConsulStore, KeyRead, watch
 from sidecar.renewal import Desired
-from tests.doubles.vault import VaultDouble
 from tests.manager_kit import make_config, make_manager
+from tests.vault_setup import FaultyVault, server
 
 DESIRED = Desired(signer="pki_root_a", trust=("pki_root_a",))
 
@@ -39,7 +39,7 @@ def _force_renewal_desired(i: int) -> Desired:
 
 
 def our_bundle(runs: int) -> list[float]:
-    with VaultDouble() as vault, tempfile.TemporaryDirectory() as tmp:
+    with FaultyVault(*server()) as vault, tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         config = make_config(vault.url, vault.root_token, base / "volume", base)
         manager, _, _ = make_manager(config)

@@ -68,11 +68,10 @@ from sidecar.volume import Volume, VolumeError, read_generation
 from tests.consul_setup import participant_rules
 from tests.doubles.consul import ConsulDouble, partition
 from tests.doubles.kafka import KafkaBrokerDouble
-from tests.doubles.vault import VaultDouble
 from tests.drill_controllers import Controllers
 from tests.monitor_kit import broker_settings
 from tests.prom import JOBS, AlertSeen, Prometheus
-from tests.vault_setup import BROKER_ROLE, CLIENT_ROLE, VaultTarget, prepare_least_privilege
+from tests.vault_setup import BROKER_ROLE, CLIENT_ROLE, FaultyVault, prepare_least_privilege, server
 
 FAULTS = ("kill-auth-manager", "kill-monitor", "vault-outage", "consul-restart",
           "broker-refuses", "volume-full", "volume-read-only", "malformed-root", "rollback",
@@ -108,10 +107,12 @@ def use_roots(layout: str) -> None:
     A, B, C = ROOT_LAYOUTS[layout]
 
 
-def start_vault() -> VaultDouble:
-    """The Vault double holding A, B and C: one mount each, or one mount with three issuers."""
-    mounts = sorted({root.split(":")[0] for root in (A, B, C)})
-    vault = VaultDouble(mounts=tuple(mounts)).start()
+def start_vault() -> FaultyVault:
+    """The tests' Vault (OpenBao, or VAULT_ADDR) behind the fault proxy, holding fresh roots
+    A, B and C: one mount each, or one mount with three issuers."""
+    vault = FaultyVault(*server(), mounts=()).start()
+    for mount in sorted({root.split(":")[0] for root in (A, B, C)}):
+        vault.add_mount(mount, with_root=":" not in A)
     for root in (A, B, C):
         mount, _, issuer = root.partition(":")
         if issuer:
@@ -548,8 +549,7 @@ class Drill:
             participant = Participant(name, role, index, volume, secrets,
                                       datacenter=self.datacenters[k % len(self.datacenters)])
             if self.least_privilege:
-                target = VaultTarget(url=self.vault.url, token=self.vault.root_token,
-                                     mounts=(A, B, C), double=self.vault)
+                target = self.vault.target(mounts=(A, B, C))
                 _, secret_id = prepare_least_privilege(target, {name: role})[name]
                 (secrets / "secret-id").write_text(secret_id)
                 (secrets / "secret-id").chmod(0o600)

@@ -36,7 +36,6 @@ from tests import vault_setup
 from tests.console import run_script
 from tests.consul_setup import consul_client
 from tests.doubles.consul import ConsulDouble
-from tests.doubles.vault import VaultDouble
 from tests.faults import VOLUME_WRITE_ERRORS, fail_volume_writes
 from tests.java_tools import java_mtls_server, mtls_exchange
 from tests.manager_kit import (
@@ -48,9 +47,7 @@ from tests.manager_kit import (
     paced_manager,
 )
 from tests.pki import LocalRoot
-from tests.vault_setup import VaultTarget
-
-vault_versioned = vault_setup.vault_versioned
+from tests.vault_setup import FaultyVault, VaultTarget
 
 DESIRED_A = Desired(signer="pki_root_a", trust=("pki_root_a",))
 DESIRED_AB = Desired(signer="pki_root_a", trust=("pki_root_a", "pki_root_b"))
@@ -97,11 +94,10 @@ def test_once_writes_a_complete_generation(vault: VaultTarget, tmp_path: Path) -
     assert vault.token not in output
 
 
-def test_once_fails_clearly_when_vault_is_down(vault_double: VaultDouble,
+def test_once_fails_clearly_when_vault_is_down(faulty_vault: FaultyVault,
                                                tmp_path: Path) -> None:
-    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
-                         mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
-    vault_double.set_down(True)
+    target = faulty_vault.target()
+    faulty_vault.set_down(True)
     env = env_for(target, tmp_path / "v", tmp_path) | {"PKI_ONCE_TIMEOUT": "1",
                                                        "PKI_BACKOFF_INITIAL": "0.2"}
     result = run_cli(["--once"], env)
@@ -215,21 +211,21 @@ PERMANENT_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_path: Path,
+def test_vault_failure_keeps_previous_generation(faulty_vault: FaultyVault, tmp_path: Path,
                                                  fault: str) -> None:
     inject, message, result = FAULTS[fault]
-    manager, metrics, log, clock = paced_manager(vault_double.url, vault_double.root_token,
-                                              tmp_path)
+    manager, metrics, log, clock = paced_manager(faulty_vault.url, faulty_vault.root_token,
+                                                 tmp_path)
     first = manager.reconcile(DESIRED_A)
     before = {p.name: p.read_bytes() for p in (tmp_path / "volume" / "current").iterdir()}
-    inject(vault_double)
+    inject(faulty_vault)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
     delay = manager.step(source)
     assert 1.0 <= delay <= 2.0, "first retry after backoff_initial (with jitter)"
-    requests = len(vault_double.request_log)
+    requests = len(faulty_vault.request_log)
     clock.advance(delay / 2)  # woken early (the record, the acknowledgement): held back
     assert manager.step(source) == pytest.approx(delay / 2)
-    assert len(vault_double.request_log) == requests, "nothing asked of Vault"
+    assert len(faulty_vault.request_log) == requests, "nothing asked of Vault"
     clock.advance(delay / 2)
     assert manager.step(source) >= 2.0, "backoff grows"
     errors = log.named("renewal_failed")
@@ -244,13 +240,13 @@ def test_vault_failure_keeps_previous_generation(vault_double: VaultDouble, tmp_
 
 
 @pytest.mark.parametrize("fault", list(PERMANENT_FAULTS))
-def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tmp_path: Path,
+def test_permanent_vault_refusal_is_retried_slowly(faulty_vault: FaultyVault, tmp_path: Path,
                                                    fault: str) -> None:
     inject, message, result = PERMANENT_FAULTS[fault]
-    manager, metrics, log, clock = paced_manager(vault_double.url, vault_double.root_token,
-                                              tmp_path)
+    manager, metrics, log, clock = paced_manager(faulty_vault.url, faulty_vault.root_token,
+                                                 tmp_path)
     first = manager.reconcile(DESIRED_A)
-    inject(vault_double)
+    inject(faulty_vault)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
     delay = manager.step(source)
     assert 30.0 <= delay <= 60.0, "at once the slow back-off: backoff_max"
@@ -263,7 +259,7 @@ def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tm
     ready, detail = manager.readiness()
     assert ready, "the kept generation is still valid"
     assert "failing permanently" in detail and message in detail
-    vault_double.reset_faults()  # the role is fixed: the pass after the back-off succeeds
+    faulty_vault.reset_faults()  # the role is fixed: the pass after the back-off succeeds
     clock.advance(delay - 1.0)
     assert manager.step(source) == pytest.approx(1.0), "held back until backoff_max is over"
     assert "failing permanently" in manager.readiness()[1]
@@ -271,20 +267,20 @@ def test_permanent_vault_refusal_is_retried_slowly(vault_double: VaultDouble, tm
     manager.step(source)
     assert "permanent" not in manager.readiness()[1]
     if fault == "forbidden":  # one fresh login was tried before calling it permanent
-        assert [r for r in vault_double.request_log if r[1].endswith("lookup-self")]
+        assert [r for r in faulty_vault.request_log if r[1].endswith("lookup-self")]
 
 
-def test_transient_after_permanent_backs_off_from_the_start(vault_double: VaultDouble,
+def test_transient_after_permanent_backs_off_from_the_start(faulty_vault: FaultyVault,
                                                             tmp_path: Path) -> None:
-    manager, _, _, clock = paced_manager(vault_double.url, vault_double.root_token,
-                                              tmp_path)
+    manager, _, _, clock = paced_manager(faulty_vault.url, faulty_vault.root_token,
+                                                 tmp_path)
     manager.reconcile(DESIRED_A)
     source = StaticSource("pki_root_b", ["pki_root_a", "pki_root_b"], threading.Event())
-    vault_double.fail_next(1, 400, ["common name app-1 not allowed by this role"])
+    faulty_vault.fail_next(1, 400, ["common name app-1 not allowed by this role"])
     delay = manager.step(source)
     assert delay >= 30.0
     clock.advance(delay)
-    vault_double.fail_next(1, 503, ["Vault is sealed"])
+    faulty_vault.fail_next(1, 503, ["Vault is sealed"])
     delay = manager.step(source)
     assert delay < 30.0 and "permanent" not in manager.readiness()[1]
 
@@ -300,14 +296,13 @@ ONCE_REFUSALS = {
 
 
 @pytest.mark.parametrize("case", list(ONCE_REFUSALS))
-def test_once_ends_at_once_on_a_permanent_refusal(vault_double: VaultDouble, tmp_path: Path,
+def test_once_ends_at_once_on_a_permanent_refusal(faulty_vault: FaultyVault, tmp_path: Path,
                                                   case: str) -> None:
-    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
-                         mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
+    target = faulty_vault.target()
     env = env_for(target, tmp_path / "v", tmp_path)
     changes, message, reason = ONCE_REFUSALS[case]
     if changes.get("VAULT_TOKEN") == "policy:default":
-        changes = {"VAULT_TOKEN": vault_double.create_token(["default"], "1h")}
+        changes = {"VAULT_TOKEN": faulty_vault.create_token(["default"], "1h")}
     started = time.monotonic()
     result = run_script("pki-auth-manager", ["--once"], env | changes)
     seconds = time.monotonic() - started
@@ -321,42 +316,42 @@ def test_once_ends_at_once_on_a_permanent_refusal(vault_double: VaultDouble, tmp
     assert not (tmp_path / "v" / "current").exists()
 
 
-def test_once_refuses_a_client_asking_for_a_brokers_name(tmp_path: Path) -> None:
+def test_once_refuses_a_client_asking_for_a_brokers_name(vault: VaultTarget,
+                                                        tmp_path: Path) -> None:
     """Least privilege: the AppRole ``producer`` (role ``kafka-client``, its name templated on
     the AppRole) asks for the broker's DN: Vault's 400 is permanent, --once exits 2 at once
     and writes nothing; asked for its own name, the same AppRole gets a certificate."""
-    with VaultDouble() as double:
-        target = VaultTarget(url=double.url, token=double.root_token, double=double)
-        creds = vault_setup.prepare_least_privilege(
-            target, {"broker-1": "broker", "producer": "client"})
-        role_id, secret_id = creds["producer"]
-        (tmp_path / "secret-id").write_text(secret_id)
-        env = env_for(target, tmp_path / "v", tmp_path)
-        del env["VAULT_TOKEN"]
-        env |= {"PKI_VAULT_AUTH": "approle", "PKI_VAULT_ROLE_ID": role_id,
-                "PKI_VAULT_SECRET_ID_FILE": str(tmp_path / "secret-id"),
-                "PKI_PKI_ROLE": vault_setup.CLIENT_ROLE}
-        started = time.monotonic()
-        result = run_script("pki-auth-manager", ["--once"], env)
-        assert result.returncode == 2, result.stderr
-        assert time.monotonic() - started < 15, "not retried until once_timeout"
-        failed = [json.loads(line) for line in result.stderr.splitlines()
-                  if '"once_failed"' in line]
-        assert len(failed) == 1, result.stderr
-        assert "common name broker-1.kafka.test not allowed by this role" in failed[0]["error"]
-        assert failed[0]["kind"] == "permanent_invalid_request"
-        assert not (tmp_path / "v" / "current").exists()
-        own = env | {"PKI_SUBJECT": "CN=producer.kafka.test,OU=kafka,O=Example",
-                     "PKI_DNS_SANS": "producer.kafka.test,localhost"}
-        assert run_script("pki-auth-manager", ["--once"], own).returncode == 0
-        assert (tmp_path / "v" / "current").exists()
+    target = vault
+    creds = vault_setup.prepare_least_privilege(
+        target, {"broker-1": "broker", "producer": "client"})
+    role_id, secret_id = creds["producer"]
+    (tmp_path / "secret-id").write_text(secret_id)
+    env = env_for(target, tmp_path / "v", tmp_path)
+    del env["VAULT_TOKEN"]
+    env |= {"PKI_VAULT_AUTH": "approle", "PKI_VAULT_ROLE_ID": role_id,
+            "PKI_VAULT_SECRET_ID_FILE": str(tmp_path / "secret-id"),
+            "PKI_PKI_ROLE": vault_setup.CLIENT_ROLE}
+    started = time.monotonic()
+    result = run_script("pki-auth-manager", ["--once"], env)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 15, "not retried until once_timeout"
+    failed = [json.loads(line) for line in result.stderr.splitlines()
+              if '"once_failed"' in line]
+    assert len(failed) == 1, result.stderr
+    assert "common name broker-1.kafka.test not allowed by this role" in failed[0]["error"]
+    assert failed[0]["kind"] == "permanent_invalid_request"
+    assert not (tmp_path / "v" / "current").exists()
+    own = env | {"PKI_SUBJECT": "CN=producer.kafka.test,OU=kafka,O=Example",
+                 "PKI_DNS_SANS": "producer.kafka.test,localhost"}
+    assert run_script("pki-auth-manager", ["--once"], own).returncode == 0
+    assert (tmp_path / "v" / "current").exists()
 
 
 @pytest.mark.parametrize(("err", "message"), VOLUME_WRITE_ERRORS)
 def test_volume_write_failure_keeps_previous_generation(
-        vault_double: VaultDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        faulty_vault: FaultyVault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         err: int, message: str) -> None:
-    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "volume",
+    config = make_config(faulty_vault.url, faulty_vault.root_token, tmp_path / "volume",
                          tmp_path)
     manager, metrics, log = make_manager(config)
     first = manager.reconcile(DESIRED_A)
@@ -375,48 +370,49 @@ def test_volume_write_failure_keeps_previous_generation(
     assert manager.readiness()[0]
 
 
-def test_forbidden_token_is_reported(vault_double: VaultDouble, tmp_path: Path) -> None:
-    token = vault_double.create_token(["root"], "1h")
-    config = make_config(vault_double.url, token, tmp_path / "volume", tmp_path)
+def test_forbidden_token_is_reported(faulty_vault: FaultyVault, tmp_path: Path) -> None:
+    token = faulty_vault.create_token(["root"], "1h")
+    config = make_config(faulty_vault.url, token, tmp_path / "volume", tmp_path)
     manager = make_manager(config)[0]
     manager.issuer.vault.login()
-    vault_double.revoke_token(token)
+    faulty_vault.revoke_token(token)
     with pytest.raises(VaultError, match="permission denied") as info:
         manager.reconcile(DESIRED_A)
     assert info.value.reason == "forbidden"
 
 
-def test_approle_logs_in_again_after_403(vault_double: VaultDouble, tmp_path: Path) -> None:
-    vault_double.add_policy("pki-sign", [f"{m}/{p}" for m in ("pki_root_a", "pki_root_b")
+def test_approle_logs_in_again_after_403(faulty_vault: FaultyVault, tmp_path: Path) -> None:
+    faulty_vault.add_policy("pki-sign", [f"{m}/{p}" for m in ("pki_root_a", "pki_root_b")
                                          for p in ("sign/kafka", "ca_chain", "ca/pem")])
-    vault_double.add_approle("role-1", "secret-1", ["pki-sign"], "1h")
+    faulty_vault.add_approle("role-1", "secret-1", ["pki-sign"], "1h")
     secret = tmp_path / "secret-id"
     secret.write_text("secret-1")
-    config = make_config(vault_double.url, None, tmp_path / "volume", tmp_path,
+    config = make_config(faulty_vault.url, None, tmp_path / "volume", tmp_path,
                          vault_auth="approle", vault_role_id="role-1",
                          vault_secret_id_file=secret)
     manager, _, _ = make_manager(config)
     manager.issuer.vault.login()
     first_token = manager.issuer.vault._client.token
-    vault_double.revoke_token(first_token)
+    faulty_vault.revoke_token(first_token)
     manifest = manager.reconcile(DESIRED_A)  # 403, log in again, retry
     assert manifest.signer == "pki_root_a"
     assert manager.issuer.vault._client.token != first_token
-    logins = [r for r in vault_double.request_log if r[1].endswith("/approle/login")]
+    logins = [r for r in faulty_vault.request_log if r[1].endswith("/approle/login")]
     assert len(logins) == 2
     role_file = tmp_path / "role-id"
     role_file.write_text("role-1\n")
-    from_files = make_config(vault_double.url, None, tmp_path / "volume2", tmp_path,
+    from_files = make_config(faulty_vault.url, None, tmp_path / "volume2", tmp_path,
                              vault_auth="approle", vault_role_id_file=role_file,
                              vault_secret_id_file=secret)
     make_manager(from_files)[0].issuer.vault.login()  # role_id read from its file
 
 
-def test_kubernetes_login(vault_double: VaultDouble, tmp_path: Path) -> None:
-    vault_double.add_kubernetes_role("kafka-broker", ["jwt-abc"], ["root"], "1h")
+def test_kubernetes_login(faulty_vault: FaultyVault, tmp_path: Path) -> None:
+    faulty_vault.add_policy("pki-sign", [f"{m}/{p}" for m in ("pki_root_a", "pki_root_b")
+                                         for p in ("sign/kafka", "ca_chain", "ca/pem")])
     jwt = tmp_path / "token"
-    jwt.write_text("jwt-abc")
-    config = make_config(vault_double.url, None, tmp_path / "volume", tmp_path,
+    faulty_vault.add_kubernetes_role("kafka-broker", jwt, ["pki-sign"], "1h")
+    config = make_config(faulty_vault.url, None, tmp_path / "volume", tmp_path,
                          vault_auth="kubernetes", vault_kubernetes_role="kafka-broker",
                          vault_kubernetes_jwt_file=jwt)
     manager, _, _ = make_manager(config)
@@ -427,17 +423,17 @@ def test_kubernetes_login(vault_double: VaultDouble, tmp_path: Path) -> None:
         make_manager(config)[0].issuer.vault.login()
 
 
-def test_token_is_renewed_before_it_expires(vault_double: VaultDouble) -> None:
-    token = vault_double.create_token(["root"], "30s", renewable=True)
+def test_token_is_renewed_before_it_expires(faulty_vault: FaultyVault) -> None:
+    token = faulty_vault.create_token(["root"], "30s", renewable=True)
     clock = {"t": 1000.0}
-    vault = VaultPKI(vault_double.url, TokenAuth(token=token), clock=lambda: clock["t"])
+    vault = VaultPKI(faulty_vault.url, TokenAuth(token=token), clock=lambda: clock["t"])
     vault.login()
     assert vault.token_seconds_left() is not None
     vault.keep_token_alive()
-    assert not [r for r in vault_double.request_log if r[1].endswith("renew-self")]
+    assert not [r for r in faulty_vault.request_log if r[1].endswith("renew-self")]
     clock["t"] += 25  # a third or less of the TTL left
     vault.keep_token_alive()
-    assert [r for r in vault_double.request_log if r[1].endswith("renew-self")]
+    assert [r for r in faulty_vault.request_log if r[1].endswith("renew-self")]
 
 
 def test_issue_mode(vault: VaultTarget, tmp_path: Path) -> None:
@@ -453,10 +449,8 @@ def test_issue_mode(vault: VaultTarget, tmp_path: Path) -> None:
     assert manifest.key_type == "ec-p256" and manifest.subject == SUBJECT
 
 
-def test_ttl_capped_by_the_role_is_logged(vault_versioned: VaultTarget, tmp_path: Path
-                                          ) -> None:
-    """Read from the certificate, so it holds on 1.7 too, which gives no warning."""
-    vault = vault_versioned
+def test_ttl_capped_by_the_role_is_logged(vault: VaultTarget, tmp_path: Path) -> None:
+    """Read from the certificate, not from the server's warning."""
     config = make_config(vault.url, vault.token, tmp_path / "volume", tmp_path, ttl="100h")
     manager, _, log = make_manager(config)
     manifest = manager.reconcile(DESIRED_A)
@@ -468,15 +462,14 @@ def test_ttl_capped_by_the_role_is_logged(vault_versioned: VaultTarget, tmp_path
     assert capped[0]["requested"] == 100 * 3600
     assert 72 * 3600 - 120 <= capped[0]["granted"] <= 72 * 3600
     assert capped[0]["serial"] == manifest.serial
-    # Vault's own cap warning (current Vault only) and the use_csr_* ones are not repeated
+    # The server's own cap warning and the use_csr_* ones are not repeated
     assert log.named("vault_warning") == [], log.events
     manager.reconcile(DESIRED_A)  # nothing to renew: no second report for that certificate
     assert len(log.named("vault_ttl_capped")) == 1
 
 
-def test_ttl_within_the_role_max_is_not_reported(vault_versioned: VaultTarget,
-                                                 tmp_path: Path) -> None:
-    config = make_config(vault_versioned.url, vault_versioned.token, tmp_path / "volume",
+def test_ttl_within_the_role_max_is_not_reported(vault: VaultTarget, tmp_path: Path) -> None:
+    config = make_config(vault.url, vault.token, tmp_path / "volume",
                          tmp_path, ttl="72h")
     manager, _, log = make_manager(config)
     manager.reconcile(DESIRED_A)
@@ -487,9 +480,7 @@ def _refusal(vault: VaultPKI, call: str) -> VaultError:
     csr = csr_pem(build_csr(generate_private_key("ec-p256"),
                             parse_subject("CN=broker-1.kafka.test"), ["broker-1.kafka.test"], []))
     with pytest.raises(VaultError) as info:
-        if call == "ca":
-            vault.ca_certificates("pki_root_a")
-        elif call == "bad_ip":
+        if call == "bad_ip":
             vault.issue("pki_root_a", "kafka-issue", "broker-1.kafka.test", [],
                         ["10.0.0.300"], "1h", "ec-p256")
         else:
@@ -497,39 +488,34 @@ def _refusal(vault: VaultPKI, call: str) -> VaultError:
     return info.value
 
 
-@pytest.mark.parametrize("version", sorted(vault_setup.PROFILES))
-def test_vault_refusals_are_classified_on_every_version(version: str) -> None:
-    """By status code and meaning, never by text: each version's wording gets the same
-    reason, and the operator's message has no go-multierror wrapping."""
-    # Always the double: it imitates each version (a real Vault is one version, checked by
-    # tests/test_vault_double.py's per-version expectations).
-    double = VaultDouble(mounts=vault_setup.DEFAULT_MOUNTS, version=version).start()
-    with vault_setup.VaultTarget(url=double.url, token=double.root_token,
-                                 mounts=tuple(vault_setup.DEFAULT_MOUNTS),
-                                 role=vault_setup.DEFAULT_ROLE, double=double) as target:
-        double.add_policy("sign-only", ["pki_root_a/sign/kafka"])
-        client = target.client()
-        client.secrets.pki.create_or_update_role(
-            "kafka-issue", extra_params={**vault_setup.KAFKA_ROLE_PARAMS, "key_type": "ec",
-                                         "key_bits": 256}, mount_point="pki_root_a")
-        root = VaultPKI(target.url, TokenAuth(token=target.token))
+def test_vault_refusals_are_classified_by_status(faulty_vault: FaultyVault) -> None:
+    """By status code and meaning, never by text: each server's wording
+    (tests/doubles/vault/profiles.py) gets the same reason, and the operator's message has no
+    go-multierror wrapping."""
+    target = faulty_vault.target()
+    faulty_vault.add_policy("sign-only", ["pki_root_a/sign/kafka"])
+    client = target.client()
+    client.secrets.pki.create_or_update_role(
+        "kafka-issue", extra_params={**vault_setup.KAFKA_ROLE_PARAMS, "key_type": "ec",
+                                     "key_bits": 256}, mount_point="pki_root_a")
+    root = VaultPKI(target.url, TokenAuth(token=target.token))
 
-        missing = _refusal(root, "pki_nope")
-        assert (missing.reason, missing.permanent) == ("not_found", True)
-        assert "no handler for route" in str(missing)
+    missing = _refusal(root, "pki_nope")
+    assert (missing.reason, missing.permanent) == ("not_found", True)
+    assert "no handler for route" in str(missing)
 
-        bad_ip = _refusal(root, "bad_ip")
-        assert (bad_ip.reason, bad_ip.permanent) == ("invalid_request", True)
-        assert "10.0.0.300" in str(bad_ip) and "is not a valid IP address" in str(bad_ip)
+    bad_ip = _refusal(root, "bad_ip")
+    assert (bad_ip.reason, bad_ip.permanent) == ("invalid_request", True)
+    assert "10.0.0.300" in str(bad_ip) and "is not a valid IP address" in str(bad_ip)
 
-        denied = _refusal(VaultPKI(target.url, TokenAuth(
-            token=double.create_token(["sign-only"], "1h"))), "ca")
-        assert (denied.reason, denied.permanent) == ("forbidden", True)
-        assert "(permission denied)" in str(denied) and "error occurred" not in str(denied)
+    denied = _refusal(VaultPKI(target.url, TokenAuth(
+        token=faulty_vault.create_token(["sign-only"], "1h"))), "pki_root_b")
+    assert (denied.reason, denied.permanent) == ("forbidden", True)
+    assert "(permission denied)" in str(denied) and "error occurred" not in str(denied)
 
-        malformed = double.profile.token_prefixes[0] + "not-a.real-token"
-        refused = _refusal(VaultPKI(target.url, TokenAuth(token=malformed)), "pki_root_a")
-        assert (refused.reason, refused.permanent) == ("forbidden", True), str(refused)
+    malformed = faulty_vault.profile.token_prefix + "not-a.real-token"
+    refused = _refusal(VaultPKI(target.url, TokenAuth(token=malformed)), "pki_root_a")
+    assert (refused.reason, refused.permanent) == ("forbidden", True), str(refused)
 
 
 def test_health_endpoints(vault: VaultTarget, tmp_path: Path) -> None:
@@ -554,32 +540,31 @@ def test_health_endpoints(vault: VaultTarget, tmp_path: Path) -> None:
         server.stop()
 
 
-def test_hvac_client_used_over_a_real_socket(vault_double: VaultDouble, tmp_path: Path) -> None:
-    config = make_config(vault_double.url, vault_double.root_token, tmp_path / "v", tmp_path)
+def test_hvac_client_used_over_a_real_socket(faulty_vault: FaultyVault, tmp_path: Path) -> None:
+    config = make_config(faulty_vault.url, faulty_vault.root_token, tmp_path / "v", tmp_path)
     manager, _, _ = make_manager(config)
     manager.reconcile(DESIRED_A)
     assert isinstance(manager.issuer.vault._client, hvac.Client)
-    paths = [r[1] for r in vault_double.request_log]
+    paths = [r[1] for r in faulty_vault.request_log]
     assert "/v1/pki_root_a/sign/kafka" in paths
-    assert vault_double.sign_count["pki_root_a"] == 1
+    assert faulty_vault.sign_count["pki_root_a"] == 1
 
 
-def _coordinated_env(vault_double: VaultDouble, consul: ConsulDouble, tmp_path: Path,
+def _coordinated_env(faulty_vault: FaultyVault, consul: ConsulDouble, tmp_path: Path,
                      **values: str) -> dict[str, str]:
-    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
-                         mounts=("pki_root_a", "pki_root_b"), role="kafka", double=vault_double)
+    target = faulty_vault.target()
     env = env_for(target, tmp_path / "v", tmp_path)
     del env["PKI_ROOT"], env["PKI_TRUST"]
     return env | {"CONSUL_HTTP_ADDR": consul.url, "PKI_CONSUL_PREFIX": "kafka-pki-once",
                   "PKI_CLUSTER": "demo"} | values
 
 
-def test_once_ends_at_once_when_consul_denies_the_token(vault_double: VaultDouble,
+def test_once_ends_at_once_when_consul_denies_the_token(faulty_vault: FaultyVault,
                                                         tmp_path: Path) -> None:
     with ConsulDouble(acl_token="the-sidecars-token") as consul:
         consul_client(consul.host, consul.port, token="the-sidecars-token").kv.put(
             "kafka-pki-once/demo/active-root", "pki_root_a")
-        env = _coordinated_env(vault_double, consul, tmp_path,
+        env = _coordinated_env(faulty_vault, consul, tmp_path,
                                CONSUL_HTTP_TOKEN="a-revoked-token")
         started = time.monotonic()
         result = run_script("pki-auth-manager", ["--once"], env)
@@ -598,11 +583,11 @@ def test_once_ends_at_once_when_consul_denies_the_token(vault_double: VaultDoubl
     assert not (tmp_path / "v" / "current").exists()
 
 
-def test_once_retries_while_consul_is_unreachable(vault_double: VaultDouble,
+def test_once_retries_while_consul_is_unreachable(faulty_vault: FaultyVault,
                                                   tmp_path: Path) -> None:
     with ConsulDouble() as consul:
         pass  # stopped: its port now refuses connections
-    env = _coordinated_env(vault_double, consul, tmp_path, PKI_ONCE_TIMEOUT="3",
+    env = _coordinated_env(faulty_vault, consul, tmp_path, PKI_ONCE_TIMEOUT="3",
                            PKI_BACKOFF_INITIAL="0.2")
     result = run_script("pki-auth-manager", ["--once"], env)
     assert result.returncode == 1, result.stderr
@@ -614,27 +599,26 @@ def test_once_retries_while_consul_is_unreachable(vault_double: VaultDouble,
 
 # -- roots as issuers of one mount (Vault 1.11+) ---------------------------------------------------
 
-def _issuer_target(double: VaultDouble) -> VaultTarget:
+def _issuer_target(vault: FaultyVault) -> VaultTarget:
     """One mount ``pki`` holding the issuers ``root-a`` and ``root-b`` (and the role kafka)."""
-    if double.profile.multi_issuer:
-        double.add_mount("pki", with_root=False)
-        double.add_issuer("pki", "root-a")
-        double.add_issuer("pki", "root-b")
-    return VaultTarget(url=double.url, token=double.root_token, mounts=("pki",), role="kafka",
-                       double=double)
+    vault.add_mount("pki", with_root=False)
+    vault.add_issuer("pki", "root-a")
+    vault.add_issuer("pki", "root-b")
+    return vault.target(mounts=("pki",))
 
 
-def test_once_signs_with_an_issuer_and_trusts_issuers(tmp_path: Path) -> None:
-    with VaultDouble(mounts=()) as double:
-        env = env_for(_issuer_target(double), tmp_path / "volume", tmp_path) | {
-            "PKI_ROOT": "pki:root-a", "PKI_TRUST": "pki:root-a,pki:root-b"}
-        result = run_cli(["--once"], env)
-        assert result.returncode == 0, result.stderr
-        assert double.sign_count.get("pki:root-a") == 1 and "pki:root-b" not in double.sign_count
-        logged = [path for _, path, _ in double.request_log]
-        assert "/v1/pki/issuer/root-a/sign/kafka" in logged
-        assert {"/v1/pki/issuer/root-a/json", "/v1/pki/issuer/root-b/json"} <= set(logged)
-        root_a, root_b = double.ca_cert("pki:root-a"), double.ca_cert("pki:root-b")
+def test_once_signs_with_an_issuer_and_trusts_issuers(faulty_vault: FaultyVault,
+                                                      tmp_path: Path) -> None:
+    double = faulty_vault
+    env = env_for(_issuer_target(double), tmp_path / "volume", tmp_path) | {
+        "PKI_ROOT": "pki:root-a", "PKI_TRUST": "pki:root-a,pki:root-b"}
+    result = run_cli(["--once"], env)
+    assert result.returncode == 0, result.stderr
+    assert double.sign_count.get("pki:root-a") == 1 and "pki:root-b" not in double.sign_count
+    logged = [path for _, path, _ in double.request_log]
+    assert "/v1/pki/issuer/root-a/sign/kafka" in logged
+    assert {"/v1/pki/issuer/root-a/json", "/v1/pki/issuer/root-b/json"} <= set(logged)
+    root_a, root_b = double.ca_cert("pki:root-a"), double.ca_cert("pki:root-b")
     current = tmp_path / "volume" / "current"
     manifest = json.loads((current / layout.MANIFEST).read_text())
     assert (manifest["signer"], manifest["trust"]) == ("pki:root-a", ["pki:root-a", "pki:root-b"])
@@ -653,24 +637,26 @@ def test_once_signs_with_an_issuer_and_trusts_issuers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("version", "root", "message", "reason"), [
-    ("1.7", "pki_root_a:root-a", "Vault 1.7.10 has no multi-issuer PKI mounts", "invalid_request"),
-    ("1.17", "pki:root-z", "no such issuer (could not fetch the CA certificate (was one set?): "
-     "unable to find PKI issuer for reference: root-z)", "not_found")])
-def test_once_refuses_an_issuer_vault_cannot_sign_with(tmp_path: Path, version: str, root: str,
-                                                       message: str, reason: str) -> None:
-    """An issuer on a Vault older than 1.11 is refused before any request names it; an issuer
-    the mount does not have is Vault's 500, permanent all the same: exit 2 at once."""
-    with VaultDouble(mounts=("pki_root_a",), version=version) as double:
-        env = env_for(_issuer_target(double), tmp_path / "v", tmp_path) | {
-            "PKI_ROOT": root, "PKI_TRUST": root}
-        result = run_script("pki-auth-manager", ["--once"], env)
-        issuer_paths = [path for _, path, _ in double.request_log if "/issuer/" in path]
+    ("1.7.10", "pki_root_a:root-a", "Vault 1.7.10 has no multi-issuer PKI mounts",
+     "invalid_request"),
+    (None, "pki:root-z", "unable to find PKI issuer for reference: root-z", "not_found")])
+def test_once_refuses_an_issuer_vault_cannot_sign_with(
+        faulty_vault: FaultyVault, tmp_path: Path, version: str | None, root: str, message: str,
+        reason: str) -> None:
+    """An issuer on a Vault older than 1.11 (the version ``sys/health`` reports) is refused
+    before any request names it; an issuer the mount does not have is the server's 500,
+    permanent all the same: exit 2 at once."""
+    env = env_for(_issuer_target(faulty_vault), tmp_path / "v", tmp_path) | {
+        "PKI_ROOT": root, "PKI_TRUST": root}
+    faulty_vault.report_version(version)
+    result = run_script("pki-auth-manager", ["--once"], env)
+    issuer_paths = [path for _, path, _ in faulty_vault.request_log if "/issuer/" in path]
     assert result.returncode == 2, result.stderr
     failed = [json.loads(line) for line in result.stderr.splitlines() if '"once_failed"' in line]
     assert len(failed) == 1 and message in failed[0]["error"], result.stderr
     assert failed[0]["kind"] == f"permanent_{reason}"
     assert "once_retrying" not in result.stderr
-    assert issuer_paths == ([] if version == "1.7" else ["/v1/pki/issuer/root-z/sign/kafka"])
+    assert issuer_paths == ([] if version else ["/v1/pki/issuer/root-z/sign/kafka"])
     assert not (tmp_path / "v" / "current").exists()
 
 

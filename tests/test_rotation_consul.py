@@ -23,10 +23,9 @@ from sidecar.rotation import NodeState, parse_node, phase_material
 from sidecar.volume import Volume, read_generation
 from tests.consul_setup import ConsulTarget
 from tests.doubles.consul import ConsulDouble
-from tests.doubles.vault import VaultDouble
 from tests.manager_kit import metric
 from tests.rotation_kit import Cluster, Node, target_for
-from tests.vault_setup import VaultTarget
+from tests.vault_setup import FaultyVault, VaultTarget
 
 
 @pytest.fixture
@@ -319,12 +318,9 @@ def test_rollback_mid_rotation_returns_to_a(cluster: Cluster) -> None:
 
 
 def test_third_root_is_deferred_until_stable(cluster: Cluster, vault: VaultTarget) -> None:
-    if vault.double is not None:
-        vault.double.add_mount("pki_root_c")
-    else:
-        from tests.vault_setup import prepare
+    from tests.vault_setup import prepare
 
-        prepare(vault.client(), mounts=("pki_root_c",), role=vault.role)
+    prepare(vault.client(), mounts=("pki_root_c",), role=vault.role)
     cluster.set_root("pki_root_a")
     cluster.start("broker-1", min_dwell=1.0)
     cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable on A")
@@ -419,22 +415,20 @@ def test_consul_data_loss_mid_rotation_is_rebuilt(consul_double: ConsulDouble,
         cluster.stop()
 
 
-def test_vault_outage_during_a_phase_resumes(consul: ConsulTarget, vault_double: VaultDouble,
+def test_vault_outage_during_a_phase_resumes(consul: ConsulTarget, faulty_vault: FaultyVault,
                                              tmp_path: Path) -> None:
-    target = VaultTarget(url=vault_double.url, token=vault_double.root_token,
-                         mounts=("pki_root_a", "pki_root_b"), role="kafka",
-                         double=vault_double)
+    target = faulty_vault.target()
     cluster = Cluster(consul, target, tmp_path)
     try:
         cluster.set_root("pki_root_a")
         node = cluster.start("broker-1")
         cluster.wait_until(lambda: cluster.converged("pki_root_a"), "stable on A")
         # Signing fails (the keeper could still check that pki_root_b exists).
-        vault_double.fail_next(1000, 503, ["Vault is sealed"], path="/sign/")
+        faulty_vault.fail_next(1000, 503, ["Vault is sealed"], path="/sign/")
         cluster.set_root("pki_root_b")
         cluster.wait_until(lambda: len(node.log.named("renewal_failed")) >= 2, "failures")
         assert node.served() == (("pki_root_a",), "pki_root_a"), "old material kept"
-        vault_double.reset_faults()
+        faulty_vault.reset_faults()
         cluster.wait_until(lambda: cluster.converged("pki_root_b"), "resumed to B")
     finally:
         cluster.stop()
@@ -489,62 +483,62 @@ def test_consul_acl_denied_is_permanent_unreachable_is_not(
 
 # -- roots as issuers of one mount (Vault 1.11+) ---------------------------------------------------
 
-def test_rotation_between_two_issuers_of_one_mount(consul_double: ConsulDouble, tmp_path: Path,
+def test_rotation_between_two_issuers_of_one_mount(consul_double: ConsulDouble,
+                                                   faulty_vault: FaultyVault, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """``pki:root-a`` -> ``pki:root-b`` in one mount, through the three phases; an unknown
     issuer (in Consul, or to ``kafka-pki rotate --to``) rotates nothing; then back to A."""
     from sidecar.operator_cli import main
 
-    with VaultDouble(mounts=()) as double:
-        double.add_mount("pki", with_root=False)
-        double.add_issuer("pki", "root-a")
-        double.add_issuer("pki", "root-b")
-        vault = VaultTarget(url=double.url, token=double.root_token, mounts=("pki",),
-                            role="kafka", double=double)
-        monkeypatch.setenv("VAULT_ADDR", double.url)
-        monkeypatch.setenv("VAULT_TOKEN", double.root_token)
-        cluster = Cluster(target_for(consul_double), vault, tmp_path)
-        options = ["--consul-addr", cluster.consul.url, "--consul-prefix", cluster.config_prefix,
-                   "--cluster", cluster.cluster]
-        try:
-            cluster.set_root("pki:root-a")
-            broker = cluster.start("broker-1")
-            cluster.start("client-1", role="client")
-            cluster.wait_until(lambda: cluster.converged("pki:root-a"), "stable on root-a")
-            generation = broker.manager.volume.generations()[-1]
-            cluster.store.put("active-root", b"pki:root-z")
-            # The keeper reads active-root and reports it: either participant may be keeper.
-            reports = lambda: [e for n in cluster.nodes.values()  # noqa: E731
-                               for e in n.log.named("rotation_input_invalid")]
-            cluster.wait_until(lambda: bool(reports()), "the unknown issuer to be reported")
-            error = reports()[0]["error"]
-            assert "'pki:root-z' is not a usable Vault PKI issuer" in error
-            assert "unable to find PKI issuer for reference: root-z" in error
-            assert broker.manager.volume.generations()[-1] == generation
-            with pytest.raises(SystemExit, match="pki:root-z is not a usable Vault PKI issuer"):
-                main([*options, "rotate", "--to", "pki:root-z"])
-            seen: list[tuple[str, int]] = []
-            stop = threading.Event()
-            watcher = threading.Thread(target=phases_seen, args=(cluster, stop, seen))
-            watcher.start()
-            assert main([*options, "rotate", "--to", "pki:root-b"]) == 0
-            cluster.wait_until(lambda: cluster.converged("pki:root-b"), "stable on root-b")
-            stop.set()
-            watcher.join()
-            assert [p for root, p in seen if root == "pki:root-b"] == [1, 2, 3]
-            for node in cluster.nodes.values():
-                current = node.volume / "current"
-                manifest = read_generation(current)
-                assert (manifest.signer, manifest.trust) == ("pki:root-b", ("pki:root-b",))
-                cert = x509.load_pem_x509_certificate((current / layout.CERT_PEM).read_bytes())
-                assert cert.issuer == double.ca_cert("pki:root-b").subject
-            data = status_data(cluster.store.read(), time.time())
-            assert data["active_root"] == "pki:root-b"
-            assert (data["rotation"]["from"], data["rotation"]["to"]) == ("pki:root-a",
-                                                                          "pki:root-b")
-            assert {p["signer"] for p in data["participants"]} == {"pki:root-b"}
-            assert double.sign_count["pki:root-b"] >= 2 and double.sign_count["pki"] >= 4
-            assert main([*options, "rotate", "--to", "pki:root-a"]) == 0
-            cluster.wait_until(lambda: cluster.converged("pki:root-a"), "back on root-a")
-        finally:
-            cluster.stop()
+    double = faulty_vault
+    double.add_mount("pki", with_root=False)
+    double.add_issuer("pki", "root-a")
+    double.add_issuer("pki", "root-b")
+    vault = double.target(mounts=("pki",))
+    monkeypatch.setenv("VAULT_ADDR", double.url)
+    monkeypatch.setenv("VAULT_TOKEN", double.root_token)
+    cluster = Cluster(target_for(consul_double), vault, tmp_path)
+    options = ["--consul-addr", cluster.consul.url, "--consul-prefix", cluster.config_prefix,
+               "--cluster", cluster.cluster]
+    try:
+        cluster.set_root("pki:root-a")
+        broker = cluster.start("broker-1")
+        cluster.start("client-1", role="client")
+        cluster.wait_until(lambda: cluster.converged("pki:root-a"), "stable on root-a")
+        generation = broker.manager.volume.generations()[-1]
+        cluster.store.put("active-root", b"pki:root-z")
+        # The keeper reads active-root and reports it: either participant may be keeper.
+        reports = lambda: [e for n in cluster.nodes.values()  # noqa: E731
+                           for e in n.log.named("rotation_input_invalid")]
+        cluster.wait_until(lambda: bool(reports()), "the unknown issuer to be reported")
+        error = reports()[0]["error"]
+        assert "'pki:root-z' is not a usable Vault PKI issuer" in error
+        assert "unable to find PKI issuer for reference: root-z" in error
+        assert broker.manager.volume.generations()[-1] == generation
+        with pytest.raises(SystemExit, match="pki:root-z is not a usable Vault PKI issuer"):
+            main([*options, "rotate", "--to", "pki:root-z"])
+        seen: list[tuple[str, int]] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=phases_seen, args=(cluster, stop, seen))
+        watcher.start()
+        assert main([*options, "rotate", "--to", "pki:root-b"]) == 0
+        cluster.wait_until(lambda: cluster.converged("pki:root-b"), "stable on root-b")
+        stop.set()
+        watcher.join()
+        assert [p for root, p in seen if root == "pki:root-b"] == [1, 2, 3]
+        for node in cluster.nodes.values():
+            current = node.volume / "current"
+            manifest = read_generation(current)
+            assert (manifest.signer, manifest.trust) == ("pki:root-b", ("pki:root-b",))
+            cert = x509.load_pem_x509_certificate((current / layout.CERT_PEM).read_bytes())
+            assert cert.issuer == double.ca_cert("pki:root-b").subject
+        data = status_data(cluster.store.read(), time.time())
+        assert data["active_root"] == "pki:root-b"
+        assert (data["rotation"]["from"], data["rotation"]["to"]) == ("pki:root-a",
+                                                                      "pki:root-b")
+        assert {p["signer"] for p in data["participants"]} == {"pki:root-b"}
+        assert double.sign_count["pki:root-b"] >= 2 and double.sign_count["pki"] >= 4
+        assert main([*options, "rotate", "--to", "pki:root-a"]) == 0
+        cluster.wait_until(lambda: cluster.converged("pki:root-a"), "back on root-a")
+    finally:
+        cluster.stop()

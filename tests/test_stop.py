@@ -17,10 +17,9 @@ import pytest
 from tests.console import Console, clean_env
 from tests.consul_setup import consul_client
 from tests.doubles.consul import ConsulDouble
-from tests.doubles.vault import VaultDouble
 from tests.manager_kit import PASSWORD, SUBJECT, make_config, make_manager
 from tests.monitor_kit import PHASES, Rig, broker_rig
-from tests.vault_setup import VaultTarget
+from tests.vault_setup import FaultyVault, VaultTarget
 
 LIMIT = 2.0
 ALTER = 44  # IncrementalAlterConfigs
@@ -188,7 +187,7 @@ def test_monitor_stops_while_verifying(rig: Rig, tmp_path: Path,
 
 # -- pki-auth-manager -------------------------------------------------------------------------
 
-def wait_for_request(vault: VaultDouble, console: Console) -> None:
+def wait_for_request(vault: FaultyVault, console: Console) -> None:
     """Until the process has sent its first Vault request (which hangs)."""
     deadline = time.monotonic() + 30
     while vault.received == 0:
@@ -196,7 +195,7 @@ def wait_for_request(vault: VaultDouble, console: Console) -> None:
         time.sleep(0.02)
 
 
-def manager_env(vault: VaultDouble, tmp_path: Path, **values: str) -> dict[str, str]:
+def manager_env(vault: FaultyVault, tmp_path: Path, **values: str) -> dict[str, str]:
     password = tmp_path / "store-password"
     password.write_text(PASSWORD)
     return clean_env(
@@ -208,9 +207,9 @@ def manager_env(vault: VaultDouble, tmp_path: Path, **values: str) -> dict[str, 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_auth_manager_stops_while_waiting_between_passes(
-        vault_double: VaultDouble, tmp_path: Path, record_property: pytest.RecordProperty,
+        faulty_vault: FaultyVault, tmp_path: Path, record_property: pytest.RecordProperty,
         signum: int) -> None:
-    manager = Console("pki-auth-manager", [], manager_env(vault_double, tmp_path),
+    manager = Console("pki-auth-manager", [], manager_env(faulty_vault, tmp_path),
                       tmp_path / "manager.log")
     try:
         manager.wait_for("certificate_issued")
@@ -222,25 +221,25 @@ def test_auth_manager_stops_while_waiting_between_passes(
 
 
 def test_auth_manager_stops_in_a_vault_call_that_hangs(
-        vault_double: VaultDouble, tmp_path: Path,
+        faulty_vault: FaultyVault, tmp_path: Path,
         record_property: pytest.RecordProperty) -> None:
-    vault_double.set_delay(60)  # every answer comes after vault_timeout (30 s) and more
+    faulty_vault.set_delay(60)  # every answer comes after vault_timeout (30 s) and more
     manager = Console("pki-auth-manager", [], manager_env(
-        vault_double, tmp_path, PKI_VAULT_TIMEOUT="30"), tmp_path / "manager.log")
+        faulty_vault, tmp_path, PKI_VAULT_TIMEOUT="30"), tmp_path / "manager.log")
     try:
-        wait_for_request(vault_double, manager)
+        wait_for_request(faulty_vault, manager)
         time.sleep(1.0)
         assert_stops(manager, "in a Vault call that hangs", record_property)
     finally:
-        vault_double.set_delay(0)
+        faulty_vault.set_delay(0)
         manager.kill()
 
 
-def test_auth_manager_stops_between_retries(vault_double: VaultDouble, tmp_path: Path,
+def test_auth_manager_stops_between_retries(faulty_vault: FaultyVault, tmp_path: Path,
                                             record_property: pytest.RecordProperty) -> None:
-    vault_double.set_down(True)
+    faulty_vault.set_down(True)
     manager = Console("pki-auth-manager", [], manager_env(
-        vault_double, tmp_path, PKI_BACKOFF_INITIAL="30", PKI_BACKOFF_MAX="60"),
+        faulty_vault, tmp_path, PKI_BACKOFF_INITIAL="30", PKI_BACKOFF_MAX="60"),
         tmp_path / "manager.log")
     try:
         manager.wait_for("renewal_failed")
@@ -249,29 +248,29 @@ def test_auth_manager_stops_between_retries(vault_double: VaultDouble, tmp_path:
         manager.kill()
 
 
-def test_once_stops_in_a_vault_call_that_hangs(vault_double: VaultDouble, tmp_path: Path,
+def test_once_stops_in_a_vault_call_that_hangs(faulty_vault: FaultyVault, tmp_path: Path,
                                                record_property: pytest.RecordProperty) -> None:
-    vault_double.set_delay(60)
+    faulty_vault.set_delay(60)
     once = Console("pki-auth-manager", ["--once"], manager_env(
-        vault_double, tmp_path, PKI_VAULT_TIMEOUT="30"), tmp_path / "once.log")
+        faulty_vault, tmp_path, PKI_VAULT_TIMEOUT="30"), tmp_path / "once.log")
     try:
-        wait_for_request(vault_double, once)
+        wait_for_request(faulty_vault, once)
         time.sleep(0.5)
         assert_stops(once, "--once in a Vault call that hangs", record_property, code=1)
         assert once.named("once_failed")
     finally:
-        vault_double.set_delay(0)
+        faulty_vault.set_delay(0)
         once.kill()
 
 
 def test_coordinated_auth_manager_stops_while_watching_consul(
-        vault_double: VaultDouble, consul_double: ConsulDouble, tmp_path: Path,
+        faulty_vault: FaultyVault, consul_double: ConsulDouble, tmp_path: Path,
         record_property: pytest.RecordProperty) -> None:
     prefix = "kafka-pki-stop-test"
     token = consul_double.acl_token
     client = consul_client(consul_double.host, consul_double.port, token=token)
     client.kv.put(f"{prefix}/demo/active-root", "pki_root_a")
-    env = manager_env(vault_double, tmp_path, CONSUL_HTTP_ADDR=consul_double.url,
+    env = manager_env(faulty_vault, tmp_path, CONSUL_HTTP_ADDR=consul_double.url,
                       PKI_CONSUL_PREFIX=prefix, PKI_CLUSTER="demo", PKI_REQUIRE_ACK="false")
     if token:
         env["CONSUL_HTTP_TOKEN"] = token
