@@ -16,9 +16,9 @@ before each test of a Kafka group, one pytest subprocess per test, with ``KAFKA_
 (``kafka`` or ``monitor``) and the group's variables in its environment, then waits until
 ``KAFKA_BOOTSTRAP_SERVERS`` accepts connections. Without it the Kafka groups are not configured.
 
-``--doubles`` starts the Consul and Vault doubles as separate processes (``python -m
-tests.doubles.consul --port 0``, ``python -m tests.doubles.vault --port 0``) and hands them to
-the groups only through the variables a real server would be given (every other server
+``--doubles`` starts the Consul double as a separate process (``python -m tests.doubles.consul
+--port 0``) and an OpenBao dev server (``tests.openbao``, from the test extra) and hands them
+to the groups only through the variables a real server would be given (every other server
 variable is cleared). The Kafka groups get the broker double as a process (``python -m
 tests.doubles.kafka --config ...``, fixed ports) and, as ``KAFKA_RESTART_COMMAND``,
 ``python -m tests.realcheck --restart-broker-double DIR``, which stops it, writes the group's
@@ -50,6 +50,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.openbao import OpenBao
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Every variable that points a test at a real server (cleared under ``--doubles``).
@@ -78,7 +80,7 @@ GROUPS = (
         "tests/test_rotation_consul.py", "tests/test_operator_cli.py",
     )),
     Group("vault", ("VAULT_ADDR", "VAULT_TOKEN"), (
-        "tests/test_vault_double.py", "tests/test_auth_manager.py",
+        "tests/test_vault_profiles.py", "tests/test_auth_manager.py",
     )),
     Group("kafka", ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TEST_PKI_DIR", "KAFKA_RESTART_COMMAND"),
           ("tests/test_kafka_double.py",), restart=True),
@@ -208,9 +210,10 @@ def _start(args: list[str]) -> tuple[subprocess.Popen[str], dict[str, object]]:
 
 @contextlib.contextmanager
 def doubles(env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Start the Consul and Vault doubles as processes; the env that addresses them."""
+    """Start the Consul double and an OpenBao as processes; the env that addresses them."""
     procs: list[subprocess.Popen[str]] = []
     work: Path | None = None
+    bao = OpenBao()
     try:
         env = {k: v for k, v in env.items() if k not in SERVER_VARS}
         consul_token = secrets.token_hex(16)
@@ -219,9 +222,8 @@ def doubles(env: dict[str, str]) -> Iterator[dict[str, str]]:
         env |= {"CONSUL_HTTP_ADDR": f"{info['host']}:{info['port']}",
                 "CONSUL_HTTP_TOKEN": consul_token}
         # A random root token: a common word would make "not in the logs" checks meaningless.
-        proc, info = _start(["tests.doubles.vault", "--port", "0"])
-        procs.append(proc)
-        env |= {"VAULT_ADDR": str(info["url"]), "VAULT_TOKEN": str(info["root_token"])}
+        bao.start()
+        env |= {"VAULT_ADDR": bao.url, "VAULT_TOKEN": bao.root_token}
         work = Path(tempfile.mkdtemp(prefix="realcheck-kafka-"))
         env |= {
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_free_port()}",
@@ -233,6 +235,7 @@ def doubles(env: dict[str, str]) -> Iterator[dict[str, str]]:
         }
         yield env
     finally:
+        bao.stop()
         if work is not None:
             _stop_pid(work / "broker.pid")
             shutil.rmtree(work, ignore_errors=True)
