@@ -34,6 +34,10 @@ pytest_plugins = ["tests.consul_setup"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: A blocked query woke on the change (target 0.5 s; 3x that on a busy machine), not at the
+#: end of its 5 s wait.
+WOKE = 1.5
+
 
 def _client_for(double: ConsulDouble, timeout: float = 10.0) -> Any:
     return consul_client(double.host, double.port, token=double.acl_token, timeout=timeout)
@@ -197,7 +201,7 @@ def test_blocking_get_returns_quickly_on_change(consul: ConsulTarget) -> None:
     changed_at = time.monotonic()
     consul.client().kv.put(key, "pki_root_b")
     new_index, entry = watcher.join()
-    assert watcher.finished_at - changed_at < 0.5
+    assert watcher.finished_at - changed_at < WOKE
     assert int(new_index) > int(index)
     assert entry["Value"] == b"pki_root_b"
 
@@ -210,7 +214,7 @@ def test_blocking_get_without_change_returns_after_wait_unchanged(consul: Consul
     started = time.monotonic()
     new_index, entry = c.kv.get(key, index=index, wait="1s")
     elapsed = time.monotonic() - started
-    assert 0.95 <= elapsed < 1.0 + 1.0 / 16 + 0.5
+    assert 0.95 <= elapsed < 3 * (1.0 + 1.0 / 16), "the wait (1 s, plus up to 1/16 jitter)"
     assert new_index == index
     assert entry["Value"] == b"v"
 
@@ -225,7 +229,7 @@ def test_recurse_blocking_wakes_on_any_change_under_prefix(consul: ConsulTarget)
     changed_at = time.monotonic()
     consul.client().kv.put(prefix + "n2", "phase-0")
     new_index, items = watcher.join()
-    assert watcher.finished_at - changed_at < 0.5
+    assert watcher.finished_at - changed_at < WOKE
     assert int(new_index) > int(index)
     assert [i["Key"] for i in items] == [prefix + "n1", prefix + "n2"]
 
@@ -237,7 +241,7 @@ def test_index_zero_returns_immediately(consul: ConsulTarget) -> None:
         f"{consul.url}/v1/kv/{consul.key('k')}?index=0&wait=5s", headers=consul.headers, timeout=10
     )
     assert resp.status_code == 200
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < WOKE
 
 
 def test_invalid_wait_is_400(consul: ConsulTarget) -> None:
@@ -351,7 +355,7 @@ def test_expired_session_deletes_held_key_and_wakes_watcher(
     expired_at = time.monotonic()
     assert consul_double.expire_session(sid) is True
     new_index, entry = watcher.join()
-    assert watcher.finished_at - expired_at < 0.5
+    assert watcher.finished_at - expired_at < WOKE
     assert entry is None
     assert int(new_index) > int(index)
     with pytest.raises(consul_lib.NotFound):
@@ -390,7 +394,7 @@ def test_spurious_wakeups_return_early_with_no_change(consul_double: ConsulDoubl
     consul_double.spurious_wakeups(True, after=0.05)
     started = time.monotonic()
     new_index, entry = c.kv.get("k", index=index, wait="5s")
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < WOKE
     assert new_index == index
     assert entry["Value"] == b"v"
     consul_double.spurious_wakeups(False)
@@ -407,7 +411,7 @@ def test_missing_key_watch_wakes_on_unrelated_write(consul_double: ConsulDouble)
     new_index, value = watcher.join()
     assert value is None
     assert int(new_index) > int(index)
-    assert watcher.elapsed < 1.0
+    assert watcher.elapsed < WOKE + 0.5  # with the 0.1-0.2 s before the change
 
 
 def test_restart_without_data_makes_saved_index_ahead(consul_double: ConsulDouble) -> None:
@@ -451,7 +455,7 @@ def test_reset_index_wakes_blocked_query_with_lower_index(consul_double: ConsulD
     time.sleep(0.2)
     consul_double.reset_index(3)
     new_index, entry = watcher.join()
-    assert watcher.elapsed < 1.0
+    assert watcher.elapsed < WOKE + 0.5  # with the 0.1-0.2 s before the change
     assert new_index == "3"
     assert entry["Value"] == b"v4"
     assert entry["ModifyIndex"] == 3
@@ -466,7 +470,7 @@ def test_drop_connections_is_a_connection_error(consul_double: ConsulDouble) -> 
     assert consul_double.drop_connections() == 1
     with pytest.raises(requests.exceptions.ConnectionError):
         watcher.join()
-    assert watcher.elapsed < 1.0
+    assert watcher.elapsed < WOKE + 0.5  # with the 0.1-0.2 s before the change
     assert c.kv.get("k")[1]["Value"] == b"v"  # the agent itself is fine
     statuses = [r.status for r in consul_double.request_log if r.query.get("index")]
     assert statuses == [None]
@@ -570,7 +574,7 @@ def test_single_key_watch_ignores_other_keys_and_wakes_on_its_own(consul: Consul
     changed_at = time.monotonic()
     writer.kv.put(key, "r1")
     new_index, entry = watcher.join()
-    assert watcher.finished_at - changed_at < 0.5
+    assert watcher.finished_at - changed_at < WOKE
     assert entry["Value"] == b"r1"
     assert int(new_index) == entry["ModifyIndex"]
 
@@ -591,7 +595,7 @@ def test_prefix_watch_wakes_only_for_writes_under_the_prefix(consul: ConsulTarge
     changed_at = time.monotonic()
     writer.kv.put(prefix + "n2", "y")
     new_index, items = watcher.join()
-    assert watcher.finished_at - changed_at < 0.5
+    assert watcher.finished_at - changed_at < WOKE
     assert [i["Key"] for i in items] == [prefix + "n1", prefix + "n2"]
     assert int(new_index) == items[1]["ModifyIndex"]
 

@@ -187,7 +187,7 @@ def test_blocking_query_through_the_proxy_returns_when_the_key_changes(
     writer.kv.put("rotation", "r1")
     watcher.join(5)
     assert not watcher.is_alive()
-    assert time.monotonic() - changed_at < 0.5
+    assert time.monotonic() - changed_at < 1.5, "woke on the change (0.5 s target, x3)"
     new_index, entry = result[0]
     assert int(new_index) > int(index) and entry["Value"] == b"r1"
     assert proxy.stats().blocking_queries == 1
