@@ -1,6 +1,8 @@
 #!/bin/sh
 # One-shot Vault set-up for the compose demo, run with the hashicorp/vault image against the
 # dev server (VAULT_ADDR, VAULT_TOKEN = the dev root token, from the service's environment).
+# It works unchanged with OpenBao (the openbao/openbao image, VAULT_IMAGE in compose.yaml):
+# where there is no `vault` command, `bao` is used; it reads the same VAULT_* variables.
 #
 #   - PKI_LAYOUT=mounts (the default, every Vault version): two PKI mounts, pki_root_a and
 #     pki_root_b, each with an internal root CA (roots `pki_root_a`, `pki_root_b`);
@@ -57,6 +59,10 @@ ISSUERS="root-a root-b"
 OWNER="${CREDENTIALS_OWNER:-1000:1000}"
 
 log() { echo "vault-init: $*"; }
+
+if ! command -v vault >/dev/null 2>&1 && command -v bao >/dev/null 2>&1; then
+  vault() { bao "$@"; }
+fi
 
 wait_for_vault() {
   tries=0

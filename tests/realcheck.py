@@ -80,7 +80,7 @@ GROUPS = (
         "tests/test_rotation_consul.py", "tests/test_operator_cli.py",
     )),
     Group("vault", ("VAULT_ADDR", "VAULT_TOKEN"), (
-        "tests/test_vault_profiles.py", "tests/test_auth_manager.py",
+        "tests/test_vault_profiles.py", "tests/test_auth_manager.py", "tests/test_vault_init.py",
     )),
     Group("kafka", ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TEST_PKI_DIR", "KAFKA_RESTART_COMMAND"),
           ("tests/test_kafka_double.py",), restart=True),
