@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -101,7 +103,9 @@ class VaultFaults:
     def __init__(self, upstream: str, port: int = 0) -> None:
         parts = urlsplit(upstream)
         self.upstream = upstream.rstrip("/")
-        self._upstream_host, self._upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._https = parts.scheme == "https"
+        self._upstream_host = parts.hostname or "127.0.0.1"
+        self._upstream_port = parts.port or (443 if self._https else 80)
         self._port = port
         self._lock = threading.RLock()
         self._faults = _Faults()
@@ -151,8 +155,8 @@ class VaultFaults:
         return profile_for(self._version or self._upstream_version())
 
     def _upstream_version(self) -> str:
-        status, _, payload = self._forward("GET", "/v1/sys/health", {}, b"")
-        return str(json.loads(payload)["version"]) if status < 600 else "0.0"
+        _, _, payload = self._forward("GET", "/v1/sys/health", {}, b"")
+        return str(json.loads(payload)["version"])
 
     # -- faults ------------------------------------------------------------------------------
 
@@ -233,7 +237,7 @@ class VaultFaults:
         if injected is not None:
             return _json(injected[0], {"errors": injected[1]})
         status, out_headers, payload = self._forward(method, raw_path, headers, body)
-        if path == "/v1/sys/health" and status < 600:
+        if path == "/v1/sys/health" and status != 502:
             return self._dress_health(status, out_headers, payload)
         issuing = _ISSUING.match(path)
         if issuing and status == 200:
@@ -270,7 +274,14 @@ class VaultFaults:
     def _forward(self, method: str, raw_path: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, dict[str, str], bytes]:
         """Pass the request on; a server that cannot be reached is a 502 from the proxy."""
-        conn = http.client.HTTPConnection(self._upstream_host, self._upstream_port, timeout=120)
+        conn: http.client.HTTPConnection
+        if self._https:  # a real Vault with TLS: trusted through VAULT_CACERT, as hvac is
+            context = ssl.create_default_context(cafile=os.environ.get("VAULT_CACERT"))
+            conn = http.client.HTTPSConnection(self._upstream_host, self._upstream_port,
+                                               timeout=120, context=context)
+        else:
+            conn = http.client.HTTPConnection(self._upstream_host, self._upstream_port,
+                                              timeout=120)
         try:
             sent = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
             conn.request(method, raw_path, body=body or None, headers=sent)
