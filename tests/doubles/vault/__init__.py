@@ -122,6 +122,14 @@ class VaultFaults:
 
     def start(self) -> VaultFaults:
         """Listen (port 0 picks a free one, kept across ``set_down``)."""
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; answers in flight are cut off."""
+        self._close()
+
+    def _listen(self) -> None:
         server = _Server(("127.0.0.1", self._port), _Handler)
         server.proxy = self  # type: ignore[attr-defined]
         self._port = int(server.server_address[1])
@@ -129,10 +137,8 @@ class VaultFaults:
         self._thread = threading.Thread(target=server.serve_forever, name="vault-faults",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        """Stop listening; answers in flight are cut off."""
+    def _close(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -164,9 +170,9 @@ class VaultFaults:
         """Close the listening socket (connection refused) or listen again on the same port."""
         with self._lock:
             if down and not self._down:
-                self.stop()
+                self._close()
             elif not down and self._down:
-                self.start()
+                self._listen()
             self._down = down
 
     def set_sealed(self, sealed: bool) -> None:
