@@ -57,24 +57,28 @@ class OpenBao:
         self.url = f"http://127.0.0.1:{self.port}"
         self.start_seconds = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._home: Path | None = None
         self._log: Path | None = None
 
     def start(self, timeout: float = 60.0) -> OpenBao:
         """Start the server and wait until ``sys/health`` answers 200."""
-        fd, log = tempfile.mkstemp(prefix="openbao-", suffix=".log")
-        self._log = Path(log)
+        # A private HOME (0700): the dev server writes its root token to ~/.vault-token.
+        self._home = Path(tempfile.mkdtemp(prefix="openbao-"))
+        self._log = self._home / "server.log"
         began = time.monotonic()
-        # The token reaches the child's argv: a throwaway root of a throwaway dev server.
-        self._proc = subprocess.Popen(
-            [str(bao_binary()), "server", "-dev", f"-dev-root-token-id={self.root_token}",
-             f"-dev-listen-address=127.0.0.1:{self.port}"],
-            stdout=fd, stderr=fd, stdin=subprocess.DEVNULL,
-            env={**os.environ, "HOME": tempfile.gettempdir()})
-        os.close(fd)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env["HOME"] = str(self._home)
+        with self._log.open("wb") as log:
+            # The token reaches the child's argv: a throwaway root of a throwaway dev server.
+            self._proc = subprocess.Popen(
+                [str(bao_binary()), "server", "-dev", f"-dev-root-token-id={self.root_token}",
+                 f"-dev-listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         while not self._healthy():
             if self._proc.poll() is not None or time.monotonic() - began > timeout:
+                tail = self._log.read_text(errors="replace")[-2000:].replace(self.root_token, "***")
                 self.stop()
-                raise RuntimeError(f"OpenBao did not start: {self._log.read_text()[-2000:]}")
+                raise RuntimeError(f"OpenBao did not start: {tail}")
             time.sleep(0.05)
         self.start_seconds = time.monotonic() - began
         return self
@@ -92,7 +96,7 @@ class OpenBao:
             self._proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     def stop(self) -> None:
-        """End the server (its whole state goes with it) and remove its log."""
+        """End the server (its whole state goes with it) and remove its HOME and log."""
         if self._proc is not None:
             self.pause(False)
             self._proc.terminate()
@@ -102,9 +106,9 @@ class OpenBao:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
-        if self._log is not None:
-            self._log.unlink(missing_ok=True)
-            self._log = None
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home = self._log = None
 
     def __enter__(self) -> OpenBao:
         return self.start() if self._proc is None else self
