@@ -327,6 +327,7 @@ class FaultyVault(VaultFaults):
         """An AppRole (named ``role_name``, else ``role_id``) logging in with this pair."""
         self._enable_auth("approle")
         name, approle = role_name or role_id, self.admin().auth.approle
+        approle.delete_role(name)  # with its secret_ids: an earlier run's would clash
         approle.create_or_update_approle(name, token_policies=list(policies),
                                          token_ttl=token_ttl)
         approle.update_role_id(name, role_id)
