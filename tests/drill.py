@@ -512,7 +512,7 @@ class Drill:
 
     # The servers: doubles in this process (the faults drive them); tests/demo.py starts them
     # as processes instead.
-    def _start_vault(self) -> VaultDouble:
+    def _start_vault(self) -> FaultyVault:
         return start_vault()
 
     def _start_consul(self) -> ConsulDouble:

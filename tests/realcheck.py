@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.realcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--doubles", action="store_true",
-                        help="start the Consul and Vault doubles as processes and use them")
+                        help="start the Consul double and an OpenBao as processes and use them")
     parser.add_argument("--group", action="append", choices=[g.name for g in GROUPS],
                         help="run only this group (repeatable; default: all)")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression, for every group")

@@ -1,5 +1,5 @@
 """``kafka-pki rotate --wait`` and ``status --watch`` on a running cluster (in-process
-participants on the Consul and Vault doubles, or the real servers), on a terminal, and on a
+participants on the Consul double and OpenBao, or the real servers), on a terminal, and on a
 drill's cluster of separate sidecar processes."""
 
 from __future__ import annotations

@@ -18,10 +18,9 @@ from sidecar.renewal import Desired
 from tests.console import Console, clean_env, run_script
 from tests.consul_proxy import CountingProxy
 from tests.consul_setup import ConsulTarget
-from tests.doubles.vault import VaultDouble
 from tests.manager_kit import PASSWORD, paced_manager
 from tests.rotation_kit import Cluster
-from tests.vault_setup import CLIENT_ROLE, VaultTarget, prepare_least_privilege
+from tests.vault_setup import CLIENT_ROLE, FaultyVault, VaultTarget, prepare_least_privilege
 
 PHASE_0 = Desired("pki_root_a", ("pki_root_a",), "r1", 0)
 PHASE_1 = Desired("pki_root_a", ("pki_root_a", "pki_root_b"), "r1", 1)
@@ -40,45 +39,45 @@ class PhaseSource(StaticSource):
         return self.desired_now
 
 
-def _signs(double: VaultDouble, mount: str) -> int:
+def _signs(double: FaultyVault, mount: str) -> int:
     return sum(1 for method, path, _ in double.request_log
                if method in ("POST", "PUT") and path.startswith(f"/v1/{mount}/sign/"))
 
 
-def test_a_phase_asking_another_signer_is_tried_at_once(vault_double: VaultDouble,
+def test_a_phase_asking_another_signer_is_tried_at_once(faulty_vault: FaultyVault,
                                                         tmp_path: Path) -> None:
-    manager, _, log, clock = paced_manager(vault_double.url, vault_double.root_token,
-                                         tmp_path)
+    manager, _, log, clock = paced_manager(faulty_vault.url, faulty_vault.root_token,
+                                           tmp_path)
     manager.reconcile(PHASE_0)
-    vault_double.fail_next(100, 400, REFUSED, path="pki_root_a/sign/")
+    faulty_vault.fail_next(100, 400, REFUSED, path="pki_root_a/sign/")
     source = PhaseSource(PHASE_1)
     held = manager.step(source)
-    assert 30.0 <= held <= 60.0 and _signs(vault_double, "pki_root_a") == 2
-    requests = len(vault_double.request_log)
+    assert 30.0 <= held <= 60.0 and _signs(faulty_vault, "pki_root_a") == 2
+    requests = len(faulty_vault.request_log)
     clock.advance(1.0)
     assert manager.step(source) == pytest.approx(held - 1.0), "the same request: held back"
-    assert len(vault_double.request_log) == requests, "nothing asked of Vault"
+    assert len(faulty_vault.request_log) == requests, "nothing asked of Vault"
     source.desired_now = PHASE_2  # the keeper moved on: another signer, not refused yet
     manager.step(source)
-    assert _signs(vault_double, "pki_root_b") == 1, "tried at once"
+    assert _signs(faulty_vault, "pki_root_b") == 1, "tried at once"
     assert manager.current_manifest().signer == "pki_root_b"  # type: ignore[union-attr]
     assert len(log.named("renewal_failed")) == 1
 
 
-def test_a_transient_failure_holds_back_another_phase_too(vault_double: VaultDouble,
+def test_a_transient_failure_holds_back_another_phase_too(faulty_vault: FaultyVault,
                                                           tmp_path: Path) -> None:
-    manager, _, _, clock = paced_manager(vault_double.url, vault_double.root_token,
+    manager, _, _, clock = paced_manager(faulty_vault.url, faulty_vault.root_token,
                                          tmp_path, backoff_initial=20.0)
     manager.reconcile(PHASE_0)
-    vault_double.fail_next(1, 503, ["Vault is sealed"], path="/sign/")
+    faulty_vault.fail_next(1, 503, ["Vault is sealed"], path="/sign/")
     source = PhaseSource(PHASE_1)
     held = manager.step(source)
     assert 10.0 <= held <= 20.0
-    requests = len(vault_double.request_log)
+    requests = len(faulty_vault.request_log)
     source.desired_now = PHASE_2
     clock.advance(1.0)
     assert manager.step(source) == pytest.approx(held - 1.0), "Vault failed, whatever the request"
-    assert len(vault_double.request_log) == requests
+    assert len(faulty_vault.request_log) == requests
     clock.advance(held)
     manager.step(source)
     assert manager.current_manifest().signer == "pki_root_b"  # type: ignore[union-attr]
