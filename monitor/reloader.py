@@ -89,7 +89,8 @@ class Reloader:
         self.pending_since: float | None = None
         self.timings: dict[str, float] = {}
         self.admin = BrokerAdmin(config.bootstrap_servers or "", config.broker_id or 0,
-                                 config.admin_hostname_verification, config.admin_timeout)
+                                 config.admin_hostname_verification, config.admin_timeout,
+                                 log=log)  # librdkafka's lines into the monitor's own log
         self.sent = SentSettings()  # what the broker is known to hold: sent once, not each time
         self.raft: RaftState | None = None  # what the Raft client holds, for the next ack
         self.restarter = RaftRestarter(config, self.volume, log, now, self.password)
