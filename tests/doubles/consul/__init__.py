@@ -47,7 +47,10 @@ docs and the Consul source, `agent/kvs_endpoint.go`, `agent/consul/state/kvs.go`
   makes tokens with HCL ``key``/``key_prefix``/``session``/``session_prefix`` rules, checked
   as Consul does (see ``tests.doubles.consul.acl``: exact beats prefix, longest prefix wins, lists
   filtered, txn ops checked one by one); no token is the anonymous token (denied), an
-  unknown one 403 ``ACL not found``; ``GET /v1/acl/token/self`` describes the request's token.
+  unknown one 403 ``ACL not found``; ``GET /v1/acl/token/self`` describes the request's token;
+  the management token can create and delete policies and tokens over HTTP as on a real Consul
+  (``PUT /v1/acl/policy``, ``PUT /v1/acl/token``), so a double run as its own process serves
+  the suite's token maker too.
 
 * Datacenters (``wan``): each double is one datacenter (``datacenter``); :meth:`join_wan`
   federates two, ``?dc=`` forwards a request (blocking queries too) to the other one, and
@@ -141,6 +144,7 @@ class ConsulDouble(ServerControls, Transactions, KVEndpoint, WanLinks):
         self._port = port
         self.acl_errors = acl_errors
         self._tokens = {}
+        self._acl_policies = {}
         self._acl_token = None
         self.acl_token = acl_token
         self.datacenter = datacenter
@@ -288,6 +292,8 @@ class ConsulDouble(ServerControls, Transactions, KVEndpoint, WanLinks):
         authz = self._resolve_token(query, headers)
         if isinstance(authz, _Response):
             return authz
+        if path.startswith("/v1/acl/"):
+            return self._acl_endpoint(method, path, body, authz)
         try:
             if path.startswith("/v1/kv/"):
                 return self._kv_endpoint(

@@ -3,6 +3,8 @@ token."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import threading
 import uuid
@@ -103,6 +105,7 @@ class AclChecks:
     _lock: threading.RLock
     _tokens: dict[str, AclToken]
     _acl_token: str | None
+    _acl_policies: dict[str, tuple[str, str]]  # ID -> (Name, Rules)
 
     @property
     def acl_token(self) -> str | None:
@@ -178,6 +181,52 @@ class AclChecks:
         return _json_response({"AccessorID": token.accessor_id, "SecretID": secret,
                                "Description": token.description, "Policies": policies,
                                "Local": False})
+
+    def _acl_endpoint(self, method: str, path: str, body: bytes,
+                      authz: AclToken | None) -> _Response:
+        """What ``consul_setup.AclTokens`` asks of a real Consul: ``PUT /v1/acl/policy``
+        (Name, Rules), ``PUT /v1/acl/token`` (Description, Policies by ID), and ``DELETE`` of
+        either by ID (agent/acl_endpoint.go ACLPolicyCreate, ACLTokenCreate, ...Delete). They
+        need acl:write, which here only the management token has; ACLs off, 401."""
+        if authz is None:
+            return _text(401, "ACL support disabled")
+        if not authz.management:
+            return self._denied(authz, "acl", "write", "")
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError as exc:
+            return _text(400, f"Failed to decode request body: {exc}")
+        with self._lock:
+            if method == "PUT" and path == "/v1/acl/policy":
+                policy_id = str(uuid.uuid4())
+                self._acl_policies[policy_id] = (str(data["Name"]), str(data.get("Rules", "")))
+                return _json_response({"ID": policy_id, "Name": data["Name"],
+                                       "Rules": data.get("Rules", "")})
+            if method == "PUT" and path == "/v1/acl/token":
+                ids = [str(p["ID"]) for p in data.get("Policies") or []]
+                if any(i not in self._acl_policies for i in ids):
+                    return _text(400, "cannot find policy")
+                rules = "\n".join(self._acl_policies[i][1] for i in ids)
+                names = tuple(self._acl_policies[i][0] for i in ids)
+                accessor = str(uuid.uuid4())
+                secret = self.create_token(rules, accessor_id=accessor,
+                                           description=str(data.get("Description", "")))
+                self._tokens[secret] = dataclasses.replace(self._tokens[secret],
+                                                           policy_names=names)
+                return _json_response({"AccessorID": accessor, "SecretID": secret,
+                                       "Description": data.get("Description", ""),
+                                       "Policies": [{"ID": i, "Name": self._acl_policies[i][0]}
+                                                    for i in ids]})
+            if method == "DELETE" and path.startswith("/v1/acl/policy/"):
+                self._acl_policies.pop(path.rsplit("/", 1)[1], None)
+                return _json_response(True)
+            if method == "DELETE" and path.startswith("/v1/acl/token/"):
+                accessor = path.rsplit("/", 1)[1]
+                for secret, token in list(self._tokens.items()):
+                    if token.accessor_id == accessor and not token.management:
+                        del self._tokens[secret]
+                return _json_response(True)
+        return _Response(404)
 
     def _denial(self, authz: AclToken, resource: str, access: str, name: str) -> str:
         """acl/errors.go ``PermissionDeniedError.Error`` for this version."""
