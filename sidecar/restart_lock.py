@@ -23,6 +23,7 @@ poll and no Consul request. Clients never queue.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -93,6 +94,14 @@ class RestartLock:
                 self.metrics.consul_errors.labels(reason=exc.reason).inc()
                 self.log.warning("restart_queue_consul_failed", error=str(exc),
                                  retry_in=round(delay, 2))
+                self.stop.wait(delay)
+            except Exception as exc:  # the volume (full, read-only): a dead thread would hold
+                failures += 1        # the cluster's restarts for ever; give the place up
+                delay = error_backoff(failures, self.rng)
+                self.log.exception("restart_queue_failed", error=str(exc),
+                                   retry_in=round(delay, 2))
+                with contextlib.suppress(Exception):
+                    self.release()
                 self.stop.wait(delay)
 
     def step(self) -> None:

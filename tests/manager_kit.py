@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ class RecordingLog:
 
     def error(self, event: str, **fields: Any) -> None:
         self._emit("error", event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """structlog's ``exception``: an error with the traceback (kept as its text)."""
+        self._emit("error", event, exception=traceback.format_exc(), **fields)
 
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == event]

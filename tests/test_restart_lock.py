@@ -4,6 +4,7 @@ when the request goes."""
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sidecar.metrics import AuthManagerMetrics
 from sidecar.restart_lock import RESTART_QUEUE, RestartLock, queue_ahead
 from tests.consul_setup import ConsulTarget
 from tests.manager_kit import RecordingLog
+from tests.monitor_kit import wait_for
 
 
 def _lock(store: ConsulStore, session: str, volume: Path, name: str) -> RestartLock:
@@ -102,3 +104,24 @@ def test_a_lost_entry_withdraws_the_grant(consul: ConsulTarget, tmp_path: Path) 
     lock.step()
     assert not lock.holding and restart_handoff.read_grant(tmp_path / "a") is None
     assert lock.log.named("restart_queue_lost")
+
+
+def test_a_volume_that_cannot_take_the_grant_gives_the_place_up(
+        consul: ConsulTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grant cannot be written (the volume is full): the thread logs it, leaves the queue
+    so that the cluster's other brokers are not held, and tries again later."""
+    store = ConsulStore(consul.url, consul.prefix, consul.token)
+    lock = _lock(store, store.create_session(consul.prefix + "a", 30), tmp_path / "a", "kafka-1")
+    _request(tmp_path / "a")
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(restart_handoff, "write_grant", full)
+    lock.start()
+    try:
+        wait_for(lambda: lock.log.named("restart_queue_failed"), "the failure to be logged")
+        wait_for(lambda: not store.child(RESTART_QUEUE).read().entries, "the place given up")
+    finally:
+        lock.stop.set()
+    assert "No space left on device" in lock.log.named("restart_queue_failed")[0]["error"]
