@@ -443,6 +443,7 @@ class Drill:
         #: controller-restarts: the brokers' stand-in processes, restarted by the monitors.
         self.controllers: Controllers | None = None
         self.raft_restart = "new-roots"  # the monitors' setting, for controller-restarts
+        self.renewals_first = RENEWALS_FIRST  # controller-restarts: renewals before the flip
         self.rotation_window = (float("inf"), float("inf"))  # unix times of the flip to B ..
         # .. and of convergence on B
 
@@ -983,7 +984,8 @@ class Drill:
                     or after.phase != before.phase:
                 self.notes.append("MALFORMED VALUE MOVED THE ROTATION")
                 return False, float("nan")
-        if self.controllers_wanted and not self._await_renewals(RENEWALS_FIRST):
+        if self.controllers_wanted and self.renewals_first \
+                and not self._await_renewals(self.renewals_first):
             return False, float("nan")
         self._start_faults()
         if "wan-partition" in self.faults:
@@ -1031,7 +1033,7 @@ class Drill:
         renewed = self.wait_for(lambda: all(
             Volume(p.volume).generations()[-1] >= start[p.name] + count for p in brokers),
             until)
-        self._note(f"{count} renewals on every broker" if renewed
+        self._note(f"{count} renewal{'s' if count > 1 else ''} on every broker" if renewed
                    else f"RENEWALS DID NOT HAPPEN within {self.deadline:.0f}s",
                    "renewals", kind="operator")
         return renewed
@@ -1264,7 +1266,7 @@ def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 1
               seed: int = 1, keep: Path | None = None, min_dwell: float = 0.0,
               prometheus: bool = False, broker_mode: Literal["kraft", "zk"] = "kraft",
               roots: str = "mounts", raft_restart: str = "new-roots",
-              datacenters: int = 1) -> Result:
+              datacenters: int = 1, renewals: int = RENEWALS_FIRST) -> Result:
     if roots == "issuers" and "impersonation" in faults:
         raise ValueError("--roots issuers with --fault impersonation: the least-privilege "
                          "roles of the drill are set up per mount")
@@ -1273,6 +1275,7 @@ def run_drill(brokers: int, clients: int, faults: list[str], deadline: float = 1
         drill = Drill(brokers, clients, faults, base, deadline, seed, min_dwell, prometheus,
                       broker_mode, datacenters)
         drill.raft_restart = raft_restart
+        drill.renewals_first = renewals
         result = drill.run()
     if keep is not None:
         # Imported here: matplotlib is loaded only when there is a directory to draw into.
